@@ -1,0 +1,174 @@
+"""The block-wise model: a residual stack cut into B denoising blocks (METHOD.md §1, §5-7).
+
+Three steps turn any sequence of residual layers into DiffusionBlocks:
+
+1. split the L layers into B contiguous blocks (evenly, or by an explicit ``split``);
+2. give each block a noise range (block 0, the input end, gets the highest noise);
+3. condition each block on its noise level through its own :class:`NoiseEmbedding`.
+
+The parts every block uses (input stem, target embedding, readout) live in a
+:class:`SharedParts` module supplied by the task. Layers are called as ``layer(h, c)`` with the
+hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .conditioning import NoiseEmbedding
+from .noise import NoiseConfig, block_ranges, partition, route, sample_sigma, scalings
+
+SHARED_POLICIES = ("cotrained", "frozen")
+
+
+class SharedParts(nn.Module):
+    """What all blocks share: how the input and the noisy target enter, and how D leaves.
+
+    A task subclasses this. ``encode`` builds the hidden sequence from the conditioning input
+    ``x`` and the c_in-scaled noisy target; ``decode`` reads the network output F (target space)
+    from the final hidden sequence.
+    """
+
+    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def condition(self, x: Tensor) -> Tensor | None:
+        """Extra conditioning added to the noise embedding (e.g. a class label); none by default."""
+        return None
+
+    def target(self, y: Tensor) -> Tensor:
+        """The clean target in target space (identity for continuous targets)."""
+        return y
+
+    def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
+        """Per-example loss ℓ(D, y), shape (N,); squared error by default."""
+        return (denoised - self.target(y)).flatten(1).pow(2).sum(1)
+
+    def estimate(self, denoised: Tensor) -> Tensor:
+        """The denoised estimate a sampler steps toward (discrete targets project it)."""
+        return denoised
+
+
+def split_layers(num_layers: int, blocks: int, split: Sequence[int] | None = None) -> list[int]:
+    """Layer counts per block. Even by default; an uneven split must be asked for."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be at least 1, got {blocks}")
+    if blocks > num_layers:
+        raise ValueError(
+            f"cannot cut {num_layers} layers into {blocks} blocks: every block needs a layer; "
+            f"use at most {num_layers} blocks or a deeper model"
+        )
+    if split is not None:
+        split = [int(s) for s in split]
+        if len(split) != blocks or sum(split) != num_layers or min(split) < 1:
+            raise ValueError(
+                f"split {split} must have {blocks} positive layer counts summing to {num_layers}"
+            )
+        return split
+    if num_layers % blocks:
+        even = [num_layers // blocks + (i < num_layers % blocks) for i in range(blocks)]
+        raise ValueError(
+            f"{num_layers} layers do not split evenly into {blocks} blocks; pass an explicit "
+            f"split such as {even} (layers per block) or choose blocks dividing {num_layers}"
+        )
+    return [num_layers // blocks] * blocks
+
+
+class Block(nn.Module):
+    """One block: a private noise embedding and a contiguous run of residual layers."""
+
+    def __init__(self, layers: Sequence[nn.Module], cond_dim: int):
+        super().__init__()
+        self.noise_embed = NoiseEmbedding(cond_dim)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, h: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        c = self.noise_embed(c_noise)
+        if cond is not None:
+            c = c + cond
+        for layer in self.layers:
+            h = layer(h, c)
+        return h
+
+
+class DiffusionBlocks(nn.Module):
+    """B denoisers, one per noise range, that together walk a target from noise to clean."""
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        shared: SharedParts,
+        blocks: int,
+        cond_dim: int,
+        noise: NoiseConfig | None = None,
+        split: Sequence[int] | None = None,
+        shared_policy: str = "cotrained",
+    ):
+        super().__init__()
+        if shared_policy not in SHARED_POLICIES:
+            raise ValueError(
+                f"unknown shared policy {shared_policy!r}; choose one of {', '.join(SHARED_POLICIES)}"
+            )
+        layers = list(layers)
+        self.noise = noise or NoiseConfig()
+        self.sizes = split_layers(len(layers), blocks, split)
+        starts = [sum(self.sizes[:b]) for b in range(blocks)]
+        self.blocks = nn.ModuleList(
+            Block(layers[s : s + n], cond_dim) for s, n in zip(starts, self.sizes)
+        )
+        self.shared = shared
+        self.shared_policy = shared_policy
+        if shared_policy == "frozen":
+            shared.requires_grad_(False)
+        # Plain attributes, not buffers: noise ranges are config, never checkpoint state.
+        self.bounds = partition(self.noise, blocks)
+        self.ranges = block_ranges(self.noise, blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def route(self, sigma: float | Tensor) -> int:
+        """The block that owns noise level σ."""
+        return route(sigma, self.bounds)
+
+    def sample_sigma(self, block: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Per-example training σ for ``block``: the log-normal truncated to its widened range."""
+        lo, hi = self.ranges[block]
+        return sample_sigma(self.noise, n, lo, hi, generator)
+
+    def denoise(self, z: Tensor, sigma: Tensor | float, x: Tensor, block: int | None = None):
+        """Preconditioned denoiser D_b(z, σ; x) = c_skip·z + c_out·F_b(c_in·z, c_noise; x).
+
+        ``sigma`` is a scalar or one value per example. Without ``block``, the block that owns
+        σ is used (all examples must then share one block).
+        """
+        if block is None:
+            block = self.route(sigma)
+            if isinstance(sigma, Tensor) and sigma.numel() > 1:
+                owners = {self.route(s) for s in sigma.flatten().tolist()}
+                if len(owners) > 1:
+                    raise ValueError(
+                        f"σ values of one call belong to blocks {sorted(owners)}; "
+                        "pass block= explicitly or call once per block"
+                    )
+        sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device).expand(z.shape[0])
+        shape = (-1,) + (1,) * (z.dim() - 1)
+        c_skip, c_out, c_in, c_noise = (s.view(shape) for s in scalings(sigma, self.noise.sigma_data))
+        h = self.shared.encode(x, c_in * z)
+        h = self.blocks[block](h, c_noise.flatten(), self.shared.condition(x))
+        return c_skip * z + c_out * self.shared.decode(h)
+
+    def denoiser(self, x: Tensor):
+        """A sampler-ready callable ``(z, σ) -> estimate`` that routes σ to its block."""
+        return lambda z, sigma: self.shared.estimate(self.denoise(z, sigma, x))
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Separately trainable and storable parts: ``shared`` and ``block_0`` … ``block_{B-1}``."""
+        return {"shared": self.shared, **{f"block_{b}": blk for b, blk in enumerate(self.blocks)}}

@@ -1,0 +1,97 @@
+"""Checkpoints: one safetensors file per part (``shared``, ``block_k`` or ``model``), a JSON
+config, and training state (optimizer per part, progress) readable with ``weights_only=True``.
+
+A checkpoint is a directory written whole to a temporary sibling and then swapped in, so a
+kill at any moment leaves either the old or the new checkpoint, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .training import Progress
+
+CONFIG = "config.json"
+PROGRESS = "progress.json"
+
+
+def _previous(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".old")
+
+
+def resolve(directory: str | Path) -> Path:
+    """The checkpoint directory to read, recovering from a kill between the two renames."""
+    directory = Path(directory)
+    if (directory / CONFIG).exists():
+        return directory
+    if (_previous(directory) / CONFIG).exists():
+        return _previous(directory)
+    raise FileNotFoundError(
+        f"no checkpoint at {directory} (expected {directory / CONFIG}); "
+        "pass the checkpoint directory a training run wrote (OUT/checkpoint)"
+    )
+
+
+def save(
+    directory: str | Path,
+    parts: dict[str, nn.Module],
+    config: dict,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a checkpoint atomically: temp dir, then rename over the old one."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by killed writers
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    for name, module in parts.items():
+        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(tensors, str(tmp / f"{name}.safetensors"))
+    for name, opt in (optimizers or {}).items():
+        torch.save(opt.state_dict(), tmp / f"{name}.optim.pt")
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+    if progress is not None:
+        (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
+    for f in tmp.iterdir():  # make the files durable before the rename publishes them
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = _previous(directory)
+    if directory.exists():  # otherwise .old may be the only checkpoint left: keep it until now
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    return json.loads((resolve(directory) / CONFIG).read_text())
+
+
+def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
+    """Load each part's weights; every part must be present and match exactly."""
+    directory = resolve(directory)
+    for name, module in parts.items():
+        path = directory / f"{name}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {directory} has no {path.name}")
+        module.load_state_dict(load_file(str(path)), strict=True)
+
+
+def load_training_state(
+    directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
+) -> Progress:
+    directory = resolve(directory)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(torch.load(directory / f"{name}.optim.pt", weights_only=True))
+    return Progress(**json.loads((directory / PROGRESS).read_text()))

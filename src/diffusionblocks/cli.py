@@ -1,0 +1,173 @@
+"""Command line: ``diffusionblocks train|eval|compare``.
+
+Every flag maps to a field of a config dataclass; a run saves its whole config with its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .data.images import DATASETS
+from .models.vit import ViTConfig
+from .noise import NoiseConfig
+from .training import OptimConfig
+
+HELP = {
+    # run
+    "mode": "e2e: plain backprop through the whole network; dblocks: DiffusionBlocks",
+    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
+    "data_dir": "folder holding the dataset files (default: $DIFFUSIONBLOCKS_DATA, else ./data)",
+    "blocks": "number of blocks B the layers are cut into",
+    "split": "explicit layers per block when depth is not divisible by B, e.g. --split 3 2 2",
+    "patch_size": "ViT patch size (default: 2 for digits, 4 otherwise)",
+    "shared_policy": "cotrained: every block's step updates stem/label table/head (paper); "
+    "frozen: they stay at their random initialization",
+    "steps": "end-to-end training steps (the budget; default per dataset: digits 1000, mnist 4000)",
+    "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
+    "batch_size": "training batch size",
+    "seed": "random seed (initialization, data order, blocks, noise)",
+    "sampler": "ODE sampler at inference: euler (paper) or heun",
+    "grid": "inference σ grid: equiprob (equal training mass) or karras (ρ = 7)",
+    "sample_steps": "points on the inference σ grid (default: B, one denoiser call per block)",
+    "evals": "test-set evaluations (and checkpoints) during training",
+    "device": "auto (cuda when available), cpu or cuda",
+    "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
+    # model
+    "width": "transformer width",
+    "depth": "number of transformer layers L",
+    "heads": "attention heads",
+    "mlp_ratio": "MLP hidden width / width",
+    # noise
+    "sigma_min": "lowest noise level σ_min",
+    "sigma_max": "highest noise level σ_max",
+    "p_mean": "mean of log σ in training (EDM P_mean)",
+    "p_std": "std of log σ in training (EDM P_std)",
+    "sigma_data": "data standard deviation σ_data of the preconditioning",
+    "gamma": "overlap γ in [0, 1): each block trains on its range widened by γ of its log-width",
+    "partition": "equiprob: equal training mass per block (paper); uniform: equal log σ widths",
+    "max_weight": "clamp the loss weight λ(σ) at this value (default: no clamp, as the paper)",
+    # optim
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay (matrices only)",
+    "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
+    "clip": "gradient-norm clip (0: off)",
+}
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None) -> None:
+    group = parser.add_argument_group(title) if title else parser
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name not in HELP:
+            continue
+        base = str(f.type).split(" | ")[0]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        if base.startswith("list["):
+            group.add_argument(flag, type=int, nargs="+", default=None, help=HELP[f.name])
+        else:
+            shown = "" if default is None else f" (default: {default})"
+            group.add_argument(flag, type=_TYPES[base], default=None, help=HELP[f.name] + shown)
+
+
+def _filled(cls, args: argparse.Namespace, **extra):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    return cls(**values, **extra)
+
+
+def _classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
+    from .tasks.classify import ClassifyConfig
+
+    _add_fields(parser, ClassifyConfig, skip=skip)
+    _add_fields(parser, ViTConfig, skip=("image_size", "channels", "patch_size", "num_classes"),
+                title="model")
+    _add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)")
+    _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
+
+
+def _classify_config(args: argparse.Namespace, **extra):
+    from .tasks.classify import ClassifyConfig
+
+    return _filled(ClassifyConfig, args, vit=_filled(ViTConfig, args),
+                   noise=_filled(NoiseConfig, args), optim=_filled(OptimConfig, args), **extra)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .tasks import classify
+
+    result = classify.train(_classify_config(args), show=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data.images import load_images
+    from .tasks import classify
+
+    model, cfg = classify.load(args.checkpoint)
+    for key in ("sampler", "grid", "sample_steps"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    data = load_images(cfg.dataset, args.data_dir or cfg.data_dir)
+    acc = classify.evaluate(model, data.x_test, data.y_test, cfg)
+    print(json.dumps({"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
+                      "test_accuracy": acc, "test_examples": len(data.y_test)}, indent=2))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .tasks import classify
+
+    if args.task != "classify":
+        raise SystemExit(f"unknown task {args.task!r}; available: classify")
+    cfg = _classify_config(args, mode="e2e")
+    out = Path(cfg.out if args.out else "runs/compare")
+    print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="diffusionblocks",
+        description="Block-wise training of residual networks as diffusion denoisers "
+        "(DiffusionBlocks, ICLR 2026), beside end-to-end backprop.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one model (resumes from OUT/checkpoint)")
+    train_tasks = train.add_subparsers(dest="task", required=True)
+    classify = train_tasks.add_parser("classify", help="image classification with a ViT",
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _classify_args(classify)
+    classify.add_argument("--quiet", action="store_true", help="no progress bar")
+    classify.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="test accuracy of a checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint)")
+    ev.add_argument("--data-dir", default=None, help=HELP["data_dir"])
+    ev.add_argument("--sampler", default=None, help=HELP["sampler"])
+    ev.add_argument("--grid", default=None, help=HELP["grid"])
+    ev.add_argument("--sample-steps", type=int, default=None, help=HELP["sample_steps"])
+    ev.set_defaults(func=cmd_eval)
+
+    cmp = sub.add_parser("compare", help="train end to end and DiffusionBlocks on the same "
+                         "budget and print them side by side (the main job)")
+    cmp.add_argument("--task", default="classify", help="which family to compare: classify")
+    cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _classify_args(cmp, skip=("mode",))
+    cmp.set_defaults(func=cmd_compare)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"diffusionblocks: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

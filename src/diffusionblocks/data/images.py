@@ -1,0 +1,163 @@
+"""Image datasets from local files, and the embedded default (scikit-learn's digits).
+
+| name            | where                                                          |
+|-----------------|----------------------------------------------------------------|
+| digits          | embedded in scikit-learn, no file needed (8×8, 1797 images)    |
+| mnist           | DATA/mnist/mnist.npz (Keras layout)                            |
+| fashion_mnist   | DATA/fashion_mnist/fashion_mnist.npz (Keras layout)            |
+| cifar10         | DATA/cifar10/cifar10_jpeg_q75.npz, or the python pickle folder |
+|                 | DATA/cifar10/cifar-10-batches-py (data_batch_1..5, test_batch) |
+| cifar10_exact   | DATA/cifar10/cifar10_exact_subset.npz (lossless 5,085/1,017)   |
+
+DATA is ``--data-dir``, else ``$DIFFUSIONBLOCKS_DATA``, else ``./data``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact")
+
+
+@dataclass
+class ImageData:
+    """Normalized float images (N, C, H, W) and integer labels, split into train and test."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+def data_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("DIFFUSIONBLOCKS_DATA") or "data")
+
+
+def _require(path: Path, name: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {name!r} needs {path}, which does not exist; point --data-dir (or "
+            f"$DIFFUSIONBLOCKS_DATA) at the folder holding it, or use --dataset digits (no files)"
+        )
+    return path
+
+
+def _digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * (255 / 16)).round().astype(np.uint8)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))  # fixed split: 1437 train / 360 test
+    x, y = x[perm], y[perm]
+    return x[:1437], y[:1437], x[1437:], y[1437:]
+
+
+def _npz(path: Path) -> tuple[np.ndarray, ...]:
+    d = np.load(path)
+    return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+
+
+def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([
+        np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"))
+        for a, b in zip(offsets[:-1], offsets[1:])
+    ])
+
+
+def _cifar10(root: Path) -> tuple[np.ndarray, ...]:
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    if folder.exists():
+        def batch(name):
+            with open(folder / name, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            return x, np.asarray(d[b"labels"])
+        train = [batch(f"data_batch_{i}") for i in range(1, 6)]
+        x_test, y_test = batch("test_batch")
+        return (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
+                x_test, y_test)
+    path = _require(root / "cifar10" / "cifar10_jpeg_q75.npz", "cifar10")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffusionblocks"
+    cached = cache / "cifar10_jpeg_q75.decoded.npz"
+    if cached.exists() and cached.stat().st_mtime >= path.stat().st_mtime:
+        return _npz(cached)
+    d = np.load(path)
+    arrays = (_decode_jpegs(d["train_jpeg"], d["train_offsets"]), d["y_train"],
+              _decode_jpegs(d["test_jpeg"], d["test_offsets"]), d["y_test"])
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
+        tmp.replace(cached)
+    except OSError:
+        pass
+    return arrays
+
+
+def load_images(name: str, root: str | Path | None = None) -> ImageData:
+    """Load a dataset by name; images are scaled to [0, 1] and standardized per channel
+    with the training split's statistics."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = data_dir(root)
+    if name == "digits":
+        arrays = _digits()
+    elif name == "mnist":
+        arrays = _npz(_require(root / "mnist" / "mnist.npz", name))
+    elif name == "fashion_mnist":
+        arrays = _npz(_require(root / "fashion_mnist" / "fashion_mnist.npz", name))
+    elif name == "cifar10":
+        arrays = _cifar10(root)
+    else:
+        arrays = _npz(_require(root / "cifar10" / "cifar10_exact_subset.npz", name))
+    x_train, y_train, x_test, y_test = arrays
+
+    def images(x: np.ndarray) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(x)).float() / 255
+        return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+    xtr, xte = images(x_train), images(x_test)
+    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
+    std = xtr.std(dim=(0, 2, 3), keepdim=True)
+    ytr = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+    yte = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
+    return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
+
+
+class Batches:
+    """Shuffled training batches addressed by step: batch t of epoch t // (N // batch_size).
+
+    Each epoch's order comes from (seed, epoch), so any step's batch can be rebuilt on resume.
+    The last partial batch of an epoch is dropped in training only.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device="cpu"):
+        if batch_size > len(y):
+            raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
+        self.x, self.y, self.batch_size, self.seed, self.device = x, y, batch_size, seed, device
+        self.per_epoch = len(y) // batch_size
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(len(self.y), generator=g)
+        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.x[idx].to(self.device), self.y[idx].to(self.device)

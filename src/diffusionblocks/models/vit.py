@@ -1,0 +1,118 @@
+"""A small Vision Transformer: patch stem, pre-norm layers (plain or AdaLN-Zero), classifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..conditioning import AdaLNZero, modulated_norm
+
+
+@dataclass
+class ViTConfig:
+    """Backbone shape. ``cond_dim`` is the width of the noise conditioning (dblocks only)."""
+
+    image_size: int = 8
+    channels: int = 1
+    patch_size: int = 2
+    width: int = 64
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size {self.patch_size} must divide image_size {self.image_size}"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"heads {self.heads} must divide width {self.width}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be at least 1, got {self.depth}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        n, t, w = h.shape
+        q, k, v = self.qkv(h).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(a.transpose(1, 2).reshape(n, t, w))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer. With ``cond_dim`` it is AdaLN-Zero conditioned (DiT):
+    shift/scale/gate of both branches come from the conditioning vector, gates start at 0."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.attn = Attention(width, heads)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+        )
+        if cond_dim:
+            self.ada = AdaLNZero(cond_dim, width)
+        else:
+            self.norm1 = nn.LayerNorm(width, eps=1e-6)
+            self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mask: Tensor | None = None
+
+    def forward(self, h: Tensor, c: Tensor | None = None) -> Tensor:
+        if c is None:
+            h = h + self.attn(self.norm1(h), self.mask)
+            return h + self.mlp(self.norm2(h))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
+        h = torch.addcmul(h, gate1, self.attn(modulated_norm(h, shift1, scale1), self.mask))
+        return torch.addcmul(h, gate2, self.mlp(modulated_norm(h, shift2, scale2)))
+
+
+def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
+    return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim) for _ in range(cfg.depth)]
+
+
+class PatchStem(nn.Module):
+    """Image -> patch tokens with learned positions; ``slot`` is the position of token 0."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv2d(cfg.channels, cfg.width, kernel_size=p, stride=p)
+        self.pos = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.width) * 0.02)
+        self.slot = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
+
+    def forward(self, x: Tensor, first: Tensor) -> Tensor:
+        """Prepend ``first`` (N, width) — the [CLS] token or the noisy target — to the patches."""
+        patches = self.proj(x).flatten(2).transpose(1, 2) + self.pos
+        return torch.cat([first[:, None] + self.slot, patches], dim=1)
+
+
+class ViTClassifier(nn.Module):
+    """The end-to-end baseline: a plain ViT classifier on the same layers and stem."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.stem = PatchStem(cfg)
+        self.cls = nn.Parameter(torch.zeros(1, cfg.width))
+        self.layers = nn.ModuleList(make_layers(cfg))
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.head = nn.Linear(cfg.width, cfg.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x, self.cls.expand(x.shape[0], -1))
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(self.norm(h[:, 0]))

@@ -1,0 +1,75 @@
+"""Side-by-side reports: JSON, a Markdown table, and a PNG of quality vs layer evaluations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def markdown_table(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") -> str:
+    """Markdown table of a side-by-side run, one row per mode, plus the ratios that matter."""
+    header = ["mode", "blocks", metric.replace("_", " "), "train time (s)", "s / step", "steps",
+              "layer evals", "activations / step"]
+    rows = []
+    for mode, r in results.items():
+        value = r[metric]
+        rows.append([
+            mode, str(r.get("blocks", 1)),
+            f"{100 * value:.2f}%" if "accuracy" in metric else f"{value:.4g}",
+            f"{r['train_seconds']:.1f}", f"{r['step_seconds'] * 1000:.1f} ms", str(r["steps"]),
+            f"{r['layer_evals']:,}", human_bytes(r["activation_bytes_per_step"]),
+        ])
+    table = markdown_table(rows, header)
+    if {"e2e", "dblocks"} <= results.keys():
+        e, d = results["e2e"], results["dblocks"]
+        b = d.get("blocks", 1)
+        table += (
+            f"\nActivation memory per step, e2e / dblocks: "
+            f"{e['activation_bytes_per_step'] / d['activation_bytes_per_step']:.2f}× (B = {b}). "
+            f"Time per step, dblocks × B / e2e: {d['step_seconds'] * b / e['step_seconds']:.2f}.\n"
+        )
+    return table
+
+
+def plot_history(results: dict[str, dict], path: Path, metric: str = "test_accuracy") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for mode, r in results.items():
+        h = r.get("history", [])
+        if h:
+            ax.plot([p["layer_evals"] for p in h], [p[metric] for p in h], marker="o", ms=3,
+                    label=f"{mode} (B={r.get('blocks', 1)})")
+    ax.set_xlabel("layer evaluations (training)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: dict[str, dict], metric: str = "test_accuracy", title: str = "") -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    table = comparison_table(results, metric)
+    (out / "report.md").write_text((f"# {title}\n\n" if title else "") + table)
+    plot_history(results, out / f"{metric}.png", metric)
+    return table

@@ -1,0 +1,353 @@
+"""Image classification with a ViT, end to end or as DiffusionBlocks (METHOD.md §6-8).
+
+The target y of DiffusionBlocks is the label's embedding, normalized and scaled to per-coordinate
+RMS σ_data (the scale EDM's preconditioning assumes); the noisy target takes the [CLS] slot.
+Logits are read out of D against the same normalized table, and at inference the denoised
+estimate is softmax(logits) @ table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import checkpoint
+from ..blocks import DiffusionBlocks, SharedParts, split_layers
+from ..data.images import Batches, ImageData, load_images
+from ..memory import activation_bytes
+from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
+from ..noise import NoiseConfig, sigmas_equiprob, sigmas_karras
+from ..sampling import SAMPLERS, initial_noise
+from ..training import (
+    Blockwise,
+    EndToEnd,
+    OptimConfig,
+    Progress,
+    blockwise_loss,
+    fit,
+    matched_budget,
+)
+
+MODES = ("e2e", "dblocks")
+# Per-dataset defaults: patch size and end-to-end training steps at batch 128.
+DATASET_DEFAULTS = {
+    "digits": {"patch_size": 2, "steps": 1000},
+    "mnist": {"patch_size": 4, "steps": 4000},
+    "fashion_mnist": {"patch_size": 4, "steps": 4000},
+    "cifar10": {"patch_size": 4, "steps": 10000},
+    "cifar10_exact": {"patch_size": 4, "steps": 2000},
+}
+
+
+@dataclass
+class ClassifyConfig:
+    """One classification run. ``steps`` is the end-to-end budget; DiffusionBlocks gets the
+    same number of layer evaluations (B× the steps) unless ``match='steps'``."""
+
+    mode: str = "dblocks"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    blocks: int = 3
+    split: list[int] | None = None
+    patch_size: int | None = None
+    shared_policy: str = "cotrained"
+    steps: int | None = None
+    match: str = "layers"
+    batch_size: int = 128
+    seed: int = 0
+    sampler: str = "euler"
+    grid: str = "equiprob"
+    sample_steps: int | None = None
+    evals: int = 10
+    device: str = "auto"
+    out: str = "runs/classify"
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASET_DEFAULTS:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}"
+            )
+        split_layers(self.vit.depth, self.blocks, self.split)
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.grid not in ("equiprob", "karras"):
+            raise ValueError(f"unknown grid {self.grid!r}; choose 'equiprob' or 'karras'")
+        if self.match not in ("layers", "steps"):
+            raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
+
+    def to_dict(self) -> dict:
+        return {"task": "classify", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassifyConfig:
+        d = {k: v for k, v in d.items() if k != "task"}
+        nested = {"vit": ViTConfig, "noise": NoiseConfig, "optim": OptimConfig}
+        for key, kind in nested.items():
+            sub = dict(d.get(key, {}))
+            if key == "optim" and "betas" in sub:
+                sub["betas"] = tuple(sub["betas"])
+            d[key] = kind(**sub)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+# Fields a resumed run may change; everything else must match the checkpoint.
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir"}
+
+
+class ClassifierShared(SharedParts):
+    """Shared parts of the DiffusionBlocks ViT: patch stem, label table, read-in and read-out."""
+
+    def __init__(self, cfg: ViTConfig, sigma_data: float, embed_dim: int | None = None):
+        super().__init__()
+        self.embed_dim = embed_dim or cfg.width
+        self.stem = PatchStem(cfg)
+        self.table = nn.Embedding(cfg.num_classes, self.embed_dim)
+        self.read_in = nn.Linear(self.embed_dim, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.read_out = nn.Linear(cfg.width, self.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.radius = sigma_data * math.sqrt(self.embed_dim)  # per-coordinate RMS = σ_data
+
+    def embeddings(self) -> Tensor:
+        """The normalized label table used for targets, logits and the sampler."""
+        return F.normalize(self.table.weight, dim=1) * self.radius
+
+    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
+        return self.stem(x, self.read_in(z_in))
+
+    def decode(self, h: Tensor) -> Tensor:
+        return self.read_out(self.norm(h[:, 0]))
+
+    def target(self, y: Tensor) -> Tensor:
+        return self.embeddings()[y]
+
+    def logits(self, denoised: Tensor) -> Tensor:
+        return denoised @ self.embeddings().T * (self.logit_scale.exp() / self.radius**2)
+
+    def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self.logits(denoised), y, reduction="none")
+
+    def estimate(self, denoised: Tensor) -> Tensor:
+        return self.logits(denoised).softmax(-1) @ self.embeddings()
+
+
+def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
+    """Fill in what the data decides: image shape, classes, patch size and step defaults."""
+    channels, size, _ = data.shape
+    defaults = DATASET_DEFAULTS[cfg.dataset]
+    patch = cfg.patch_size or defaults["patch_size"]
+    vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
+                             "num_classes": data.num_classes}
+    cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch}
+    if cfg.steps is None:
+        cfg_dict["steps"] = defaults["steps"]
+    return ClassifyConfig.from_dict(cfg_dict)
+
+
+def build(cfg: ClassifyConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    if cfg.mode == "e2e":
+        return ViTClassifier(cfg.vit)
+    layers = make_layers(cfg.vit, cond_dim=cfg.vit.width)
+    shared = ClassifierShared(cfg.vit, cfg.noise.sigma_data)
+    return DiffusionBlocks(
+        layers, shared, cfg.blocks, cond_dim=cfg.vit.width, noise=cfg.noise,
+        split=cfg.split, shared_policy=cfg.shared_policy,
+    )
+
+
+def parts(model: nn.Module) -> dict[str, nn.Module]:
+    return model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
+
+
+def sigma_grid(cfg: ClassifyConfig) -> Tensor:
+    n = cfg.sample_steps or max(cfg.blocks, 2)
+    return sigmas_equiprob(cfg.noise, n) if cfg.grid == "equiprob" else sigmas_karras(cfg.noise, n)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) -> Tensor:
+    """Logits for a batch. DiffusionBlocks: sample the label embedding from noise, block by
+    block, then read logits from the last denoiser call at σ_min."""
+    if not isinstance(model, DiffusionBlocks):
+        return model(x)
+    shared = model.shared
+    z = initial_noise((x.shape[0], shared.embed_dim), cfg.noise.sigma_max, generator, x.device)
+    sigmas = sigma_grid(cfg)
+    z = SAMPLERS[cfg.sampler](model.denoiser(x), z, sigmas)
+    return shared.logits(model.denoise(z, float(sigmas[-1]), x))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifyConfig, batch: int = 1000) -> float:
+    """Accuracy over every example of (x, y); no example is dropped."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(y), batch):
+        logits = predict(model, x[i : i + batch].to(device), cfg, gen)
+        correct += (logits.argmax(-1).cpu() == y[i : i + batch]).sum().item()
+    model.train(was_training)
+    return correct / len(y)
+
+
+def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: ClassifyConfig) -> dict:
+    """Activation bytes saved for backward in one training step (dblocks: mean over blocks,
+    since every block is sampled with equal probability)."""
+    x, y = batch
+    if not isinstance(model, DiffusionBlocks):
+        return {"activation_bytes_per_step": activation_bytes(lambda: F.cross_entropy(model(x), y), model)}
+    gen = torch.Generator().manual_seed(0)
+    per_block = [
+        activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, gen), model)
+        for b in range(model.num_blocks)
+    ]
+    return {"activation_bytes_per_step": round(statistics.mean(per_block)),
+            "activation_bytes_per_block": per_block}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_resumable(saved: dict, cfg: ClassifyConfig, where: Path) -> None:
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        raise ValueError(
+            f"checkpoint {where} was written by a different config ({detail}); "
+            "resume with the same flags or use a fresh --out"
+        )
+
+
+def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:
+    """Train one mode, resuming from ``OUT/checkpoint`` when it exists; return its results."""
+    data = data or load_images(cfg.dataset, cfg.data_dir)
+    cfg = resolve_config(cfg, data)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    model = build(cfg).to(device)
+    if cfg.mode == "dblocks":
+        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
+        strategy = Blockwise(model, cfg.optim)
+    else:
+        total, warmup = cfg.steps, cfg.optim.warmup
+        strategy = EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth)
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, device)
+
+    ckpt = out / "checkpoint"
+    progress = Progress()
+    history: list[dict] = []
+    metrics_path = out / "metrics.jsonl"
+    try:
+        where = checkpoint.resolve(ckpt)
+    except FileNotFoundError:
+        where = None
+    if where is not None:
+        check_resumable(checkpoint.read_config(where), cfg, where)
+        checkpoint.load_parts(where, parts(model))
+        progress = checkpoint.load_training_state(where, strategy.optimizers)
+        if metrics_path.exists():  # keep only what the checkpoint had seen
+            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
+                    if r["step"] <= progress.step]
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            history = [r for r in kept if "test_accuracy" in r]
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    step_times: list[float] = []
+    log_file = metrics_path.open("a")
+
+    def log(record: dict) -> None:
+        step_times.append(record.pop("seconds"))
+        if record["step"] % 10 == 1 or record["step"] == total:
+            log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
+
+    def on_every(p: Progress) -> None:
+        acc = evaluate(model, data.x_test, data.y_test, cfg)
+        record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals, "test_accuracy": acc,
+                  "train_seconds": round(p.train_seconds, 3)}
+        history.append(record)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
+
+    every = max(1, total // max(1, cfg.evals))
+    progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
+                   desc=f"{cfg.mode} {cfg.dataset}", show=show)
+    log_file.close()
+
+    acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
+    result = {
+        "mode": cfg.mode,
+        "dataset": cfg.dataset,
+        "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
+        "test_accuracy": acc,
+        "test_examples": len(data.y_test),
+        "steps": total,
+        "layer_evals": progress.layer_evals,
+        "train_seconds": round(progress.train_seconds, 3),
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "device": str(device),
+        **measure_activations(model, batches(0), cfg),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConfig]:
+    """A trained model and its config from a checkpoint directory."""
+    cfg = ClassifyConfig.from_dict(checkpoint.read_config(path))
+    model = build(cfg)
+    checkpoint.load_parts(path, parts(model))
+    return model.to(device).eval(), cfg
+
+
+def time_steps(strategy, batches: Batches, seed: int, repeats: int = 20) -> float:
+    """Median seconds of ``repeats`` training steps (after 3 warm-up steps)."""
+    from ..training import step_generator
+
+    times = []
+    for t in range(repeats + 3):
+        x, y = batches(t)
+        start = time.perf_counter()
+        strategy.step(x, y, step_generator(seed, t))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[3:])
+
+
+def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:
+    """Train both modes on the same budget; write OUT/report.{json,md} and a plot."""
+    from ..report import write_report
+
+    data = load_images(cfg.dataset, cfg.data_dir)
+    if quick:
+        cfg = replace(cfg, steps=min(cfg.steps or 30, 30), evals=2)
+    results = {}
+    for mode in MODES:
+        results[mode] = train(replace(cfg, mode=mode, out=str(out / mode)), data, show)
+    title = (f"{cfg.dataset}: end to end vs DiffusionBlocks (B={cfg.blocks}), "
+             f"equal {'layer evaluations' if cfg.match == 'layers' else 'steps'}")
+    return write_report(out, results, title=title)

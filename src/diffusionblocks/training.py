@@ -1,0 +1,181 @@
+"""Training loops: block-wise (METHOD.md §5) and end to end, under one driver.
+
+A *strategy* owns the optimizers and does one step; :func:`fit` drives any strategy with a
+learning-rate schedule, progress bar, periodic evaluation and checkpoints. Randomness of step
+t (batch, block, σ, ε) comes from a generator seeded by (seed, t), so a resumed run draws
+exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .blocks import DiffusionBlocks
+from .noise import loss_weight
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def matched_budget(steps: int, warmup: int, blocks: int, match: str = "layers") -> tuple[int, int]:
+    """Steps and warm-up for DiffusionBlocks given an end-to-end budget.
+
+    ``layers``: equal layer evaluations, so B× the steps and a B× longer warm-up (the default);
+    ``steps``: the same number of steps.
+    """
+    if match == "layers":
+        return steps * blocks, warmup * blocks
+    if match == "steps":
+        return steps, warmup
+    raise ValueError(f"unknown budget match {match!r}; choose 'layers' or 'steps'")
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW | None:
+    """AdamW with weight decay on matrices only; None when nothing in ``module`` trains."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return None
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class Blockwise:
+    """One step: a uniformly random block, trained alone on its noise range."""
+
+    def __init__(self, model: DiffusionBlocks, cfg: OptimConfig, blocks: list[int] | None = None):
+        self.model, self.cfg = model, cfg
+        self.trainable = blocks if blocks is not None else list(range(model.num_blocks))
+        parts = model.parts()
+        names = ["shared"] + [f"block_{b}" for b in self.trainable]
+        self.optimizers = {n: o for n in names if (o := make_optimizer(parts[n], cfg)) is not None}
+
+    def layers_per_step(self, block: int) -> int:
+        return self.model.sizes[block]
+
+    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        model = self.model
+        b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
+        loss = blockwise_loss(model, x, y, b, gen)
+        active = [o for n, o in self.optimizers.items() if n in ("shared", f"block_{b}")]
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip:
+            params = [p for o in active for g in o.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.cfg.clip)
+        for opt in active:
+            opt.step()
+        return {"loss": loss.item(), "block": b, "layers": self.layers_per_step(b)}
+
+
+def blockwise_loss(
+    model: DiffusionBlocks, x: Tensor, y: Tensor, block: int, gen: torch.Generator
+) -> Tensor:
+    """Denoising score matching for one block: mean over examples of λ(σ)·ℓ(D_b(y + σε, σ), y)."""
+    target = model.shared.target(y)
+    sigma = model.sample_sigma(block, target.shape[0], gen).to(target.device)
+    eps = torch.randn(target.shape, generator=gen).to(target.device)
+    z = target + sigma.view(-1, *[1] * (target.dim() - 1)) * eps
+    denoised = model.denoise(z, sigma, x, block)
+    weight = loss_weight(sigma, model.noise.sigma_data, model.noise.max_weight)
+    return (weight * model.shared.example_loss(denoised, y)).mean()
+
+
+class EndToEnd:
+    """Plain backprop through the whole network."""
+
+    def __init__(
+        self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], cfg: OptimConfig, layers: int
+    ):
+        self.model, self.loss_fn, self.cfg, self.layers = model, loss_fn, cfg, layers
+        self.optimizers = {"model": make_optimizer(model, cfg)}
+
+    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        if self.cfg.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        opt.step()
+        return {"loss": loss.item(), "layers": self.layers}
+
+
+@dataclass
+class Progress:
+    """What a run has done so far; saved with every checkpoint."""
+
+    step: int = 0
+    layer_evals: int = 0
+    train_seconds: float = 0.0
+
+
+def fit(
+    strategy,
+    batch_at: Callable[[int], tuple[Tensor, Tensor]],
+    total: int,
+    warmup: int,
+    seed: int,
+    progress: Progress | None = None,
+    every: int = 0,
+    on_every: Callable[[Progress], None] | None = None,
+    log: Callable[[dict], None] | None = None,
+    desc: str = "train",
+    show: bool = True,
+) -> Progress:
+    """Run ``strategy`` from ``progress.step`` to ``total`` steps.
+
+    ``on_every`` (evaluation, checkpoint) runs every ``every`` steps and at the end; its time
+    is not counted in ``train_seconds``.
+    """
+    progress = progress or Progress()
+    bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not show, dynamic_ncols=True)
+    while progress.step < total:
+        t = progress.step
+        factor = lr_factor(t, total, warmup)
+        for opt in strategy.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = strategy.cfg.lr * factor
+        start = time.perf_counter()
+        x, y = batch_at(t)
+        record = strategy.step(x, y, step_generator(seed, t))
+        record["seconds"] = time.perf_counter() - start
+        progress.train_seconds += record["seconds"]
+        progress.step += 1
+        progress.layer_evals += record["layers"]
+        bar.update(1)
+        if log is not None:
+            log({"step": progress.step, "lr": factor * strategy.cfg.lr, **record})
+        if on_every is not None and ((every and progress.step % every == 0) or progress.step == total):
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            on_every(progress)
+    bar.close()
+    return progress

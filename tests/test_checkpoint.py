@@ -1,0 +1,162 @@
+"""Checkpoints: per-part safetensors, atomic swaps, exact resume, config checks; data errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from diffusionblocks import checkpoint, training
+from diffusionblocks.data.images import load_images
+from diffusionblocks.models.vit import ViTConfig
+from diffusionblocks.tasks import classify
+from diffusionblocks.tasks.classify import ClassifyConfig
+from diffusionblocks.training import Blockwise, OptimConfig, Progress, step_generator
+
+
+def trained_tiny(digits, seed=0, steps=3):
+    cfg = tiny_config(digits, seed=seed)
+    model = classify.build(cfg)
+    strategy = Blockwise(model, OptimConfig())
+    for t in range(steps):
+        strategy.step(digits.x_train[:16], digits.y_train[:16], step_generator(seed, t))
+    return cfg, model, strategy
+
+
+def test_round_trip_is_bit_exact_one_file_per_part(digits, tmp_path):
+    cfg, model, strategy = trained_tiny(digits)
+    where = checkpoint.save(tmp_path / "ckpt", model.parts(), cfg.to_dict(), strategy.optimizers,
+                            Progress(step=3, layer_evals=6, train_seconds=0.5))
+    names = sorted(p.name for p in where.iterdir())
+    parts = ["shared", "block_0", "block_1", "block_2"]
+    assert names == sorted([f"{p}.safetensors" for p in parts] + [f"{p}.optim.pt" for p in parts]
+                           + ["config.json", "progress.json"])
+    # each safetensors file holds exactly its part
+    assert set(load_file(str(where / "block_1.safetensors"))) == set(model.blocks[1].state_dict())
+
+    fresh_cfg, fresh, fresh_strategy = trained_tiny(digits, seed=1, steps=0)
+    qkv = [m.blocks[0].layers[0].attn.qkv.weight for m in (model, fresh)]
+    assert not torch.equal(*qkv)
+    checkpoint.load_parts(where, fresh.parts())
+    for name, part in model.parts().items():
+        want, got = part.state_dict(), fresh.parts()[name].state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), name
+
+    # training state: plain tensors and containers, loadable with weights_only=True
+    for part in parts:
+        state = torch.load(where / f"{part}.optim.pt", weights_only=True)
+        assert {"state", "param_groups"} <= state.keys()
+    progress = checkpoint.load_training_state(where, fresh_strategy.optimizers)
+    assert progress == Progress(step=3, layer_evals=6, train_seconds=0.5)
+    for name, opt in strategy.optimizers.items():
+        a, b = opt.state_dict()["state"], fresh_strategy.optimizers[name].state_dict()["state"]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+    assert checkpoint.read_config(where) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def test_save_leaves_no_temporary_or_old_directories(tiny_model, tiny_cfg, tmp_path):
+    for _ in range(2):  # the second save swaps over the first
+        checkpoint.save(tmp_path / "ckpt", tiny_model.parts(), tiny_cfg.to_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_resolve_recovers_from_a_kill_between_the_renames(tiny_model, tiny_cfg, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, tiny_model.parts(), tiny_cfg.to_dict())
+    ckpt.rename(tmp_path / "ckpt.old")  # killed after "current -> .old", before "tmp -> current"
+    assert checkpoint.resolve(ckpt) == tmp_path / "ckpt.old"
+    checkpoint.load_parts(ckpt, tiny_model.parts())
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        checkpoint.resolve(tmp_path / "elsewhere")
+
+
+def test_a_kill_while_saving_over_a_recovered_checkpoint_keeps_one(tiny_model, tiny_cfg, tmp_path,
+                                                                  monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, tiny_model.parts(), tiny_cfg.to_dict())
+    ckpt.rename(tmp_path / "ckpt.old")  # an earlier kill between the renames
+    real_rename = Path.rename
+
+    def killed(self, target):
+        if self.name.startswith("ckpt.tmp-"):
+            raise KeyboardInterrupt("killed before the new checkpoint was published")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(ckpt, tiny_model.parts(), tiny_cfg.to_dict())
+    monkeypatch.undo()
+    assert checkpoint.resolve(ckpt)  # raises FileNotFoundError: neither ckpt nor ckpt.old exists
+
+
+def resume_config(out):
+    return ClassifyConfig(dataset="digits", mode="dblocks", steps=20, evals=2, batch_size=32,
+                          vit=ViTConfig(width=16, depth=3, heads=2), out=str(out))
+
+
+def final_weights(out):
+    ckpt = Path(out) / "checkpoint"
+    return {f.name: load_file(str(f)) for f in sorted(ckpt.glob("*.safetensors"))}
+
+
+def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatch):
+    straight = classify.train(resume_config(tmp_path / "straight"), digits, show=False)
+    assert straight["steps"] == 60  # 20 end-to-end steps × B=3, equal layer evaluations
+    assert straight["layer_evals"] == 60
+
+    real_save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train(resume_config(tmp_path / "resumed"), digits, show=False)
+    monkeypatch.undo()
+    progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
+    assert progress["step"] == 30
+
+    steps_run = []
+    real_step = training.Blockwise.step
+    monkeypatch.setattr(training.Blockwise, "step",
+                        lambda self, *a: steps_run.append(1) or real_step(self, *a))
+    resumed = classify.train(resume_config(tmp_path / "resumed"), digits, show=False)
+    assert len(steps_run) == 30  # only the steps after the checkpoint are run again
+
+    assert resumed["steps"] == straight["steps"]
+    assert resumed["layer_evals"] == straight["layer_evals"]
+    assert [h["step"] for h in resumed["history"]] == [30, 60]
+    assert ([h["test_accuracy"] for h in resumed["history"]]
+            == [h["test_accuracy"] for h in straight["history"]])
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() == {"shared.safetensors", "block_0.safetensors",
+                                    "block_1.safetensors", "block_2.safetensors"}
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    steps_logged = [json.loads(line)["step"]
+                    for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == sorted(steps_logged)  # records after the checkpoint were not duplicated
+
+    # a different model is refused, naming the field that differs
+    other = resume_config(tmp_path / "resumed")
+    other.vit = ViTConfig(width=32, depth=3, heads=2)
+    with pytest.raises(ValueError, match=r"different config \(vit: .*'width': 16.*'width': 32"):
+        classify.train(other, digits, show=False)
+
+
+def test_missing_data_file_names_the_path_and_the_flag(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_images("mnist", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "mnist" / "mnist.npz") in message
+    assert "--data-dir" in message
+
+
+def test_unknown_dataset_is_a_value_error():
+    with pytest.raises(ValueError, match=r"unknown dataset 'nope'; choose one of digits, mnist"):
+        load_images("nope")
