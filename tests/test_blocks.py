@@ -13,15 +13,16 @@ from diffusionblocks.models.vit import ViTConfig, make_layers
 from diffusionblocks.noise import loss_weight, scalings, sigmas_equiprob
 from diffusionblocks.sampling import sample_euler, sample_heun
 from diffusionblocks.tasks import classify
-from diffusionblocks.tasks.classify import ClassifierShared
+from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter
 from diffusionblocks.training import Blockwise, OptimConfig, blockwise_loss, step_generator
 
 
 def make_model(blocks=3, depth=6, split=None, shared_policy="cotrained", width=16):
     torch.manual_seed(0)
     vit = ViTConfig(image_size=8, channels=1, patch_size=2, width=width, depth=depth, heads=2)
-    return DiffusionBlocks(make_layers(vit, cond_dim=width), ClassifierShared(vit, 0.5), blocks,
-                           cond_dim=width, split=split, shared_policy=shared_policy)
+    return DiffusionBlocks(make_layers(vit, cond_dim=width), LabelSpace(10, width),
+                           lambda: ViTAdapter(vit, width), blocks, cond_dim=width, split=split,
+                           shared_policy=shared_policy)
 
 
 def snapshot(module):
@@ -58,7 +59,8 @@ def test_explicit_uneven_split_puts_every_layer_in_exactly_one_block():
     torch.manual_seed(0)
     vit = ViTConfig(width=16, depth=7, heads=2)
     layers = make_layers(vit, cond_dim=16)
-    model = DiffusionBlocks(layers, ClassifierShared(vit, 0.5), 3, cond_dim=16, split=[3, 2, 2])
+    model = DiffusionBlocks(layers, LabelSpace(10, 16), lambda: ViTAdapter(vit, 16), 3, cond_dim=16,
+                            split=[3, 2, 2])
     assert model.sizes == [3, 2, 2]
     assert [len(b.layers) for b in model.blocks] == [3, 2, 2]
     in_blocks = [layer for block in model.blocks for layer in block.layers]
@@ -85,8 +87,12 @@ def test_one_block_is_a_plain_edm_denoiser(digits):
     sigma = torch.tensor([0.003, 0.1, 0.5, 3.0, 60.0])
     c_skip, c_out, c_in, c_noise = scalings(sigma, 0.5)
     with torch.no_grad():
-        h = model.blocks[0](model.shared.encode(x, c_in[:, None] * z), c_noise)
-        expected = c_skip[:, None] * z + c_out[:, None] * model.shared.decode(h)
+        block = model.blocks[0]
+        c = block.noise_embed(c_noise)
+        h = block.adapter.encode(x, c_in[:, None] * z)
+        for layer in block.layers:
+            h = layer(h, c)
+        expected = c_skip[:, None] * z + c_out[:, None] * block.adapter.decode(h)
         got = model.denoise(z, sigma, x)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, c_skip[:, None] * z)  # the network term is not negligible
@@ -95,13 +101,20 @@ def test_one_block_is_a_plain_edm_denoiser(digits):
 def test_fresh_block_is_identity_on_its_residual_stream(tiny_model):
     h = torch.randn(4, 17, 16)
     c_noise = torch.log(torch.tensor([0.01, 0.3, 2.0, 80.0])) / 4
+
+    def residual_stream(block):
+        out, c = h, block.noise_embed(c_noise)
+        for layer in block.layers:
+            out = layer(out, c)
+        return out
+
     for block in tiny_model.blocks:
         with torch.no_grad():
-            assert torch.equal(block(h, c_noise), h)
+            assert torch.equal(residual_stream(block), h)
     # a layer with non-zero gates is not
     with torch.no_grad():
         tiny_model.blocks[0].layers[0].ada.proj[1].bias.fill_(0.1)
-        assert not torch.allclose(tiny_model.blocks[0](h, c_noise), h)
+        assert not torch.allclose(residual_stream(tiny_model.blocks[0]), h)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8), (2, 1, 8)])

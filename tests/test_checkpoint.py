@@ -17,7 +17,7 @@ from diffusionblocks.training import Blockwise, OptimConfig, Progress, step_gene
 
 
 def trained_tiny(digits, seed=0, steps=3):
-    cfg = tiny_config(digits, seed=seed)
+    cfg = tiny_config(digits, seed=seed, shared_policy="cotrained")  # a shared optimizer too
     model = classify.build(cfg)
     strategy = Blockwise(model, OptimConfig())
     for t in range(steps):

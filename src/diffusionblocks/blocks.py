@@ -6,14 +6,16 @@ Three steps turn any sequence of residual layers into DiffusionBlocks:
 2. give each block a noise range (block 0, the input end, gets the highest noise);
 3. condition each block on its noise level through its own :class:`NoiseEmbedding`.
 
-The parts every block uses (input stem, target embedding, readout) live in a
-:class:`SharedParts` module supplied by the task. Layers are called as ``layer(h, c)`` with the
-hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
+Each block also owns an *adapter* (made by a task-supplied factory): ``encode(x, z_in)`` builds
+the hidden sequence from the conditioning input and the c_in-scaled noisy target, ``decode(h)``
+reads F. Only the target space (e.g. the label table) is a :class:`SharedParts` module used by
+every block: it is the one thing blocks hand to each other. Layers are called as ``layer(h, c)``
+with the hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,18 +27,11 @@ SHARED_POLICIES = ("cotrained", "frozen")
 
 
 class SharedParts(nn.Module):
-    """What all blocks share: how the input and the noisy target enter, and how D leaves.
+    """The target space all blocks share: the clean target, the loss, the sampler's estimate.
 
-    A task subclasses this. ``encode`` builds the hidden sequence from the conditioning input
-    ``x`` and the c_in-scaled noisy target; ``decode`` reads the network output F (target space)
-    from the final hidden sequence.
+    The default is a continuous target with squared error and no parameters; a task with
+    discrete targets subclasses it (a label or token table, logits, a projected estimate).
     """
-
-    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def decode(self, h: Tensor) -> Tensor:
-        raise NotImplementedError
 
     def condition(self, x: Tensor) -> Tensor | None:
         """Extra conditioning added to the noise embedding (e.g. a class label); none by default."""
@@ -81,20 +76,23 @@ def split_layers(num_layers: int, blocks: int, split: Sequence[int] | None = Non
 
 
 class Block(nn.Module):
-    """One block: a private noise embedding and a contiguous run of residual layers."""
+    """One block: its adapter (input stem, read-out), noise embedding and run of layers."""
 
-    def __init__(self, layers: Sequence[nn.Module], cond_dim: int):
+    def __init__(self, layers: Sequence[nn.Module], cond_dim: int, adapter: nn.Module):
         super().__init__()
+        self.adapter = adapter
         self.noise_embed = NoiseEmbedding(cond_dim)
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, h: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, z_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        """F_b(c_in·z, c_noise; x): the raw network output in target space."""
         c = self.noise_embed(c_noise)
         if cond is not None:
             c = c + cond
+        h = self.adapter.encode(x, z_in)
         for layer in self.layers:
             h = layer(h, c)
-        return h
+        return self.adapter.decode(h)
 
 
 class DiffusionBlocks(nn.Module):
@@ -104,6 +102,7 @@ class DiffusionBlocks(nn.Module):
         self,
         layers: Sequence[nn.Module],
         shared: SharedParts,
+        adapter: Callable[[], nn.Module],
         blocks: int,
         cond_dim: int,
         noise: NoiseConfig | None = None,
@@ -120,7 +119,7 @@ class DiffusionBlocks(nn.Module):
         self.sizes = split_layers(len(layers), blocks, split)
         starts = [sum(self.sizes[:b]) for b in range(blocks)]
         self.blocks = nn.ModuleList(
-            Block(layers[s : s + n], cond_dim) for s, n in zip(starts, self.sizes)
+            Block(layers[s : s + n], cond_dim, adapter()) for s, n in zip(starts, self.sizes)
         )
         self.shared = shared
         self.shared_policy = shared_policy
@@ -161,9 +160,8 @@ class DiffusionBlocks(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device).expand(z.shape[0])
         shape = (-1,) + (1,) * (z.dim() - 1)
         c_skip, c_out, c_in, c_noise = (s.view(shape) for s in scalings(sigma, self.noise.sigma_data))
-        h = self.shared.encode(x, c_in * z)
-        h = self.blocks[block](h, c_noise.flatten(), self.shared.condition(x))
-        return c_skip * z + c_out * self.shared.decode(h)
+        out = self.blocks[block](x, c_in * z, c_noise.flatten(), self.shared.condition(x))
+        return c_skip * z + c_out * out
 
     def denoiser(self, x: Tensor):
         """A sampler-ready callable ``(z, σ) -> estimate`` that routes σ to its block."""

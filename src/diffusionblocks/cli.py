@@ -24,8 +24,8 @@ HELP = {
     "blocks": "number of blocks B the layers are cut into",
     "split": "explicit layers per block when depth is not divisible by B, e.g. --split 3 2 2",
     "patch_size": "ViT patch size (default: 2 for digits, 4 otherwise)",
-    "shared_policy": "cotrained: every block's step updates stem/label table/head (paper); "
-    "frozen: they stay at their random initialization",
+    "shared_policy": "frozen: the label table stays fixed random unit vectors (default; blocks "
+    "then share nothing that moves); cotrained: every block's step updates it (paper)",
     "steps": "end-to-end training steps (the budget; default per dataset: digits 1000, mnist 4000)",
     "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
     "batch_size": "training batch size",
@@ -51,7 +51,7 @@ HELP = {
     "partition": "equiprob: equal training mass per block (paper); uniform: equal log σ widths",
     "max_weight": "clamp the loss weight λ(σ) at this value (default: no clamp, as the paper)",
     # optim
-    "lr": "peak learning rate (AdamW)",
+    "lr": "peak learning rate (AdamW; default 3e-3 end to end, 5e-3 DiffusionBlocks)",
     "weight_decay": "AdamW weight decay (matrices only)",
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
     "clip": "gradient-norm clip (0: off)",
@@ -75,9 +75,12 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None
             group.add_argument(flag, type=_TYPES[base], default=None, help=HELP[f.name] + shown)
 
 
-def _filled(cls, args: argparse.Namespace, **extra):
+VIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
+
+
+def _filled(cls, args: argparse.Namespace, skip=(), **extra):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if getattr(args, f.name, None) is not None}
+              if f.name not in skip and getattr(args, f.name, None) is not None}
     return cls(**values, **extra)
 
 
@@ -85,8 +88,7 @@ def _classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
     from .tasks.classify import ClassifyConfig
 
     _add_fields(parser, ClassifyConfig, skip=skip)
-    _add_fields(parser, ViTConfig, skip=("image_size", "channels", "patch_size", "num_classes"),
-                title="model")
+    _add_fields(parser, ViTConfig, skip=VIT_DERIVED, title="model")
     _add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)")
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
 
@@ -94,8 +96,9 @@ def _classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
 def _classify_config(args: argparse.Namespace, **extra):
     from .tasks.classify import ClassifyConfig
 
-    return _filled(ClassifyConfig, args, vit=_filled(ViTConfig, args),
-                   noise=_filled(NoiseConfig, args), optim=_filled(OptimConfig, args), **extra)
+    return _filled(ClassifyConfig, args, vit=_filled(ViTConfig, args, skip=VIT_DERIVED),
+                   noise=_filled(NoiseConfig, args),
+                   optim=_filled(OptimConfig, args, skip=("lr",), lr=args.lr), **extra)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -23,7 +23,9 @@ from .noise import loss_weight
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    """AdamW settings. A task may leave ``lr`` None to pick its default for the mode."""
+
+    lr: float | None = 3e-3
     weight_decay: float = 0.05
     warmup: int = 100
     clip: float = 1.0
@@ -53,6 +55,8 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW | None:
     """AdamW with weight decay on matrices only; None when nothing in ``module`` trains."""
+    if cfg.lr is None:
+        raise ValueError("OptimConfig.lr is None; set a learning rate (e.g. --lr 3e-3)")
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return None

@@ -1,7 +1,7 @@
 """Image classification with a ViT, end to end or as DiffusionBlocks (METHOD.md §6-8).
 
-The target y of DiffusionBlocks is the label's embedding, normalized and scaled to per-coordinate
-RMS σ_data (the scale EDM's preconditioning assumes); the noisy target takes the [CLS] slot.
+The target y of DiffusionBlocks is the label's embedding normalized to unit length (as the paper);
+the noisy target takes the [CLS] slot of each block's own patch stem.
 Logits are read out of D against the same normalized table, and at inference the denoised
 estimate is softmax(logits) @ table.
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..blocks import DiffusionBlocks, SharedParts, split_layers
+from ..blocks import SHARED_POLICIES, DiffusionBlocks, SharedParts, split_layers
 from ..data.images import Batches, ImageData, load_images
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
@@ -37,6 +37,10 @@ from ..training import (
 )
 
 MODES = ("e2e", "dblocks")
+# Peak learning rate per mode, each the better of {3e-3, 5e-3} on MNIST at 600 steps (e2e
+# 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
+# the identity and open their gates faster with the larger rate.
+MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}
 # Per-dataset defaults: patch size and end-to-end training steps at batch 128.
 DATASET_DEFAULTS = {
     "digits": {"patch_size": 2, "steps": 1000},
@@ -58,7 +62,7 @@ class ClassifyConfig:
     blocks: int = 3
     split: list[int] | None = None
     patch_size: int | None = None
-    shared_policy: str = "cotrained"
+    shared_policy: str = "frozen"
     steps: int | None = None
     match: str = "layers"
     batch_size: int = 128
@@ -71,14 +75,20 @@ class ClassifyConfig:
     out: str = "runs/classify"
     vit: ViTConfig = field(default_factory=ViTConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # None: MODE_LR
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_DEFAULTS:
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}"
             )
-        split_layers(self.vit.depth, self.blocks, self.split)
+        if self.mode == "dblocks":
+            split_layers(self.vit.depth, self.blocks, self.split)
+        if self.shared_policy not in SHARED_POLICIES:
+            raise ValueError(
+                f"unknown shared policy {self.shared_policy!r}; "
+                f"choose one of {', '.join(SHARED_POLICIES)}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.sampler not in SAMPLERS:
@@ -107,23 +117,23 @@ class ClassifyConfig:
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir"}
 
 
-class ClassifierShared(SharedParts):
-    """Shared parts of the DiffusionBlocks ViT: patch stem, label table, read-in and read-out."""
+class ViTAdapter(nn.Module):
+    """A block's own input and output: patch stem with the noisy label in the [CLS] slot,
+    and a read-out of F from the final [CLS] token.
 
-    def __init__(self, cfg: ViTConfig, sigma_data: float, embed_dim: int | None = None):
+    Private to each block: when the stem was shared, the other blocks' updates (which need no
+    image features) kept moving it, and the first block fell from 87% to 81% (MNIST).
+    """
+
+    def __init__(self, cfg: ViTConfig, embed_dim: int):
         super().__init__()
-        self.embed_dim = embed_dim or cfg.width
         self.stem = PatchStem(cfg)
-        self.table = nn.Embedding(cfg.num_classes, self.embed_dim)
-        self.read_in = nn.Linear(self.embed_dim, cfg.width)
+        self.read_in = nn.Linear(embed_dim, cfg.width)
+        # Zero-init like AdaLN-Zero: a fresh block ignores the noisy label and learns to read
+        # it. At high σ that token is pure noise in the [CLS] slot (MNIST: +2.7 points).
+        nn.init.zeros_(self.read_in.weight)
         self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
-        self.read_out = nn.Linear(cfg.width, self.embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.radius = sigma_data * math.sqrt(self.embed_dim)  # per-coordinate RMS = σ_data
-
-    def embeddings(self) -> Tensor:
-        """The normalized label table used for targets, logits and the sampler."""
-        return F.normalize(self.table.weight, dim=1) * self.radius
+        self.read_out = nn.Linear(cfg.width, embed_dim)
 
     def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
         return self.stem(x, self.read_in(z_in))
@@ -131,11 +141,32 @@ class ClassifierShared(SharedParts):
     def decode(self, h: Tensor) -> Tensor:
         return self.read_out(self.norm(h[:, 0]))
 
+
+class LabelSpace(SharedParts):
+    """The target space shared by all blocks: a table of unit-length label embeddings.
+
+    Unit length (as the paper) hides the label from the noisy input for σ ≳ 0.5, so the first
+    block learns to classify from the image over its whole range. (Scaled up to per-coordinate
+    RMS σ_data, the label stays readable up to σ ≈ 3 and the first block mostly learns to copy
+    it: MNIST 85.8% instead of 97.1% halfway through the budget.) Logits are read out of D
+    against the same table, and the sampler steps toward softmax(logits) @ table.
+    """
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.table = nn.Embedding(num_classes, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def embeddings(self) -> Tensor:
+        """The normalized label table used for targets, logits and the sampler."""
+        return F.normalize(self.table.weight, dim=1)
+
     def target(self, y: Tensor) -> Tensor:
         return self.embeddings()[y]
 
     def logits(self, denoised: Tensor) -> Tensor:
-        return denoised @ self.embeddings().T * (self.logit_scale.exp() / self.radius**2)
+        return denoised @ self.embeddings().T * self.logit_scale.exp()
 
     def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(self.logits(denoised), y, reduction="none")
@@ -151,7 +182,8 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     patch = cfg.patch_size or defaults["patch_size"]
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
-    cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch}
+    optim = asdict(cfg.optim) | {"lr": cfg.optim.lr or MODE_LR[cfg.mode]}
+    cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim}
     if cfg.steps is None:
         cfg_dict["steps"] = defaults["steps"]
     return ClassifyConfig.from_dict(cfg_dict)
@@ -162,10 +194,10 @@ def build(cfg: ClassifyConfig) -> nn.Module:
     if cfg.mode == "e2e":
         return ViTClassifier(cfg.vit)
     layers = make_layers(cfg.vit, cond_dim=cfg.vit.width)
-    shared = ClassifierShared(cfg.vit, cfg.noise.sigma_data)
+    shared = LabelSpace(cfg.vit.num_classes, cfg.vit.width)
     return DiffusionBlocks(
-        layers, shared, cfg.blocks, cond_dim=cfg.vit.width, noise=cfg.noise,
-        split=cfg.split, shared_policy=cfg.shared_policy,
+        layers, shared, lambda: ViTAdapter(cfg.vit, shared.embed_dim), cfg.blocks,
+        cond_dim=cfg.vit.width, noise=cfg.noise, split=cfg.split, shared_policy=cfg.shared_policy,
     )
 
 
@@ -275,11 +307,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     elif metrics_path.exists():
         metrics_path.unlink()
 
-    step_times: list[float] = []
     log_file = metrics_path.open("a")
 
     def log(record: dict) -> None:
-        step_times.append(record.pop("seconds"))
         if record["step"] % 10 == 1 or record["step"] == total:
             log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
 
@@ -296,6 +326,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
                    desc=f"{cfg.mode} {cfg.dataset}", show=show)
     log_file.close()
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
     acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
     result = {
@@ -342,6 +374,7 @@ def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = Tr
     """Train both modes on the same budget; write OUT/report.{json,md} and a plot."""
     from ..report import write_report
 
+    replace(cfg, mode="dblocks")  # validate both modes' configs before any training
     data = load_images(cfg.dataset, cfg.data_dir)
     if quick:
         cfg = replace(cfg, steps=min(cfg.steps or 30, 30), evals=2)
