@@ -145,7 +145,7 @@ def test_cli_compare_writes_the_report(tmp_path, capsys):
     [
         (["--blocks", "7"], "cannot cut 3 layers into 7 blocks"),
         (["--gamma", "1.5"], "gamma must lie in [0, 1), got 1.5"),
-        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--steps", "0"], "steps must be at least 1, got 0"),
     ],
 )
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, words):
@@ -155,6 +155,13 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, words):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert err.startswith("diffusionblocks: error: ") and words in err
+
+
+def test_cli_unknown_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--dataset", "nope"])
+    assert info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 # --- real data --------------------------------------------------------------------------------

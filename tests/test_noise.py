@@ -155,11 +155,11 @@ def test_route_three_blocks():
     assert route(torch.tensor([0.3012, 0.3012]), bounds) == 1
     # outside [σ_min, σ_max]: the nearest end block
     assert route(500.0, bounds) == 0 and route(1e-5, bounds) == 2
-    # exactly on an interior boundary: the higher-noise block (lower index)
-    assert route(bounds[1], bounds) == 1
-    assert route(bounds[2], bounds) == 0
-    # just below a boundary: the lower-noise block
-    assert route(bounds[1] * (1 - 1e-9), bounds) == 2
+    # exactly on an interior boundary: the lower-noise block, whose interval a step descends into
+    assert route(bounds[1], bounds) == 2
+    assert route(bounds[2], bounds) == 1
+    # just above a boundary: the higher-noise block
+    assert route(bounds[1] * (1 + 1e-9), bounds) == 1
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ def save(
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by killed writers
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     for name, module in parts.items():
@@ -70,11 +71,35 @@ def save(
         shutil.rmtree(old, ignore_errors=True)
         directory.rename(old)
     tmp.rename(directory)
+    _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_config(directory: str | Path) -> dict:
+    """The run config stored with a checkpoint."""
     return json.loads((resolve(directory) / CONFIG).read_text())
 
 
@@ -91,6 +116,7 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
 def load_training_state(
     directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
 ) -> Progress:
+    """Load each optimizer's state and return the run's progress."""
     directory = resolve(directory)
     for name, opt in optimizers.items():
         opt.load_state_dict(torch.load(directory / f"{name}.optim.pt", weights_only=True))

@@ -81,7 +81,9 @@ def partition(noise: NoiseConfig, blocks: int) -> list[float]:
     return [lo, *inner, hi]
 
 
-def widen(lo: float, hi: float, gamma: float, sigma_min: float, sigma_max: float):
+def widen(
+    lo: float, hi: float, gamma: float, sigma_min: float, sigma_max: float
+) -> tuple[float, float]:
     """Overlap: widen [lo, hi] by γ of its log-width on each side, clamped (METHOD §4)."""
     alpha = (hi / lo) ** gamma
     return max(lo / alpha, sigma_min), min(hi * alpha, sigma_max)
@@ -100,11 +102,11 @@ def block_ranges(noise: NoiseConfig, blocks: int) -> list[tuple[float, float]]:
 def route(sigma: float | Tensor, bounds: list[float]) -> int:
     """Block (network order) that owns σ under the un-widened boundaries ``bounds``.
 
-    A σ exactly on a boundary goes to the higher-noise block. σ outside [σ_min, σ_max]
-    goes to the nearest end block.
+    A σ exactly on a boundary goes to the lower-noise block, the one whose interval an Euler
+    step from there descends into. σ outside [σ_min, σ_max] goes to the nearest end block.
     """
     s = float(sigma.flatten()[0]) if isinstance(sigma, Tensor) else float(sigma)
-    ascending = sum(1 for b in bounds[1:-1] if s >= b)
+    ascending = sum(1 for b in bounds[1:-1] if s > b)
     return len(bounds) - 2 - ascending
 
 
@@ -167,3 +169,6 @@ def sigmas_karras(noise: NoiseConfig, n: int, rho: float = 7.0) -> Tensor:
     a, b = noise.sigma_max ** (1 / rho), noise.sigma_min ** (1 / rho)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     return (a + ramp * (b - a)) ** rho
+
+
+GRIDS = {"equiprob": sigmas_equiprob, "karras": sigmas_karras}

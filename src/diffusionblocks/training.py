@@ -54,7 +54,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW | None:
-    """AdamW with weight decay on matrices only; None when nothing in ``module`` trains."""
+    """AdamW with weight decay on tensors of 2+ dimensions only; None when nothing trains."""
     if cfg.lr is None:
         raise ValueError("OptimConfig.lr is None; set a learning rate (e.g. --lr 3e-3)")
     params = [p for p in module.parameters() if p.requires_grad]
@@ -68,6 +68,7 @@ def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW | N
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator for everything random in training step ``step``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
@@ -85,6 +86,7 @@ class Blockwise:
         return self.model.sizes[block]
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        """Train one uniformly drawn block (and the shared parts, if they train) on a batch."""
         model = self.model
         b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
         loss = blockwise_loss(model, x, y, b, gen)

@@ -72,7 +72,12 @@ def _npz(path: Path) -> tuple[np.ndarray, ...]:
 
 
 def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(
+            "the JPEG CIFAR-10 file needs Pillow to decode: pip install 'diffusionblocks[cifar]'"
+        ) from None
 
     return np.stack([
         np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"))

@@ -13,7 +13,7 @@ from ..conditioning import AdaLNZero, modulated_norm
 
 @dataclass
 class ViTConfig:
-    """Backbone shape. ``cond_dim`` is the width of the noise conditioning (dblocks only)."""
+    """Backbone shape. The first four fields are set from the data by the task."""
 
     image_size: int = 8
     channels: int = 1
@@ -25,14 +25,17 @@ class ViTConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size {self.patch_size} must divide image_size {self.image_size}"
             )
         if self.width % self.heads:
             raise ValueError(f"heads {self.heads} must divide width {self.width}")
-        if self.depth < 1:
-            raise ValueError(f"depth must be at least 1, got {self.depth}")
 
     @property
     def num_patches(self) -> int:
@@ -69,14 +72,13 @@ class TransformerLayer(nn.Module):
         else:
             self.norm1 = nn.LayerNorm(width, eps=1e-6)
             self.norm2 = nn.LayerNorm(width, eps=1e-6)
-        self.mask: Tensor | None = None
 
     def forward(self, h: Tensor, c: Tensor | None = None) -> Tensor:
         if c is None:
-            h = h + self.attn(self.norm1(h), self.mask)
+            h = h + self.attn(self.norm1(h))
             return h + self.mlp(self.norm2(h))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
-        h = torch.addcmul(h, gate1, self.attn(modulated_norm(h, shift1, scale1), self.mask))
+        h = torch.addcmul(h, gate1, self.attn(modulated_norm(h, shift1, scale1)))
         return torch.addcmul(h, gate2, self.mlp(modulated_norm(h, shift2, scale2)))
 
 

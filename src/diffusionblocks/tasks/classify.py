@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from torch import Tensor, nn
 
 from .. import checkpoint
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, SharedParts, split_layers
-from ..data.images import Batches, ImageData, load_images
+from ..data.images import DATASETS, Batches, ImageData, load_images
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
-from ..noise import NoiseConfig, sigmas_equiprob, sigmas_karras
+from ..noise import GRIDS, NoiseConfig
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
@@ -78,10 +77,16 @@ class ClassifyConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # None: MODE_LR
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASET_DEFAULTS:
-            raise ValueError(
-                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_DEFAULTS)}"
-            )
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        for name in ("steps", "batch_size", "evals"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.sample_steps is not None and self.sample_steps < 2:
+            raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda[:N]")
         if self.mode == "dblocks":
             split_layers(self.vit.depth, self.blocks, self.split)
         if self.shared_policy not in SHARED_POLICIES:
@@ -93,8 +98,8 @@ class ClassifyConfig:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.grid not in ("equiprob", "karras"):
-            raise ValueError(f"unknown grid {self.grid!r}; choose 'equiprob' or 'karras'")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
         if self.match not in ("layers", "steps"):
             raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
 
@@ -114,7 +119,7 @@ class ClassifyConfig:
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "evals", "device", "out", "data_dir"}
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps"}
 
 
 class ViTAdapter(nn.Module):
@@ -190,6 +195,7 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
 
 
 def build(cfg: ClassifyConfig) -> nn.Module:
+    """The model of ``cfg.mode``, initialized from ``cfg.seed`` (this seeds torch's global RNG)."""
     torch.manual_seed(cfg.seed)
     if cfg.mode == "e2e":
         return ViTClassifier(cfg.vit)
@@ -202,12 +208,14 @@ def build(cfg: ClassifyConfig) -> nn.Module:
 
 
 def parts(model: nn.Module) -> dict[str, nn.Module]:
+    """Separately stored parts: per block and shared for DiffusionBlocks, one for e2e."""
     return model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
 
 
 def sigma_grid(cfg: ClassifyConfig) -> Tensor:
-    n = cfg.sample_steps or max(cfg.blocks, 2)
-    return sigmas_equiprob(cfg.noise, n) if cfg.grid == "equiprob" else sigmas_karras(cfg.noise, n)
+    """The inference grid: by default B points, one denoiser call per block."""
+    n = max(cfg.blocks, 2) if cfg.sample_steps is None else cfg.sample_steps
+    return GRIDS[cfg.grid](cfg.noise, n)
 
 
 @torch.no_grad()
@@ -256,6 +264,8 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
     return torch.device(name)
 
 
@@ -276,8 +286,6 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     cfg = resolve_config(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     model = build(cfg).to(device)
     if cfg.mode == "dblocks":
         total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
@@ -306,8 +314,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             history = [r for r in kept if "test_accuracy" in r]
     elif metrics_path.exists():
         metrics_path.unlink()
-
-    log_file = metrics_path.open("a")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def log(record: dict) -> None:
         if record["step"] % 10 == 1 or record["step"] == total:
@@ -322,10 +330,10 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         log_file.flush()
         checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
 
-    every = max(1, total // max(1, cfg.evals))
-    progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
-                   desc=f"{cfg.mode} {cfg.dataset}", show=show)
-    log_file.close()
+    every = max(1, total // cfg.evals)
+    with metrics_path.open("a") as log_file:
+        progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
+                       desc=f"{cfg.mode} {cfg.dataset}", show=show)
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
@@ -355,19 +363,6 @@ def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConf
     model = build(cfg)
     checkpoint.load_parts(path, parts(model))
     return model.to(device).eval(), cfg
-
-
-def time_steps(strategy, batches: Batches, seed: int, repeats: int = 20) -> float:
-    """Median seconds of ``repeats`` training steps (after 3 warm-up steps)."""
-    from ..training import step_generator
-
-    times = []
-    for t in range(repeats + 3):
-        x, y = batches(t)
-        start = time.perf_counter()
-        strategy.step(x, y, step_generator(seed, t))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:
