@@ -142,28 +142,29 @@ class DiffusionBlocks(nn.Module):
         lo, hi = self.ranges[block]
         return sample_sigma(self.noise, n, lo, hi, generator)
 
-    def denoise(self, z: Tensor, sigma: Tensor | float, x: Tensor, block: int | None = None):
+    def denoise(
+        self, z: Tensor, sigma: Tensor | float, x: Tensor, block: int | None = None
+    ) -> Tensor:
         """Preconditioned denoiser D_b(z, σ; x) = c_skip·z + c_out·F_b(c_in·z, c_noise; x).
 
         ``sigma`` is a scalar or one value per example. Without ``block``, the block that owns
         σ is used (all examples must then share one block).
         """
         if block is None:
-            block = self.route(sigma)
-            if isinstance(sigma, Tensor) and sigma.numel() > 1:
-                owners = {self.route(s) for s in sigma.flatten().tolist()}
-                if len(owners) > 1:
-                    raise ValueError(
-                        f"σ values of one call belong to blocks {sorted(owners)}; "
-                        "pass block= explicitly or call once per block"
-                    )
+            owners = {self.route(s) for s in torch.as_tensor(sigma).flatten().tolist()}
+            if len(owners) > 1:
+                raise ValueError(
+                    f"σ values of one call belong to blocks {sorted(owners)}; "
+                    "pass block= explicitly or call once per block"
+                )
+            block = owners.pop()
         sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device).expand(z.shape[0])
         shape = (-1,) + (1,) * (z.dim() - 1)
         c_skip, c_out, c_in, c_noise = (s.view(shape) for s in scalings(sigma, self.noise.sigma_data))
         out = self.blocks[block](x, c_in * z, c_noise.flatten(), self.shared.condition(x))
         return c_skip * z + c_out * out
 
-    def denoiser(self, x: Tensor):
+    def denoiser(self, x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         """A sampler-ready callable ``(z, σ) -> estimate`` that routes σ to its block."""
         return lambda z, sigma: self.shared.estimate(self.denoise(z, sigma, x))
 

@@ -15,7 +15,9 @@ from torch import Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
-def initial_noise(shape, sigma_max: float, generator: torch.Generator | None = None, device=None):
+def initial_noise(
+    shape: tuple[int, ...], sigma_max: float, generator: torch.Generator | None = None, device=None
+) -> Tensor:
     """z₀ ~ N(0, σ_max² I)."""
     return sigma_max * torch.randn(shape, generator=generator).to(device)
 

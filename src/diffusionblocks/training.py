@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +126,7 @@ class EndToEnd:
         self.optimizers = {"model": make_optimizer(model, cfg)}
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        """One backprop step through the whole model."""
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(x), y)
@@ -133,6 +135,15 @@ class EndToEnd:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         opt.step()
         return {"loss": loss.item(), "layers": self.layers}
+
+
+class Strategy(Protocol):
+    """What :func:`fit` drives: named optimizers, their config, and one training step."""
+
+    cfg: OptimConfig
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict: ...
 
 
 @dataclass
@@ -145,7 +156,7 @@ class Progress:
 
 
 def fit(
-    strategy,
+    strategy: Strategy,
     batch_at: Callable[[int], tuple[Tensor, Tensor]],
     total: int,
     warmup: int,

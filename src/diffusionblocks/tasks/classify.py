@@ -127,7 +127,7 @@ class ViTAdapter(nn.Module):
     and a read-out of F from the final [CLS] token.
 
     Private to each block: when the stem was shared, the other blocks' updates (which need no
-    image features) kept moving it, and the first block fell from 87% to 81% (MNIST).
+    image features) kept moving it, and accuracy fell (MNIST, 600 steps: 84.3% vs 81.7%).
     """
 
     def __init__(self, cfg: ViTConfig, embed_dim: int):
@@ -153,8 +153,8 @@ class LabelSpace(SharedParts):
     Unit length (as the paper) hides the label from the noisy input for σ ≳ 0.5, so the first
     block learns to classify from the image over its whole range. (Scaled up to per-coordinate
     RMS σ_data, the label stays readable up to σ ≈ 3 and the first block mostly learns to copy
-    it: MNIST 85.8% instead of 97.1% halfway through the budget.) Logits are read out of D
-    against the same table, and the sampler steps toward softmax(logits) @ table.
+    it: MNIST 85.8% vs 92.2% halfway through a budget.) Logits are read out of D against the
+    same table, and the sampler steps toward softmax(logits) @ table.
     """
 
     def __init__(self, num_classes: int, embed_dim: int):
