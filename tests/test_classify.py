@@ -31,7 +31,7 @@ def test_saved_tensors_counts_what_autograd_keeps():
     with SavedTensors() as everything:
         torch.relu(linear(x)).sum()
     assert everything.bytes == 128 + 256 + 128
-    # without grad on x, autograd no longer needs Wᵀ, and the count is unchanged
+    # without grad on x, autograd no longer needs Wᵀ; x and the relu output remain (128 + 128)
     assert activation_bytes(lambda: torch.relu(linear(x.detach())).sum(), linear) == 256
 
 
@@ -46,20 +46,20 @@ def test_saved_tensors_counts_a_view_by_its_own_bytes():
 
 # --- learning on digits -----------------------------------------------------------------------
 
-# A small ViT that learns digits in a few CPU seconds. At lr 1e-3 (the default) and 150
-# end-to-end steps (450 block steps) DiffusionBlocks is still at chance, so both runs use
-# lr 3e-3 and DiffusionBlocks gets 300 end-to-end-equivalent steps (900 block steps).
-SMALL = dict(dataset="digits", blocks=3, batch_size=64, evals=1,
-             vit=ViTConfig(width=32, depth=3, heads=2), optim=OptimConfig(lr=3e-3, warmup=20))
+# A small ViT that learns digits in a few CPU seconds, both modes on the same budget (150
+# end-to-end steps = 450 block steps) at their default learning rates. Seeds 0-2 gave
+# 0.70-0.79 end to end and 0.56-0.62 DiffusionBlocks; chance is 0.1.
+SMALL = dict(dataset="digits", blocks=3, batch_size=64, evals=1, steps=150,
+             vit=ViTConfig(width=32, depth=3, heads=2), optim=OptimConfig(lr=None, warmup=20))
 
 
 @pytest.fixture(scope="module")
 def runs(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return {
-        "e2e": classify.train(ClassifyConfig(mode="e2e", steps=150, out=str(out / "e2e"), **SMALL),
+        "e2e": classify.train(ClassifyConfig(mode="e2e", out=str(out / "e2e"), **SMALL),
                               digits, show=False),
-        "dblocks": classify.train(ClassifyConfig(mode="dblocks", steps=300, out=str(out / "db"), **SMALL),
+        "dblocks": classify.train(ClassifyConfig(mode="dblocks", out=str(out / "db"), **SMALL),
                                   digits, show=False),
     }
 
@@ -72,9 +72,9 @@ def test_end_to_end_learns_digits(runs):
 
 def test_diffusion_blocks_learn_digits(runs):
     r = runs["dblocks"]
-    assert r["test_accuracy"] > 0.4, r["test_accuracy"]  # chance is 0.1
+    assert r["test_accuracy"] > 0.45, r["test_accuracy"]  # chance is 0.1
     # equal layer evaluations: B× the steps, one block of L/B layers each
-    assert r["steps"] == 300 * 3 and r["layer_evals"] == 300 * 3 and r["blocks"] == 3
+    assert r["steps"] == 150 * 3 and r["layer_evals"] == 150 * 3 and r["blocks"] == 3
 
 
 def test_diffusion_blocks_save_activation_memory(runs):
