@@ -7,11 +7,14 @@ from pathlib import Path
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+    """1536 -> '1.5 KiB'."""
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return str(n)
+        if abs(n) < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def markdown_table(rows: list[list[str]], header: list[str]) -> str:
