@@ -11,9 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
 from .models.vit import ViTConfig
-from .noise import NoiseConfig
+from .noise import GRIDS, PARTITIONS, NoiseConfig
+from .sampling import SAMPLERS
+from .tasks.classify import MODES
 from .training import OptimConfig
 
 HELP = {
@@ -59,10 +62,9 @@ HELP = {
 }
 
 _TYPES = {"int": int, "float": float, "str": str}
-CHOICES = {
-    "mode": ("e2e", "dblocks"), "dataset": DATASETS, "sampler": ("euler", "heun"),
-    "grid": ("equiprob", "karras"), "match": ("layers", "steps"),
-    "shared_policy": ("frozen", "cotrained"), "partition": ("equiprob", "uniform"),
+CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
+    "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
+    "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
 }
 
 
