@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .conditioning import NoiseEmbedding
+from .memory import run_layers
 from .noise import NoiseConfig, block_ranges, partition, route, sample_sigma, scalings
 
 SHARED_POLICIES = ("cotrained", "frozen")
@@ -78,20 +79,21 @@ def split_layers(num_layers: int, blocks: int, split: Sequence[int] | None = Non
 class Block(nn.Module):
     """One block: its adapter (input stem, read-out), noise embedding and run of layers."""
 
-    def __init__(self, layers: Sequence[nn.Module], cond_dim: int, adapter: nn.Module):
+    def __init__(
+        self, layers: Sequence[nn.Module], cond_dim: int, adapter: nn.Module, checkpointing: bool = False
+    ):
         super().__init__()
         self.adapter = adapter
         self.noise_embed = NoiseEmbedding(cond_dim)
         self.layers = nn.ModuleList(layers)
+        self.checkpointing = checkpointing  # activation checkpointing of each layer
 
     def forward(self, x: Tensor, z_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
         """F_b(c_in·z, c_noise; x): the raw network output in target space."""
         c = self.noise_embed(c_noise)
         if cond is not None:
             c = c + cond
-        h = self.adapter.encode(x, z_in)
-        for layer in self.layers:
-            h = layer(h, c)
+        h = run_layers(self.layers, self.adapter.encode(x, z_in), c, checkpointing=self.checkpointing)
         return self.adapter.decode(h)
 
 
@@ -108,6 +110,7 @@ class DiffusionBlocks(nn.Module):
         noise: NoiseConfig | None = None,
         split: Sequence[int] | None = None,
         shared_policy: str = "cotrained",
+        checkpointing: bool = False,
     ):
         super().__init__()
         if shared_policy not in SHARED_POLICIES:
@@ -119,7 +122,7 @@ class DiffusionBlocks(nn.Module):
         self.sizes = split_layers(len(layers), blocks, split)
         starts = [sum(self.sizes[:b]) for b in range(blocks)]
         self.blocks = nn.ModuleList(
-            Block(layers[s : s + n], cond_dim, adapter()) for s, n in zip(starts, self.sizes)
+            Block(layers[s : s + n], cond_dim, adapter(), checkpointing) for s, n in zip(starts, self.sizes)
         )
         self.shared = shared
         self.shared_policy = shared_policy

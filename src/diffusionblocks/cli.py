@@ -15,6 +15,7 @@ from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
 from .models.vit import ViTConfig
 from .noise import GRIDS, PARTITIONS, NoiseConfig
+from .offload import OFFLOAD_TARGETS
 from .sampling import SAMPLERS
 from .tasks.classify import MODES
 from .training import OptimConfig
@@ -39,6 +40,10 @@ HELP = {
     "sample_steps": "points on the inference σ grid (default: B, one denoiser call per block)",
     "evals": "test-set evaluations (and checkpoints) during training",
     "device": "auto (cuda when available), cpu or cuda",
+    "checkpointing": "activation checkpointing: each layer keeps only its input for backward "
+    "and recomputes the rest (less memory, more time)",
+    "offload": "dblocks only: keep inactive blocks' weights and optimizer state in host memory "
+    "(cpu) or in files under OUT/offload (disk); only the sampled block is on the device",
     "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
     # model
     "width": "transformer width",
@@ -65,6 +70,7 @@ _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
+    "offload": OFFLOAD_TARGETS,
 }
 
 
@@ -78,6 +84,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None
         flag = "--" + f.name.replace("_", "-")
         if base.startswith("list["):
             group.add_argument(flag, type=int, nargs="+", default=None, help=HELP[f.name])
+        elif base == "bool":
+            group.add_argument(flag, action="store_true", default=None, help=HELP[f.name])
         else:
             shown = "" if default is None or "default" in HELP[f.name] else f" (default: {default})"
             group.add_argument(flag, type=_TYPES[base], default=None, choices=CHOICES.get(f.name),
@@ -134,9 +142,43 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .tasks import classify
 
-    cfg = _classify_config(args, mode="e2e")
+    cfg = _classify_config(args, mode="dblocks")  # compare runs both modes
     out = Path(cfg.out if args.out else "runs/compare")
     print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import BenchConfig, run
+
+    fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    print(run(args.kind, cfg, show=not args.quiet))
+
+
+def _bench_args(parser: argparse.ArgumentParser) -> None:
+    from .bench import TASKS, BenchConfig
+
+    d = BenchConfig()
+    parser.add_argument("kind", choices=("memory", "speed"),
+                        help="memory: activations, training state and peak memory per step (a "
+                        "process per row); speed: seconds per step, variants interleaved")
+    parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help=f"default: {d.dataset}")
+    parser.add_argument("--data-dir", default=None, help=HELP["data_dir"])
+    parser.add_argument("--blocks", type=int, nargs="+", default=None,
+                        help=f"block counts B to measure (default: {' '.join(map(str, d.blocks))})")
+    parser.add_argument("--depth", type=int, default=None, help=f"layers L (default: {d.depth})")
+    parser.add_argument("--width", type=int, default=None, help=f"width (default: {d.width})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default: {d.batch_size}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"timed steps per row / rounds (default: {d.steps})")
+    parser.add_argument("--warmup", type=int, default=None, help=f"untimed steps first (default: {d.warmup})")
+    parser.add_argument("--device", default=None, help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--offload", choices=OFFLOAD_TARGETS, default=None,
+                        help="where offloaded blocks go (default: disk on CPU, cpu on CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--out", default=None, help=f"output folder (default: {d.out})")
+    parser.add_argument("--quiet", action="store_true", help="no per-row lines")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode",))
     cmp.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="measure memory or speed per training step")
+    _bench_args(bench)
+    bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:

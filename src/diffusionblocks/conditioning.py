@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -81,3 +82,32 @@ class ModulatedNorm(torch.autograd.Function):
 def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
     """AdaLN: LayerNorm(x)·(1 + scale) + shift, with shift/scale broadcast over tokens."""
     return ModulatedNorm.apply(x, shift, scale, eps)
+
+
+class GatedResidual(torch.autograd.Function):
+    """``h + gate·(a Wᵀ + b)``: AdaLN-Zero's gated branch output, saving only ``a`` and the gate.
+
+    Plain autograd keeps the branch output u = a Wᵀ + b for the gate's gradient, one extra
+    (N, T, width) tensor per branch beside the ``a`` the projection keeps anyway; backward
+    recomputes u from ``a`` instead (one matmul).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, gate: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(gate, a, weight, bias)
+        return torch.addcmul(h, gate, F.linear(a, weight, bias))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        gate, a, weight, bias = ctx.saved_tensors
+        grad_u = grad * gate
+        grad_gate = (grad * F.linear(a, weight, bias)).sum_to_size(gate.shape)
+        flat_u, flat_a = grad_u.reshape(-1, grad_u.shape[-1]), a.reshape(-1, a.shape[-1])
+        grad_bias = flat_u.sum(0) if bias is not None else None
+        return grad, grad_gate, grad_u @ weight, flat_u.T @ flat_a, grad_bias
+
+
+def gated_residual(h: Tensor, gate: Tensor, a: Tensor, proj: nn.Linear) -> Tensor:
+    """h + gate·proj(a), with ``gate`` broadcast over tokens (AdaLN-Zero's residual update)."""
+    return GatedResidual.apply(h, gate, a, proj.weight, proj.bias)

@@ -1,4 +1,5 @@
-"""Measured memory: the bytes autograd saves for backward during a training step."""
+"""Memory: what a training step keeps (activations saved for backward, training state,
+peak process or CUDA memory), and activation checkpointing of a run of layers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class SavedTensors:
@@ -44,3 +46,101 @@ def activation_bytes(loss_fn: Callable[[], Tensor], model: nn.Module) -> int:
         loss = loss_fn()
     del loss
     return saved.bytes
+
+
+def run_layers(layers: Iterable[nn.Module], h: Tensor, *args, checkpointing: bool = False) -> Tensor:
+    """``h = layer(h, *args)`` for each layer; with ``checkpointing`` each layer keeps only its
+    input for backward and recomputes the rest (``torch.utils.checkpoint``)."""
+    recompute = checkpointing and torch.is_grad_enabled()
+    for layer in layers:
+        h = checkpoint(layer, h, *args, use_reentrant=False) if recompute else layer(h, *args)
+    return h
+
+
+def _unique_bytes(tensors: Iterable[Tensor], device: torch.device | None) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t.numel() and (device is None or t.device == device):
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def state_bytes(
+    parts: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, int]]:
+    """Training-state bytes per part: parameters, gradients and optimizer state (on ``device``
+    when given; offloaded tensors are empty and count 0)."""
+    device = None if device is None else torch.device(device)
+    out = {}
+    for name, module in parts.items():
+        params = list(module.parameters())
+        opt = optimizers.get(name)
+        states = opt.state.values() if opt else ()
+        opt_state = [v for s in states for v in s.values() if isinstance(v, Tensor)]
+        out[name] = {
+            "params": _unique_bytes(params, device),
+            "grads": _unique_bytes((p.grad for p in params if p.grad is not None), device),
+            "optimizer": _unique_bytes(opt_state, device),
+        }
+    return out
+
+
+class PeakMemory:
+    """Peak memory over a ``with`` block: CUDA allocated bytes on a CUDA device, otherwise the
+    process's resident set (Linux: the high-water mark reset at entry; elsewhere the lifetime
+    peak, ``exact`` False). ``peak`` is absolute; ``above_start`` is the rise from entry."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.exact = True
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset the high-water mark to the current RSS
+            except OSError:
+                self.exact = False
+            self.start = _rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = _hwm() if self.exact else _max_rss()
+        self.above_start = self.peak - self.start
+
+
+def _status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _max_rss() -> int:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _rss() -> int:
+    return _status("VmRSS") or _max_rss()
+
+
+def _hwm() -> int:
+    return _status("VmHWM") or _max_rss()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .blocks import DiffusionBlocks
 from .noise import loss_weight
+from .offload import Offload
 
 
 @dataclass
@@ -76,12 +78,25 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 class Blockwise:
     """One step: a uniformly random block, trained alone on its noise range."""
 
-    def __init__(self, model: DiffusionBlocks, cfg: OptimConfig, blocks: list[int] | None = None):
+    def __init__(
+        self,
+        model: DiffusionBlocks,
+        cfg: OptimConfig,
+        blocks: list[int] | None = None,
+        offload: str | None = None,
+        offload_dir: str | None = None,
+    ):
         self.model, self.cfg = model, cfg
         self.trainable = blocks if blocks is not None else list(range(model.num_blocks))
         parts = model.parts()
         names = ["shared"] + [f"block_{b}" for b in self.trainable]
         self.optimizers = {n: o for n in names if (o := make_optimizer(parts[n], cfg)) is not None}
+        blocks_only = {n: m for n, m in parts.items() if n != "shared"}
+        self.offload = Offload(blocks_only, self.optimizers, offload, offload_dir) if offload else None
+
+    def gathered(self) -> AbstractContextManager:
+        """The whole model resident (evaluation, checkpoints), whether or not blocks offload."""
+        return self.offload.gathered() if self.offload else nullcontext()
 
     def layers_per_step(self, block: int) -> int:
         return self.model.sizes[block]
@@ -90,6 +105,8 @@ class Blockwise:
         """Train one uniformly drawn block (and the shared parts, if they train) on a batch."""
         model = self.model
         b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
+        if self.offload:
+            self.offload.fetch(f"block_{b}")
         loss = blockwise_loss(model, x, y, b, gen)
         active = [o for n, o in self.optimizers.items() if n in ("shared", f"block_{b}")]
         for opt in self.optimizers.values():
@@ -135,6 +152,9 @@ class EndToEnd:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         opt.step()
         return {"loss": loss.item(), "layers": self.layers}
+
+    def gathered(self) -> AbstractContextManager:
+        return nullcontext()
 
 
 class Strategy(Protocol):

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..conditioning import AdaLNZero, modulated_norm
+from ..conditioning import AdaLNZero, gated_residual, modulated_norm
+from ..memory import run_layers
 
 
 @dataclass
@@ -49,11 +50,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+    def mix(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Multi-head attention before the output projection."""
         n, t, w = h.shape
         q, k, v = self.qkv(h).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(a.transpose(1, 2).reshape(n, t, w))
+        return a.transpose(1, 2).reshape(n, t, w)
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.out(self.mix(h, mask))
 
 
 class TransformerLayer(nn.Module):
@@ -78,8 +83,9 @@ class TransformerLayer(nn.Module):
             h = h + self.attn(self.norm1(h))
             return h + self.mlp(self.norm2(h))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
-        h = torch.addcmul(h, gate1, self.attn(modulated_norm(h, shift1, scale1)))
-        return torch.addcmul(h, gate2, self.mlp(modulated_norm(h, shift2, scale2)))
+        h = gated_residual(h, gate1, self.attn.mix(modulated_norm(h, shift1, scale1)), self.attn.out)
+        hidden = self.mlp[1](self.mlp[0](modulated_norm(h, shift2, scale2)))
+        return gated_residual(h, gate2, hidden, self.mlp[2])
 
 
 def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
@@ -105,8 +111,9 @@ class PatchStem(nn.Module):
 class ViTClassifier(nn.Module):
     """The end-to-end baseline: a plain ViT classifier on the same layers and stem."""
 
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing  # activation checkpointing of each layer
         self.stem = PatchStem(cfg)
         self.cls = nn.Parameter(torch.zeros(1, cfg.width))
         self.layers = nn.ModuleList(make_layers(cfg))
@@ -115,6 +122,5 @@ class ViTClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stem(x, self.cls.expand(x.shape[0], -1))
-        for layer in self.layers:
-            h = layer(h)
+        h = run_layers(self.layers, h, checkpointing=self.checkpointing)
         return self.head(self.norm(h[:, 0]))

@@ -24,6 +24,7 @@ from ..data.images import DATASETS, Batches, ImageData, load_images
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
+from ..offload import OFFLOAD_TARGETS
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
@@ -71,6 +72,8 @@ class ClassifyConfig:
     sample_steps: int | None = None
     evals: int = 10
     device: str = "auto"
+    checkpointing: bool = False
+    offload: str | None = None
     out: str = "runs/classify"
     vit: ViTConfig = field(default_factory=ViTConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -102,6 +105,13 @@ class ClassifyConfig:
             raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
         if self.match not in ("layers", "steps"):
             raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
+        if self.offload is not None:
+            if self.offload not in OFFLOAD_TARGETS:
+                raise ValueError(
+                    f"unknown offload target {self.offload!r}; choose one of {', '.join(OFFLOAD_TARGETS)}"
+                )
+            if self.mode != "dblocks":
+                raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
 
     def to_dict(self) -> dict:
         return {"task": "classify", **asdict(self)}
@@ -119,7 +129,8 @@ class ClassifyConfig:
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps"}
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
+             "checkpointing", "offload"}
 
 
 class ViTAdapter(nn.Module):
@@ -198,13 +209,24 @@ def build(cfg: ClassifyConfig) -> nn.Module:
     """The model of ``cfg.mode``, initialized from ``cfg.seed`` (this seeds torch's global RNG)."""
     torch.manual_seed(cfg.seed)
     if cfg.mode == "e2e":
-        return ViTClassifier(cfg.vit)
+        return ViTClassifier(cfg.vit, cfg.checkpointing)
     layers = make_layers(cfg.vit, cond_dim=cfg.vit.width)
     shared = LabelSpace(cfg.vit.num_classes, cfg.vit.width)
     return DiffusionBlocks(
         layers, shared, lambda: ViTAdapter(cfg.vit, shared.embed_dim), cfg.blocks,
         cond_dim=cfg.vit.width, noise=cfg.noise, split=cfg.split, shared_policy=cfg.shared_policy,
+        checkpointing=cfg.checkpointing,
     )
+
+
+def make_strategy(
+    cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None
+) -> tuple[Blockwise | EndToEnd, int, int]:
+    """The mode's training strategy, its total steps and its warm-up steps."""
+    if cfg.mode == "dblocks":
+        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
+        return Blockwise(model, cfg.optim, offload=cfg.offload, offload_dir=offload_dir), total, warmup
+    return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
 
 
 def parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -287,12 +309,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     model = build(cfg).to(device)
-    if cfg.mode == "dblocks":
-        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
-        strategy = Blockwise(model, cfg.optim)
-    else:
-        total, warmup = cfg.steps, cfg.optim.warmup
-        strategy = EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth)
+    strategy, total, warmup = make_strategy(cfg, model, out / "offload")
     batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, device)
 
     ckpt = out / "checkpoint"
@@ -322,18 +339,21 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
 
     def on_every(p: Progress) -> None:
-        acc = evaluate(model, data.x_test, data.y_test, cfg)
-        record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals, "test_accuracy": acc,
-                  "train_seconds": round(p.train_seconds, 3)}
-        history.append(record)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
-        checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
+        with strategy.gathered():  # with offload, every block comes in for these two
+            acc = evaluate(model, data.x_test, data.y_test, cfg)
+            record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
+                      "test_accuracy": acc, "train_seconds": round(p.train_seconds, 3)}
+            history.append(record)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
 
     every = max(1, total // cfg.evals)
     with metrics_path.open("a") as log_file:
         progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
                        desc=f"{cfg.mode} {cfg.dataset}", show=show)
+    if getattr(strategy, "offload", None):
+        strategy.offload.close()
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
@@ -369,13 +389,13 @@ def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = Tr
     """Train both modes on the same budget; write OUT/report.{json,md} and a plot."""
     from ..report import write_report
 
-    replace(cfg, mode="dblocks")  # validate both modes' configs before any training
-    data = load_images(cfg.dataset, cfg.data_dir)
+    modes = {"e2e": replace(cfg, mode="e2e", offload=None), "dblocks": replace(cfg, mode="dblocks")}
+    data = load_images(cfg.dataset, cfg.data_dir)  # both configs validated before any training
     if quick:
-        cfg = replace(cfg, steps=min(cfg.steps or 30, 30), evals=2)
+        modes = {m: replace(c, steps=min(c.steps or 30, 30), evals=2) for m, c in modes.items()}
     results = {}
-    for mode in MODES:
-        results[mode] = train(replace(cfg, mode=mode, out=str(out / mode)), data, show)
+    for mode, mode_cfg in modes.items():
+        results[mode] = train(replace(mode_cfg, out=str(out / mode)), data, show)
     title = (f"{cfg.dataset}: end to end vs DiffusionBlocks (B={cfg.blocks}), "
              f"equal {'layer evaluations' if cfg.match == 'layers' else 'steps'}")
     return write_report(out, results, title=title)

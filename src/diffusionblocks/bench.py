@@ -1,0 +1,322 @@
+"""Memory and speed of one training step: end to end and DiffusionBlocks, each with and without
+activation checkpointing, and DiffusionBlocks with inactive blocks offloaded.
+
+``diffusionblocks bench memory`` runs every (variant, B) in a fresh process, so that its peak
+memory is its own, and writes ``memory.json``, ``memory.md`` and ``memory.png``.
+``diffusionblocks bench speed`` interleaves the variants' steps in one process (machine noise
+hits all alike), takes medians, and writes ``speed.json`` and ``speed.md``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from .memory import PeakMemory, state_bytes
+from .report import human_bytes, markdown_table
+from .training import step_generator
+
+VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
+TASKS = ("classify",)
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. The default is the paper's ViT shape (12 layers, divisible by every B)
+    on MNIST."""
+
+    task: str = "classify"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    blocks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6])
+    depth: int = 12
+    width: int = 64
+    batch_size: int = 128
+    steps: int = 20  # timed steps per row (memory) or rounds (speed), after ``warmup``
+    warmup: int = 5
+    device: str = "auto"
+    offload: str | None = None  # default: "disk" on CPU, "cpu" on CUDA
+    threads: int | None = None
+    out: str = "docs/bench"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} for bench; choose one of {', '.join(TASKS)}")
+        for b in self.blocks:
+            if b < 1 or self.depth % b:
+                raise ValueError(f"blocks {b} must divide depth {self.depth}; pass --blocks dividing it")
+        if self.steps < 1 or self.warmup < 0:
+            raise ValueError(f"steps must be ≥ 1 and warmup ≥ 0, got {self.steps} and {self.warmup}")
+
+
+def _device(cfg: BenchConfig) -> torch.device:
+    from .tasks.classify import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+def _run_config(cfg: BenchConfig, variant: str, blocks: int, data):
+    from .models.vit import ViTConfig
+    from .tasks.classify import ClassifyConfig, resolve_config
+
+    device = _device(cfg)
+    offload = None
+    if variant.endswith("offload"):
+        offload = cfg.offload or ("cpu" if device.type == "cuda" else "disk")
+    run = ClassifyConfig(
+        mode=variant.split("_")[0], dataset=cfg.dataset, blocks=blocks, batch_size=cfg.batch_size,
+        vit=ViTConfig(width=cfg.width, depth=cfg.depth), checkpointing=variant.endswith("ckpt"),
+        offload=offload, device=str(device),
+    )
+    return resolve_config(run, data)
+
+
+def _batches(cfg: BenchConfig, n: int, device: torch.device):
+    """n training batches, then the dataset is released (it must not count in peak memory)."""
+    from .data.images import Batches, load_images
+
+    data = load_images(cfg.dataset, cfg.data_dir)
+    batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0, device)
+    batches = [batch_at(t) for t in range(n)]
+    batches = [(x.clone(), y.clone()) for x, y in batches]  # own storage, not the dataset's
+    meta = replace(data, x_train=data.x_train[:1].clone(), y_train=data.y_train[:1].clone(),
+                   x_test=data.x_test[:1].clone(), y_test=data.y_test[:1].clone())
+    del data, batch_at
+    _trim()
+    return batches, meta
+
+
+def _resident(strategy, model, device) -> int:
+    """Parameter, gradient and optimizer-state bytes on the training device right now."""
+    from .tasks.classify import parts
+
+    per_part = state_bytes(parts(model), strategy.optimizers, device)
+    return sum(sum(v.values()) for v in per_part.values())
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS starts low
+    except (OSError, AttributeError):
+        pass
+
+
+def _close(strategy) -> None:
+    if getattr(strategy, "offload", None):
+        strategy.offload.close()
+
+
+def _steps(run, batches: list, warmup: int, device: torch.device) -> dict:
+    """Build the model of ``run`` and train it on ``batches``; times, layers and peak state."""
+    from .tasks.classify import build, make_strategy
+
+    model = build(run).to(device)
+    strategy, _, _ = make_strategy(run, model)
+    times, layers, resident = [], [], 0
+    for t, (x, y) in enumerate(batches):
+        start = time.perf_counter()
+        record = strategy.step(x, y, step_generator(0, t))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if t >= warmup:
+            times.append(time.perf_counter() - start)
+            layers.append(record["layers"])
+        resident = max(resident, _resident(strategy, model, device))
+    return {"model": model, "strategy": strategy, "times": times, "layers": layers, "resident": resident}
+
+
+def measure_memory(cfg: BenchConfig, variant: str, blocks: int) -> dict:
+    """One row, in this process: a throw-away run first (lazy initialization of kernels and
+    optimizer code must not count), then ``warmup + steps`` steps from a fresh model inside
+    :class:`PeakMemory`, whose baseline is the idle process with the batches loaded."""
+    from .tasks.classify import measure_activations
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
+    batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
+    run = _run_config(cfg, variant, blocks, meta)
+    warm = _steps(run, batches[:2], 2, device)
+    _close(warm["strategy"])
+    del warm
+    _trim()
+    with PeakMemory(device) as peak:
+        result = _steps(run, batches, cfg.warmup, device)
+    model, strategy = result["model"], result["strategy"]
+    with strategy.gathered():
+        activations = measure_activations(model, batches[0], run)["activation_bytes_per_step"]
+        parameters = sum(p.numel() for p in model.parameters())
+    _close(strategy)
+    step = statistics.median(result["times"])
+    return {
+        "mode": variant, "blocks": blocks if run.mode == "dblocks" else 1,
+        "activation_bytes": activations, "state_bytes": result["resident"],
+        "resident_bytes": result["resident"] + activations,
+        "peak_bytes": peak.above_start, "peak_process_bytes": peak.peak,
+        "peak_kind": "cuda_allocated" if device.type == "cuda" else ("rss_hwm" if peak.exact else "rss_max"),
+        "step_seconds": step, "layer_evals_per_second": statistics.mean(result["layers"]) / step,
+        "parameters": parameters, "offload": run.offload, "checkpointing": run.checkpointing,
+        **_machine(cfg, device),
+    }
+
+
+def _machine(cfg: BenchConfig, device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    return {"task": cfg.task, "dataset": cfg.dataset, "depth": cfg.depth, "width": cfg.width,
+            "batch_size": cfg.batch_size, "device": str(device), "device_name": name,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _rows(cfg: BenchConfig) -> list[tuple[str, int]]:
+    rows = [("e2e", 1), ("e2e_ckpt", 1)]
+    for b in cfg.blocks:
+        rows += [("dblocks", b), ("dblocks_ckpt", b)] + ([("dblocks_offload", b)] if b > 1 else [])
+    return rows
+
+
+def bench_memory(cfg: BenchConfig, show: bool = True) -> list[dict]:
+    """Every row in a fresh process (spawned), so each peak is measured from a clean start."""
+    records = []
+    for variant, blocks in _rows(cfg):
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            records.append(pool.submit(measure_memory, cfg, variant, blocks).result())
+        if show:
+            r = records[-1]
+            print(f"{variant:16s} B={r['blocks']}  activations {human_bytes(r['activation_bytes'])}"
+                  f"  resident {human_bytes(r['resident_bytes'])}  peak {human_bytes(r['peak_bytes'])}"
+                  f"  {r['step_seconds'] * 1e3:.1f} ms/step", flush=True)
+    return records
+
+
+def bench_speed(cfg: BenchConfig, show: bool = True) -> list[dict]:
+    """Per B, one step of every variant per round, interleaved; medians over rounds."""
+    from .tasks.classify import build, make_strategy
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
+    batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
+    records = []
+    for b in cfg.blocks:
+        variants = [v for v in VARIANTS if not (b == 1 and v == "dblocks_offload")]
+        strategies = {}
+        for v in variants:
+            run = _run_config(cfg, v, b, meta)
+            model = build(run).to(device)
+            strategies[v] = make_strategy(run, model)[0]
+        times = {v: [] for v in variants}
+        layers = {v: [] for v in variants}
+        for t, (x, y) in enumerate(batches):
+            for v, strategy in strategies.items():
+                start = time.perf_counter()
+                record = strategy.step(x, y, step_generator(0, t))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if t >= cfg.warmup:
+                    times[v].append(time.perf_counter() - start)
+                    layers[v].append(record["layers"])
+        for s in strategies.values():
+            _close(s)
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        for v in variants:
+            blocks = b if v.startswith("dblocks") else 1
+            records.append({
+                "mode": v, "blocks": blocks, "for_blocks": b, "step_seconds": med[v],
+                "layer_evals_per_second": statistics.mean(layers[v]) / med[v],
+                # cost of the whole network's worth of layers, relative to one end-to-end step
+                "relative_to_e2e": med[v] * (b if v.startswith("dblocks") else 1) / med["e2e"],
+                "rounds": cfg.steps, **_machine(cfg, device),
+            })
+        if show:
+            print(f"B={b}: " + "  ".join(f"{v} {med[v] * 1e3:.1f} ms" for v in variants), flush=True)
+    return records
+
+
+def memory_table(records: list[dict]) -> str:
+    e2e = next(r for r in records if r["mode"] == "e2e")
+    rows = []
+    for r in records:
+        rows.append([
+            r["mode"], str(r["blocks"]), human_bytes(r["activation_bytes"]),
+            f"{e2e['activation_bytes'] / r['activation_bytes']:.2f}×", human_bytes(r["state_bytes"]),
+            human_bytes(r["resident_bytes"]), f"{e2e['resident_bytes'] / r['resident_bytes']:.2f}×",
+            human_bytes(r["peak_bytes"]), f"{r['step_seconds'] * 1e3:.1f} ms",
+            f"{r['layer_evals_per_second']:.1f}",
+        ])
+    return markdown_table(rows, [
+        "variant", "B", "activations / step", "e2e / this", "state (p+g+opt)", "resident",
+        "e2e / this", "peak", "s / step", "layer evals / s",
+    ])
+
+
+def speed_table(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        rows.append([str(r["for_blocks"]), r["mode"], f"{r['step_seconds'] * 1e3:.1f} ms",
+                     f"{r['relative_to_e2e']:.3f}", f"{r['layer_evals_per_second']:.1f}"])
+    return markdown_table(rows, ["B", "variant", "s / step (median)",
+                                 "× B / e2e step (dblocks) or / e2e step", "layer evals / s"])
+
+
+def plot_memory(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = sorted({r["blocks"] for r in records if r["mode"].startswith("dblocks")})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "activation_bytes", "activations saved per step"),
+                           (axes[1], "peak_bytes", "peak memory (above start)")):
+        width = 0.8 / 5
+        for i, variant in enumerate(VARIANTS):
+            if variant.startswith("e2e"):
+                r = next(r for r in records if r["mode"] == variant)
+                xs, ys = [-1], [r[key]]
+            else:
+                rs = [r for r in records if r["mode"] == variant]
+                xs, ys = [blocks.index(r["blocks"]) for r in rs], [r[key] for r in rs]
+            ax.bar([x + (i - 2) * width for x in xs], [y / 2**20 for y in ys], width, label=variant)
+        ax.set_xticks(range(-1, len(blocks)), ["e2e"] + [f"B={b}" for b in blocks])
+        ax.set_ylabel("MiB")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{kind}.json").write_text(json.dumps(records, indent=2))
+    table = memory_table(records) if kind == "memory" else speed_table(records)
+    header = (f"{cfg.task} on {cfg.dataset}: ViT depth {cfg.depth}, width {cfg.width}, batch "
+              f"{cfg.batch_size}; {records[0]['device_name']} ({records[0]['device']}, "
+              f"{records[0]['threads']} threads), torch {records[0]['torch']}\n\n")
+    (out / f"{kind}.md").write_text(header + table)
+    if kind == "memory":
+        plot_memory(records, out / "memory.png")
+    return header + table
+
+
+def run(kind: str, cfg: BenchConfig, show: bool = True) -> str:
+    """Measure and write ``kind`` (memory or speed) under ``cfg.out``; return the table."""
+    records = bench_memory(cfg, show) if kind == "memory" else bench_speed(cfg, show)
+    return write(kind, records, cfg)
+
+
+BENCH_HELP = {"memory": "activation, training-state and peak memory per step (a process per row)",
+              "speed": "seconds per step, variants interleaved in one process"}

@@ -1,0 +1,225 @@
+"""Memory: training-state and checkpointed-activation counts by hand, the gated residual,
+offload (bit-exact round trips and training), peak memory, and the bench command."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+from torch import nn
+
+from diffusionblocks import checkpoint, cli
+from diffusionblocks.conditioning import GatedResidual, gated_residual
+from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes
+from diffusionblocks.models.vit import TransformerLayer, ViTConfig
+from diffusionblocks.offload import Offload
+from diffusionblocks.tasks import classify
+from diffusionblocks.tasks.classify import ClassifyConfig, build
+from diffusionblocks.training import Blockwise, blockwise_loss, step_generator
+
+# --- counted by hand --------------------------------------------------------------------------
+
+
+def test_state_bytes_counts_parameters_gradients_and_adamw_state():
+    linear = nn.Linear(8, 8)  # 64 + 8 = 72 floats = 288 bytes
+    opt = torch.optim.AdamW(linear.parameters())
+    assert state_bytes({"l": linear}, {"l": opt}) == {"l": {"params": 288, "grads": 0, "optimizer": 0}}
+    linear(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    # AdamW: exp_avg and exp_avg_sq per parameter (288 each) and a float32 step counter per
+    # parameter tensor (2 × 4 bytes)
+    assert state_bytes({"l": linear}, {"l": opt}) == {"l": {"params": 288, "grads": 288, "optimizer": 584}}
+
+
+def test_checkpointed_layers_keep_only_their_inputs():
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 8)) for _ in range(3)]
+    params = [p for layer in layers for p in layer.parameters()]
+    x = torch.randn(4, 8, requires_grad=True)
+    with SavedTensors(exclude=params) as plain:
+        run_layers(layers, x)
+    # per layer: its input (4·8), the ReLU output kept by ReLU and by the second Linear (one
+    # tensor, 4·32); float32 -> 3 · (128 + 512) bytes
+    assert plain.bytes == 3 * (128 + 512)
+    with SavedTensors(exclude=params) as ckpt:
+        out = run_layers(layers, x, checkpointing=True)
+    assert ckpt.bytes == 3 * 128  # each layer's input, nothing else
+    out.sum().backward()  # and backward still works through the recomputation
+    assert x.grad is not None and all(p.grad is not None for p in params)
+
+
+def test_gated_residual_matches_autograd_and_keeps_only_its_input():
+    torch.manual_seed(0)
+    args = [torch.randn(s, dtype=torch.float64, requires_grad=True)
+            for s in [(2, 3, 4), (2, 1, 4), (2, 3, 5), (4, 5), (4,)]]
+    assert torch.autograd.gradcheck(GatedResidual.apply, args)
+    proj = nn.Linear(5, 4)
+    h, gate, a = torch.randn(2, 3, 4), torch.randn(2, 1, 4, requires_grad=True), torch.randn(2, 3, 5)
+    with SavedTensors(exclude=proj.parameters()) as saved:
+        gated_residual(h, gate, a, proj)
+    assert saved.bytes == (2 * 1 * 4 + 2 * 3 * 5) * 4  # the gate and a; not the branch output
+
+
+def test_an_adaln_layer_saves_no_more_than_a_plain_one_plus_its_modulation():
+    torch.manual_seed(0)
+    n, t, w = 4, 10, 16
+    h, c = torch.randn(n, t, w, requires_grad=True), torch.randn(n, w)
+    plain, adaln = TransformerLayer(w, 2), TransformerLayer(w, 2, cond_dim=w)
+    with SavedTensors(exclude=plain.parameters()) as a:
+        plain(h)
+    with SavedTensors(exclude=adaln.parameters()) as b:
+        adaln(h, c)
+    # extra: the conditioning c and its SiLU output (n·w each), the chunked (n, 1, 6w)
+    # modulation rows the branches keep (scales, gates)
+    assert b.bytes - a.bytes <= (2 * n * w + n * 6 * w) * 4
+
+
+# --- offload ----------------------------------------------------------------------------------
+
+
+def snapshot(model, strategy):
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    optim = {n: {k: v.clone() for s in o.state.values() for k, v in s.items() if torch.is_tensor(v)}
+             for n, o in strategy.optimizers.items()}
+    return params, [sorted((k, v.tolist()) for k, v in d.items()) for d in optim.values()]
+
+
+@pytest.mark.parametrize("to", ["cpu", "disk"])
+def test_offload_round_trips_weights_and_optimizer_state_bit_exactly(digits, batch, to, tmp_path):
+    cfg = tiny_config(digits)
+    model = build(cfg)
+    strategy = Blockwise(model, cfg.optim)
+    for t in range(6):  # give every block optimizer state
+        strategy.step(*batch, step_generator(0, t))
+    before = snapshot(model, strategy)
+    blocks = {f"block_{b}": blk for b, blk in enumerate(model.blocks)}
+    offload = Offload(blocks, strategy.optimizers, to, tmp_path / "store")
+    offload.fetch("block_1")
+    assert offload.resident == ["block_1"]
+    for name in ("block_0", "block_2"):
+        assert all(p.numel() == 0 and p.grad is None for p in blocks[name].parameters()), name
+        assert state_bytes({name: blocks[name]}, strategy.optimizers)[name] == {
+            "params": 0, "grads": 0, "optimizer": 0}
+    if to == "disk":
+        assert sorted(f.name for f in (tmp_path / "store").iterdir()) == [
+            "block_0.safetensors", "block_2.safetensors"]
+    with offload.gathered():
+        during = snapshot(model, strategy)
+    assert offload.resident == ["block_1"]
+    offload.fetch("block_2")
+    offload.close()
+    after = snapshot(model, strategy)
+    for got in (during, after):
+        assert got[1] == before[1]
+        assert all(torch.equal(before[0][k], got[0][k]) for k in before[0])
+
+
+@pytest.mark.parametrize("to", ["cpu", "disk"])
+def test_blockwise_training_with_offload_equals_training_without(digits, batch, to, tmp_path):
+    finals = []
+    for offload in (None, to):
+        cfg = tiny_config(digits)
+        model = build(cfg)
+        strategy = Blockwise(model, cfg.optim, offload=offload, offload_dir=tmp_path / "store")
+        seen = set()
+        for t in range(12):
+            seen.add(strategy.step(*batch, step_generator(0, t))["block"])
+            if offload:
+                resident = state_bytes(model.parts(), strategy.optimizers)
+                assert sum(sum(resident[f"block_{b}"].values()) > 0 for b in range(3)) == 1
+        with strategy.gathered():
+            finals.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert seen == {0, 1, 2}
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+def test_offload_and_checkpointing_resume_bit_identically(digits, tmp_path, monkeypatch):
+    def config(out, **extra):
+        return ClassifyConfig(dataset="digits", mode="dblocks", steps=10, evals=2, batch_size=32,
+                              vit=ViTConfig(width=16, depth=3, heads=2), out=str(out), **extra)
+
+    straight = classify.train(config(tmp_path / "straight"), digits, show=False)
+    real_save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    lean = dict(offload="disk", checkpointing=True)
+    with pytest.raises(KeyboardInterrupt):
+        classify.train(config(tmp_path / "resumed", **lean), digits, show=False)
+    monkeypatch.undo()
+    resumed = classify.train(config(tmp_path / "resumed", **lean), digits, show=False)
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert not (tmp_path / "resumed" / "offload").exists()  # the store is cleaned up
+    for name in ("shared", "block_0", "block_1", "block_2"):
+        a = load_file(str(tmp_path / "straight" / "checkpoint" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / "checkpoint" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_activation_checkpointing_gives_the_same_gradients(digits, batch):
+    grads = []
+    for ckpt in (False, True):
+        model = build(tiny_config(digits, checkpointing=ckpt))
+        blockwise_loss(model, *batch, 1, torch.Generator().manual_seed(0)).backward()
+        grads.append([p.grad for p in model.blocks[1].parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_offload_config_errors():
+    with pytest.raises(ValueError, match="needs --mode dblocks"):
+        ClassifyConfig(mode="e2e", offload="cpu")
+    with pytest.raises(ValueError, match="unknown offload target 'gpu'"):
+        ClassifyConfig(offload="gpu")
+    with pytest.raises(ValueError, match="unknown offload target"):
+        Offload({}, {}, "tape")
+
+
+# --- peak memory and the bench command --------------------------------------------------------
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    with PeakMemory() as outer:
+        pass
+    with PeakMemory() as peak:
+        x = torch.ones(16 * 2**20)  # 64 MiB, written so the pages are resident
+        del x
+    if not peak.exact:
+        pytest.skip("no resettable high-water mark on this platform")
+    assert 60 * 2**20 <= peak.above_start < 80 * 2**20  # a few pages may be resident already
+    assert outer.above_start < 16 * 2**20
+
+
+def test_bench_memory_and_speed_write_their_records(tmp_path, capsys):
+    small = ["--dataset", "digits", "--depth", "2", "--width", "16", "--batch-size", "16",
+             "--blocks", "2", "--steps", "2", "--warmup", "1", "--threads", "1", "--quiet",
+             "--out", str(tmp_path)]
+    cli.main(["bench", "memory", *small])
+    records = json.loads((tmp_path / "memory.json").read_text())
+    assert [(r["mode"], r["blocks"]) for r in records] == [
+        ("e2e", 1), ("e2e_ckpt", 1), ("dblocks", 2), ("dblocks_ckpt", 2), ("dblocks_offload", 2)]
+    for r in records:
+        assert {"activation_bytes", "resident_bytes", "peak_bytes", "step_seconds"} <= r.keys()
+        assert r["activation_bytes"] > 0 and r["resident_bytes"] > r["activation_bytes"]
+    by = {r["mode"]: r for r in records}
+    assert by["e2e"]["activation_bytes"] > 1.5 * by["dblocks"]["activation_bytes"]
+    assert by["e2e_ckpt"]["activation_bytes"] < by["e2e"]["activation_bytes"] / 2
+    assert by["dblocks_offload"]["state_bytes"] < by["dblocks"]["state_bytes"]
+    assert (tmp_path / "memory.md").exists() and (tmp_path / "memory.png").exists()
+
+    cli.main(["bench", "speed", *small])
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert {r["mode"] for r in speed} == {"e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload"}
+    assert all(r["step_seconds"] > 0 for r in speed)
+    assert "dblocks_offload" in capsys.readouterr().out
+
+
+def test_bench_refuses_blocks_that_do_not_divide_the_depth(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "memory", "--blocks", "5", "--depth", "12"])
+    assert e.value.code == 2
+    assert "blocks 5 must divide depth 12" in capsys.readouterr().err
+
