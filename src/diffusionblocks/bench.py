@@ -312,11 +312,116 @@ def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
     return header + table
 
 
-def run(kind: str, cfg: BenchConfig, show: bool = True) -> str:
-    """Measure and write ``kind`` (memory or speed) under ``cfg.out``; return the table."""
+def _block_steps(cfg: BenchConfig, blocks: int, mine: list[int], threads: int, start, times) -> None:
+    """A worker: train ``mine`` of ``blocks`` blocks for warmup + steps steps; report the time of
+    the timed steps (all workers start them together, at ``start``)."""
+    from .tasks.classify import build, make_strategy
+
+    torch.set_num_threads(threads)
+    device = _device(cfg)
+    batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
+    run = _run_config(cfg, "dblocks", blocks, meta)
+    model = build(run).to(device)
+    strategy = make_strategy(run, model, blocks=mine)[0]
+    for t, (x, y) in enumerate(batches[: cfg.warmup]):
+        strategy.step(x, y, step_generator(0, t))
+    start.wait()
+    begin = time.perf_counter()
+    for t, (x, y) in enumerate(batches[cfg.warmup :], cfg.warmup):
+        strategy.step(x, y, step_generator(0, t))
+    times.put(time.perf_counter() - begin)
+
+
+def _timed(cfg: BenchConfig, blocks: int, assignment: list[list[int]], threads: int) -> float:
+    """Wall seconds for every worker of ``assignment`` to do its steps, all at once."""
+    ctx = get_context("spawn")
+    start, times = ctx.Barrier(len(assignment)), ctx.Queue()
+    workers = [ctx.Process(target=_block_steps, args=(cfg, blocks, mine, threads, start, times))
+               for mine in assignment]
+    for w in workers:
+        w.start()
+    seconds = [times.get() for _ in workers]
+    for w in workers:
+        w.join()
+        if w.exitcode:
+            raise RuntimeError(f"a benchmark worker failed (exit code {w.exitcode})")
+    return max(seconds)
+
+
+def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None = None,
+                   show: bool = True) -> dict:
+    """Throughput of ``processes`` block-parallel workers (one thread each, no communication)
+    against one process training every block in turn (one thread), at equal per-process work:
+    each does ``steps`` steps. With ``train_steps``, also train to the end both ways (torchrun
+    ``--parallel``, and one process) and compare the merged model's test accuracy."""
+    from .parallel import place
+
+    blocks = cfg.blocks[0]
+    assignment = [place(blocks, r, processes).blocks for r in range(processes)]
+    single = _timed(cfg, blocks, [list(range(blocks))], 1)
+    single_two_threads = _timed(cfg, blocks, [list(range(blocks))], processes)
+    parallel_wall = _timed(cfg, blocks, assignment, 1)
+    record = {
+        "processes": processes, "blocks": blocks, "assignment": assignment, "steps": cfg.steps,
+        "single_process_seconds": single, "parallel_seconds": parallel_wall,
+        "single_process_steps_per_second": cfg.steps / single,
+        "parallel_steps_per_second": processes * cfg.steps / parallel_wall,
+        "throughput_ratio": processes * cfg.steps / parallel_wall / (cfg.steps / single),
+        # the same single process given every core instead: the alternative on this machine
+        "single_process_all_threads_steps_per_second": cfg.steps / single_two_threads,
+        "throughput_ratio_vs_all_threads": processes * single_two_threads / parallel_wall,
+        **_machine(cfg, _device(cfg)),
+    }
+    if show:
+        print(f"{processes} processes: {record['throughput_ratio']:.2f}× the steps per second of one "
+              f"(1 thread each; {record['throughput_ratio_vs_all_threads']:.2f}× one process with "
+              f"{processes} threads)", flush=True)
+    if train_steps:
+        record |= _train_both(cfg, blocks, processes, train_steps, show)
+    return record
+
+
+def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show: bool) -> dict:
+    """Train to the end block-parallel (torchrun) and in one process; both merged and tested."""
+    import os
+    import subprocess
+    import sys
+
+    out = Path(cfg.out) / "parallel_runs"
+    common = ["train", "classify", "--mode", "dblocks", "--dataset", cfg.dataset, "--blocks",
+              str(blocks), "--depth", str(cfg.depth), "--width", str(cfg.width), "--batch-size",
+              str(cfg.batch_size), "--steps", str(steps), "--quiet"]
+    common += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={processes}", "-m", "diffusionblocks", *common, "--parallel",
+                    "--out", str(out / "parallel")], check=True, env=env, stdout=subprocess.DEVNULL)
+    parallel_wall = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "diffusionblocks", *common, "--out", str(out / "single")],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    single_wall = time.perf_counter() - started
+    par = json.loads((out / "parallel" / "result.json").read_text())
+    one = json.loads((out / "single" / "result.json").read_text())
+    if show:
+        print(f"merged {par['test_accuracy']:.4f} vs one process {one['test_accuracy']:.4f}", flush=True)
+    return {"train_steps": steps, "merged_test_accuracy": par["test_accuracy"],
+            "single_process_test_accuracy": one["test_accuracy"],
+            "parallel_train_wall_seconds": parallel_wall, "single_train_wall_seconds": single_wall,
+            "test_examples": one["test_examples"]}
+
+
+def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
+        train_steps: int | None = None) -> str:
+    """Measure and write ``kind`` (memory, speed or parallel) under ``cfg.out``; return a summary."""
+    if kind == "parallel":
+        record = bench_parallel(cfg, processes, train_steps, show)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "parallel.json").write_text(json.dumps(record, indent=2))
+        return json.dumps(record, indent=2)
     records = bench_memory(cfg, show) if kind == "memory" else bench_speed(cfg, show)
     return write(kind, records, cfg)
 
 
-BENCH_HELP = {"memory": "activation, training-state and peak memory per step (a process per row)",
-              "speed": "seconds per step, variants interleaved in one process"}

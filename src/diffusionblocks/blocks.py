@@ -173,4 +173,5 @@ class DiffusionBlocks(nn.Module):
 
     def parts(self) -> dict[str, nn.Module]:
         """Separately trainable and storable parts: ``shared`` and ``block_0`` … ``block_{B-1}``."""
-        return {"shared": self.shared, **{f"block_{b}": blk for b, blk in enumerate(self.blocks)}}
+        blocks = {f"block_{b}": getattr(blk, "module", blk) for b, blk in enumerate(self.blocks)}
+        return {"shared": self.shared, **blocks}  # a block wrapped in DDP is stored unwrapped

@@ -113,6 +113,12 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
         module.load_state_dict(load_file(str(path)), strict=True)
 
 
+def read_progress(directory: str | Path) -> Progress:
+    """The progress stored with a checkpoint (zero when it has none)."""
+    path = resolve(directory) / PROGRESS
+    return Progress(**json.loads(path.read_text())) if path.exists() else Progress()
+
+
 def load_training_state(
     directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
 ) -> Progress:
@@ -120,4 +126,4 @@ def load_training_state(
     directory = resolve(directory)
     for name, opt in optimizers.items():
         opt.load_state_dict(torch.load(directory / f"{name}.optim.pt", weights_only=True))
-    return Progress(**json.loads((directory / PROGRESS).read_text()))
+    return read_progress(directory)

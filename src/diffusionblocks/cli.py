@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,12 @@ HELP = {
     "and recomputes the rest (less memory, more time)",
     "offload": "dblocks only: keep inactive blocks' weights and optimizer state in host memory "
     "(cpu) or in files under OUT/offload (disk); only the sampled block is on the device",
+    "block": "train only block k (0 = the input end, highest noise) as an independent job; "
+    "assemble the jobs with `diffusionblocks merge`",
+    "parallel": "block-parallel run under torchrun: ranks split into one group per block (DDP "
+    "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
+    "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
+    "ranks every N steps",
     "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
     # model
     "width": "transformer width",
@@ -122,7 +129,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .tasks import classify
 
     result = classify.train(_classify_config(args), show=not args.quiet)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports the merged model
+        print(json.dumps({k: v for k, v in result.items() if k not in ("history", "groups_results")},
+                         indent=2))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -147,21 +156,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    from .tasks import classify
+
+    where = classify.merge(args.checkpoints, args.out, average_shared=args.average_shared)
+    print(json.dumps({"merged": [str(c) for c in args.checkpoints], "checkpoint": str(where)}, indent=2))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import BenchConfig, run
 
     fields = {f.name for f in dataclasses.fields(BenchConfig)}
     cfg = BenchConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    print(run(args.kind, cfg, show=not args.quiet))
+    print(run(args.kind, cfg, show=not args.quiet, processes=args.processes, train_steps=args.train_steps))
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     from .bench import TASKS, BenchConfig
 
     d = BenchConfig()
-    parser.add_argument("kind", choices=("memory", "speed"),
+    parser.add_argument("kind", choices=("memory", "speed", "parallel"),
                         help="memory: activations, training state and peak memory per step (a "
-                        "process per row); speed: seconds per step, variants interleaved")
+                        "process per row); speed: seconds per step, variants interleaved; "
+                        "parallel: block-parallel throughput vs one process (first --blocks value)")
     parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
     parser.add_argument("--dataset", choices=DATASETS, default=None, help=f"default: {d.dataset}")
     parser.add_argument("--data-dir", default=None, help=HELP["data_dir"])
@@ -178,6 +195,10 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         help="where offloaded blocks go (default: disk on CPU, cpu on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help=f"output folder (default: {d.out})")
+    parser.add_argument("--processes", type=int, default=2, help="parallel: worker processes")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="parallel: also train to the end (this end-to-end step budget) "
+                        "block-parallel and in one process, and compare test accuracy")
     parser.add_argument("--quiet", action="store_true", help="no per-row lines")
 
 
@@ -212,6 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode",))
     cmp.set_defaults(func=cmd_compare)
+
+    merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")
+    merge.add_argument("checkpoints", nargs="+", help="checkpoint directories of block jobs "
+                       "(OUT/checkpoint of each `train ... --block k`)")
+    merge.add_argument("--out", required=True, help="folder for the merged model (OUT/checkpoint)")
+    merge.add_argument("--average-shared", action="store_true",
+                       help="average shared parts that differ (co-trained) instead of refusing")
+    merge.set_defaults(func=cmd_merge)
 
     bench = sub.add_parser("bench", help="measure memory or speed per training step")
     _bench_args(bench)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, parallel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, SharedParts, split_layers
 from ..data.images import DATASETS, Batches, ImageData, load_images
 from ..memory import activation_bytes
@@ -74,6 +76,9 @@ class ClassifyConfig:
     device: str = "auto"
     checkpointing: bool = False
     offload: str | None = None
+    block: int | None = None
+    parallel: bool = False
+    sync_every: int = 100
     out: str = "runs/classify"
     vit: ViTConfig = field(default_factory=ViTConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -112,6 +117,17 @@ class ClassifyConfig:
                 )
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
+            if self.parallel:
+                raise ValueError("--offload with --parallel is not supported; give each block a process")
+        if (self.block is not None or self.parallel) and self.mode != "dblocks":
+            raise ValueError("--block and --parallel train blocks separately: they need --mode dblocks")
+        if self.block is not None and not 0 <= self.block < self.blocks:
+            raise ValueError(f"block {self.block} does not exist: blocks are numbered 0 to {self.blocks - 1}")
+        if self.block is not None and self.parallel:
+            raise ValueError("--block trains one block as its own job; --parallel places blocks on "
+                             "torchrun ranks: use one or the other")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
 
     def to_dict(self) -> dict:
         return {"task": "classify", **asdict(self)}
@@ -131,6 +147,8 @@ class ClassifyConfig:
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
              "checkpointing", "offload"}
+# Fields block jobs may differ in and still be merged into one model.
+MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
 
 
 class ViTAdapter(nn.Module):
@@ -220,18 +238,28 @@ def build(cfg: ClassifyConfig) -> nn.Module:
 
 
 def make_strategy(
-    cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None
+    cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None,
+    blocks: list[int] | None = None,
 ) -> tuple[Blockwise | EndToEnd, int, int]:
-    """The mode's training strategy, its total steps and its warm-up steps."""
+    """The mode's training strategy, its total steps and its warm-up steps. ``blocks``: train
+    only these (a block job, a parallel rank), with their share of the budget."""
     if cfg.mode == "dblocks":
         total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
-        return Blockwise(model, cfg.optim, offload=cfg.offload, offload_dir=offload_dir), total, warmup
+        if blocks is not None:
+            share = len(blocks) / cfg.blocks
+            total, warmup = math.ceil(total * share), math.ceil(warmup * share)
+        strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir)
+        return strategy, total, warmup
     return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
 
 
-def parts(model: nn.Module) -> dict[str, nn.Module]:
-    """Separately stored parts: per block and shared for DiffusionBlocks, one for e2e."""
-    return model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
+def parts(model: nn.Module, blocks: list[int] | None = None) -> dict[str, nn.Module]:
+    """Separately stored parts: per block and shared for DiffusionBlocks, one for e2e.
+    ``blocks``: only the shared parts and these blocks."""
+    if not isinstance(model, DiffusionBlocks):
+        return {"model": model}
+    keep = None if blocks is None else {"shared", *(f"block_{b}" for b in blocks)}
+    return {k: v for k, v in model.parts().items() if keep is None or k in keep}
 
 
 def sigma_grid(cfg: ClassifyConfig) -> Tensor:
@@ -268,16 +296,38 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifyConfig, batch:
     return correct / len(y)
 
 
-def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: ClassifyConfig) -> dict:
-    """Activation bytes saved for backward in one training step (dblocks: mean over blocks,
-    since every block is sampled with equal probability)."""
+@torch.no_grad()
+def block_accuracy(model: DiffusionBlocks, x: Tensor, y: Tensor, cfg: ClassifyConfig, block: int,
+                   batch: int = 1000) -> float:
+    """One block on its own: accuracy of the logits read from D_b(y + σε, σ) with σ drawn from
+    the block's training range (what a block job can measure before the blocks are merged)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 54321)
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(y), batch):
+        xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
+        target = model.shared.target(yb)
+        sigma = model.sample_sigma(block, len(yb), gen).to(device)
+        z = target + sigma[:, None] * torch.randn(target.shape, generator=gen).to(device)
+        logits = model.shared.logits(model.denoise(z, sigma, xb, block))
+        correct += (logits.argmax(-1) == yb).sum().item()
+    model.train(was_training)
+    return correct / len(y)
+
+
+def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: ClassifyConfig,
+                        blocks: list[int] | None = None) -> dict:
+    """Activation bytes saved for backward in one training step (dblocks: mean over the trained
+    blocks, since each is sampled with equal probability)."""
     x, y = batch
     if not isinstance(model, DiffusionBlocks):
         return {"activation_bytes_per_step": activation_bytes(lambda: F.cross_entropy(model(x), y), model)}
     gen = torch.Generator().manual_seed(0)
     per_block = [
         activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, gen), model)
-        for b in range(model.num_blocks)
+        for b in (range(model.num_blocks) if blocks is None else blocks)
     ]
     return {"activation_bytes_per_step": round(statistics.mean(per_block)),
             "activation_bytes_per_block": per_block}
@@ -303,67 +353,108 @@ def check_resumable(saved: dict, cfg: ClassifyConfig, where: Path) -> None:
 
 
 def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:
-    """Train one mode, resuming from ``OUT/checkpoint`` when it exists; return its results."""
+    """Train one mode, resuming from its checkpoint when it exists; return its results.
+
+    With ``cfg.block`` only that block trains (an independent job; merge the jobs with
+    :func:`merge`); with ``cfg.parallel`` this is one ``torchrun`` rank of a block-parallel run
+    (its group writes ``OUT/group_g``; rank 0 merges them into ``OUT/checkpoint`` at the end).
+    """
     data = data or load_images(cfg.dataset, cfg.data_dir)
     cfg = resolve_config(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    model = build(cfg).to(device)
-    strategy, total, warmup = make_strategy(cfg, model, out / "offload")
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, device)
+    placement, group_pg = None, None
+    if cfg.parallel:
+        placement, group_pg = parallel.init(cfg.blocks, device)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    elif cfg.block is not None:
+        placement = parallel.Placement([cfg.block], cfg.block, cfg.blocks)
+    mine = placement.blocks if placement else None
+    run_dir = out / f"group_{placement.group}" if cfg.parallel else out
+    writer = placement is None or placement.leader  # DDP replicas of a group write nothing
 
-    ckpt = out / "checkpoint"
+    model = build(cfg).to(device)
+    strategy, total, warmup = make_strategy(cfg, model, run_dir / "offload", mine)
+    if cfg.parallel and len(placement.members) > 1:
+        for b in mine:
+            model.blocks[b] = parallel.data_parallel(model.blocks[b], group_pg, device)
+    stored = parts(model, mine)
+    seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
+    if cfg.parallel and cfg.shared_policy == "cotrained":  # the one thing blocks exchange
+        step = strategy.step
+
+        def step_and_sync(x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+            record = step(x, y, gen)
+            strategy.done = getattr(strategy, "done", 0) + 1
+            if strategy.done % cfg.sync_every == 0:
+                parallel.average(model.shared)
+            return record
+
+        strategy.step = step_and_sync
+
+    ckpt = run_dir / "checkpoint"
     progress = Progress()
     history: list[dict] = []
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = run_dir / "metrics.jsonl"
     try:
         where = checkpoint.resolve(ckpt)
     except FileNotFoundError:
         where = None
     if where is not None:
         check_resumable(checkpoint.read_config(where), cfg, where)
-        checkpoint.load_parts(where, parts(model))
+        checkpoint.load_parts(where, stored)
         progress = checkpoint.load_training_state(where, strategy.optimizers)
-        if metrics_path.exists():  # keep only what the checkpoint had seen
+        if writer and metrics_path.exists():  # keep only what the checkpoint had seen
             kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
                     if r["step"] <= progress.step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            history = [r for r in kept if "test_accuracy" in r]
-    elif metrics_path.exists():
+            history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
+    elif writer and metrics_path.exists():
         metrics_path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if cfg.parallel:
+        parallel.barrier()  # every rank has read its checkpoint before any rank writes
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if writer:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def log(record: dict) -> None:
-        if record["step"] % 10 == 1 or record["step"] == total:
+        if writer and (record["step"] % 10 == 1 or record["step"] == total):
             log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
 
     def on_every(p: Progress) -> None:
+        if not writer:
+            return
         with strategy.gathered():  # with offload, every block comes in for these two
-            acc = evaluate(model, data.x_test, data.y_test, cfg)
             record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
-                      "test_accuracy": acc, "train_seconds": round(p.train_seconds, 3)}
+                      "train_seconds": round(p.train_seconds, 3)}
+            if mine is None:
+                record["test_accuracy"] = evaluate(model, data.x_test, data.y_test, cfg)
+            else:
+                record["block_accuracy"] = {
+                    b: block_accuracy(model, data.x_test, data.y_test, cfg, b) for b in mine}
             history.append(record)
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
-            checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
+            checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
 
     every = max(1, total // cfg.evals)
-    with metrics_path.open("a") as log_file:
+    with metrics_path.open("a") if writer else nullcontext() as log_file:
         progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
-                       desc=f"{cfg.mode} {cfg.dataset}", show=show)
+                       desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
+                       show=show and writer)
     if getattr(strategy, "offload", None):
         strategy.offload.close()
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
     step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
-    acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
     result = {
         "mode": cfg.mode,
         "dataset": cfg.dataset,
         "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
-        "test_accuracy": acc,
-        "test_examples": len(data.y_test),
+        "trained_blocks": mine,
         "steps": total,
         "layer_evals": progress.layer_evals,
         "train_seconds": round(progress.train_seconds, 3),
@@ -371,9 +462,45 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         "parameters": sum(p.numel() for p in model.parameters()),
         "history": history,
         "device": str(device),
-        **measure_activations(model, batches(0), cfg),
+        **measure_activations(model, batches(0), cfg, mine),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    if mine is None:
+        acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
+        result |= {"test_accuracy": acc, "test_examples": len(data.y_test)}
+    elif history:
+        result["block_accuracy"] = history[-1]["block_accuracy"]
+    if writer:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    if cfg.parallel:
+        result = _finish_parallel(cfg, placement, data, result)
+    return result
+
+
+def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: ImageData,
+                     result: dict) -> dict:
+    """Rank 0 merges the groups' checkpoints into OUT/checkpoint and evaluates the whole model."""
+    parallel.barrier()
+    out = Path(cfg.out)
+    if placement.rank == 0:
+        groups = [out / f"group_{g}" / "checkpoint" for g in range(placement.groups)]
+        merge(groups, out)
+        model, merged_cfg = load(out / "checkpoint")
+        acc = evaluate(model, data.x_test, data.y_test, merged_cfg)
+        totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
+        result = {
+            "mode": "dblocks", "dataset": cfg.dataset, "blocks": cfg.blocks, "parallel": True,
+            "processes": placement.world, "groups": placement.groups,
+            "test_accuracy": acc, "test_examples": len(data.y_test),
+            "layer_evals": sum(r["layer_evals"] for r in totals),
+            "train_seconds": max(r["train_seconds"] for r in totals),  # wall time: groups overlap
+            "steps": sum(r["steps"] for r in totals),
+            "step_seconds": statistics.median([r["step_seconds"] for r in totals if r["step_seconds"]]),
+            "activation_bytes_per_step": max(r["activation_bytes_per_step"] for r in totals),
+            "groups_results": totals,
+        }
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    parallel.barrier()
+    parallel.finish()
     return result
 
 
@@ -383,6 +510,55 @@ def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConf
     model = build(cfg)
     checkpoint.load_parts(path, parts(model))
     return model.to(device).eval(), cfg
+
+
+def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False) -> Path:
+    """Assemble block checkpoints (block jobs, parallel groups) into one model at OUT/checkpoint.
+
+    The sources must come from one config (up to :data:`MERGEABLE` fields), hold every block
+    exactly once and agree bit for bit on the shared parts (``average_shared``: average them
+    instead, for blocks trained with ``--shared-policy cotrained``).
+    """
+    from safetensors.torch import load_file
+
+    dirs = [checkpoint.resolve(s) for s in sources]
+    configs = [checkpoint.read_config(d) for d in dirs]
+    if any(c.get("task") != "classify" or c.get("mode") != "dblocks" for c in configs):
+        raise ValueError("merge takes DiffusionBlocks classification checkpoints (train classify "
+                         "--mode dblocks --block k, or a --parallel run's group checkpoints)")
+    base = configs[0]
+    for d, c in zip(dirs[1:], configs[1:]):
+        diff = [k for k in base if k not in MERGEABLE and c.get(k) != base[k]]
+        if diff:
+            detail = ", ".join(f"{k}: {base.get(k)!r} vs {c.get(k)!r}" for k in diff)
+            raise ValueError(f"cannot merge {dirs[0]} and {d}: their configs differ ({detail}); "
+                             "train every block with the same flags")
+    cfg = ClassifyConfig.from_dict(base | {"block": None, "parallel": False, "out": str(out)})
+    owner: dict[int, Path] = {}
+    for d in dirs:
+        for f in sorted(d.glob("block_*.safetensors")):
+            b = int(f.stem.split("_")[1])
+            if b in owner:
+                raise ValueError(f"block {b} is in both {owner[b]} and {d}; give each block once")
+            owner[b] = d
+    missing = [b for b in range(cfg.blocks) if b not in owner]
+    if missing:
+        raise ValueError(f"no checkpoint holds block(s) {missing}; train them (--block k) and "
+                         f"pass their checkpoints too")
+    shared = [load_file(str(d / "shared.safetensors")) for d in dirs]
+    for d, sh in zip(dirs[1:], shared[1:]):
+        if not all(torch.equal(sh[k], shared[0][k]) for k in shared[0]) and not average_shared:
+            raise ValueError(
+                f"shared parts differ between {dirs[0]} and {d}: blocks trained apart must keep them "
+                "frozen (--shared-policy frozen, the default), or merge with --average-shared"
+            )
+    model = build(cfg)
+    model.shared.load_state_dict({k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
+    for b, d in owner.items():
+        model.blocks[b].load_state_dict(load_file(str(d / f"block_{b}.safetensors")))
+    runs = [checkpoint.read_progress(d) for d in dirs]
+    progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
+    return checkpoint.save(Path(out) / "checkpoint", parts(model), cfg.to_dict(), progress=progress)
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:

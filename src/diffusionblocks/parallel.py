@@ -1,0 +1,128 @@
+"""Block-parallel training: blocks train at the same time in separate processes.
+
+Blocks exchange no activations and no gradients, so B blocks can train on B devices (or
+machines) with no pipeline. Under ``torchrun`` the ranks are split into groups, one per block
+(or, with fewer ranks than blocks, several blocks per rank); inside a group the block is data
+parallel with DDP on that group's process group only. Nothing else crosses groups, except an
+optional periodic average of shared parts that train (``cotrained`` policy): an all-reduce of
+those few tensors.
+
+Without ``torchrun``, ``train ... --block k`` trains one block as an independent job and
+:func:`merge` assembles the blocks' checkpoints into one model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Placement:
+    """What this process trains: its blocks, its group, and its place in the group."""
+
+    blocks: list[int]
+    group: int
+    groups: int
+    rank: int = 0
+    world: int = 1
+    members: tuple[int, ...] = (0,)  # global ranks of this process's group
+
+    @property
+    def index(self) -> int:
+        """This process's position inside its group (0 is the group's leader)."""
+        return self.members.index(self.rank)
+
+    @property
+    def leader(self) -> bool:
+        return self.index == 0
+
+
+def place(num_blocks: int, rank: int, world: int) -> Placement:
+    """Ranks to blocks. world ≥ B: B groups of world/B ranks, group g trains block g (world
+    must be a multiple of B). world < B: one group per rank, rank r trains blocks r, r+world, …
+    (world must divide B, so that every rank has the same number of steps)."""
+    if world >= num_blocks:
+        if world % num_blocks:
+            raise ValueError(
+                f"{world} processes cannot be split evenly over {num_blocks} blocks; use a multiple "
+                f"of {num_blocks} processes (e.g. --nproc-per-node {num_blocks}) or fewer than {num_blocks}"
+            )
+        size = world // num_blocks
+        group = rank // size
+        members = tuple(range(group * size, (group + 1) * size))
+        return Placement([group], group, num_blocks, rank, world, members)
+    if num_blocks % world:
+        raise ValueError(
+            f"{num_blocks} blocks cannot be split evenly over {world} processes; use a number of "
+            f"processes dividing {num_blocks} or a multiple of it"
+        )
+    blocks = list(range(rank, num_blocks, world))
+    return Placement(blocks, rank, world, rank, world, (rank,))
+
+
+def launched() -> bool:
+    """True inside a ``torchrun`` worker (the launcher sets WORLD_SIZE and RANK)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(num_blocks: int, device: torch.device) -> tuple[Placement, dist.ProcessGroup | None]:
+    """Join the ``torchrun`` job (gloo on CPU, nccl on CUDA); this rank's placement and, when
+    its group has several ranks, the group's process group for DDP."""
+    if not launched():
+        raise ValueError("--parallel needs torchrun, e.g. torchrun --nproc-per-node 3 -m diffusionblocks ...")
+    if not dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_store(rank, world),
+                                rank=rank, world_size=world)
+    placement = place(num_blocks, dist.get_rank(), dist.get_world_size())
+    process_group = None
+    for g in range(placement.groups):  # every rank must create every group, in the same order
+        members = [r for r in range(placement.world) if place(num_blocks, r, placement.world).group == g]
+        pg = dist.new_group(members) if len(members) > 1 else None
+        if g == placement.group:
+            process_group = pg
+    return placement, process_group
+
+
+def _store(rank: int, world: int) -> dist.Store:
+    """The rendezvous store, with keys prefixed by torchrun's restart count: a restarted worker
+    group must not read the addresses its killed predecessors left there (gloo then fails to
+    connect)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun hosts the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent and rank == 0)
+    return dist.PrefixStore(f"diffusionblocks/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}",
+                            store)
+
+
+def data_parallel(block: nn.Module, process_group, device: torch.device) -> nn.Module:
+    """Wrap a block in DDP over its group's ranks only."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(block, device_ids=ids, process_group=process_group)
+
+
+@torch.no_grad()
+def average(module: nn.Module) -> None:
+    """Average a module's trainable tensors over every rank (the shared parts' sync)."""
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.requires_grad:
+            dist.all_reduce(p.data)
+            p.data /= world
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
