@@ -10,10 +10,10 @@ from conftest import tiny_config
 from diffusionblocks.blocks import DiffusionBlocks, split_layers
 from diffusionblocks.conditioning import modulated_norm
 from diffusionblocks.models.vit import ViTConfig, make_layers
-from diffusionblocks.noise import loss_weight, scalings, sigmas_equiprob
+from diffusionblocks.noise import NoiseConfig, loss_weight, scalings, sigmas_equiprob
 from diffusionblocks.sampling import sample_euler, sample_heun
 from diffusionblocks.tasks import classify
-from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter
+from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter, build
 from diffusionblocks.training import Blockwise, OptimConfig, blockwise_loss, step_generator
 
 
@@ -166,7 +166,7 @@ def test_blockwise_loss_weights_each_example(tiny_model, batch, max_weight):
     with torch.no_grad():  # break the symmetry of a fresh model so ℓ varies across examples
         for p in tiny_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    block = 2  # the low-noise block, where λ(σ) varies most
+    block = 1  # the middle block (σ from 0.07 to 2.3 under the uniform partition): λ(σ) varies
     with torch.no_grad():
         loss = blockwise_loss(tiny_model, x, y, block, torch.Generator().manual_seed(7))
         gen = torch.Generator().manual_seed(7)
@@ -251,8 +251,10 @@ def test_routed_heun_calls_two_blocks_per_step(tiny_model, digits):
     assert log == [0, 1, 1, 2]
 
 
-def test_sampler_routes_grid_points_like_route(tiny_model, digits):
-    # With B+1 equi-probability points, the interior grid points are exactly the block boundaries.
+def test_sampler_routes_grid_points_like_route(digits):
+    # With B+1 equi-probability points, the interior grid points are exactly the boundaries of
+    # the equi-probability partition.
+    tiny_model = build(tiny_config(digits, noise=NoiseConfig(partition="equiprob")))
     log = block_call_log(tiny_model)
     sigmas = sigmas_equiprob(tiny_model.noise, 4)
     assert sigmas[1:3].tolist() == tiny_model.bounds[1:3][::-1]

@@ -136,39 +136,56 @@ def _steps(run, batches: list, warmup: int, device: torch.device) -> dict:
     return {"model": model, "strategy": strategy, "times": times, "layers": layers, "resident": resident}
 
 
-def measure_memory(cfg: BenchConfig, variant: str, blocks: int) -> dict:
-    """One row, in this process: a throw-away run first (lazy initialization of kernels and
-    optimizer code must not count), then ``warmup + steps`` steps from a fresh model inside
-    :class:`PeakMemory`, whose baseline is the idle process with the batches loaded."""
+def _exact_heap() -> bool:
+    """Make freed tensor memory go back to the OS at once (glibc: a fixed 128 KiB mmap
+    threshold), so that resident memory follows live tensors. Otherwise the heap keeps freed
+    chunks and fragmentation adds tens of MiB that differ from variant to variant."""
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024) == 1  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def measure_memory(cfg: BenchConfig, variant: str, blocks: int, part: str) -> dict:
+    """One row's ``part``, in this (fresh) process: "time" takes ``warmup + steps`` steps with
+    the default allocator and records time and training state; "peak" runs a fresh model's first
+    steps (every block visited) inside :class:`PeakMemory`, on CPU with :func:`_exact_heap`,
+    after a throw-away run (lazy initialization of kernels and optimizer code must not count).
+    The baseline of the peak is the idle process with the batches loaded."""
     from .tasks.classify import measure_activations
 
+    device = _device(cfg)
+    exact = device.type == "cuda" or (part == "peak" and _exact_heap())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg)
     batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
     run = _run_config(cfg, variant, blocks, meta)
+    if part == "time":
+        timed = _steps(run, batches, cfg.warmup, device)
+        model, strategy = timed["model"], timed["strategy"]
+        with strategy.gathered():
+            activations = measure_activations(model, batches[0], run)["activation_bytes_per_step"]
+            parameters = sum(p.numel() for p in model.parameters())
+        _close(strategy)
+        step = statistics.median(timed["times"])
+        return {
+            "mode": variant, "blocks": blocks if run.mode == "dblocks" else 1,
+            "activation_bytes": activations, "state_bytes": timed["resident"],
+            "resident_bytes": timed["resident"] + activations,
+            "step_seconds": step, "layer_evals_per_second": statistics.mean(timed["layers"]) / step,
+            "parameters": parameters, "offload": run.offload, "checkpointing": run.checkpointing,
+            **_machine(cfg, device),
+        }
     warm = _steps(run, batches[:2], 2, device)
     _close(warm["strategy"])
     del warm
     _trim()
     with PeakMemory(device) as peak:
-        result = _steps(run, batches, cfg.warmup, device)
-    model, strategy = result["model"], result["strategy"]
-    with strategy.gathered():
-        activations = measure_activations(model, batches[0], run)["activation_bytes_per_step"]
-        parameters = sum(p.numel() for p in model.parameters())
-    _close(strategy)
-    step = statistics.median(result["times"])
-    return {
-        "mode": variant, "blocks": blocks if run.mode == "dblocks" else 1,
-        "activation_bytes": activations, "state_bytes": result["resident"],
-        "resident_bytes": result["resident"] + activations,
-        "peak_bytes": peak.above_start, "peak_process_bytes": peak.peak,
-        "peak_kind": "cuda_allocated" if device.type == "cuda" else ("rss_hwm" if peak.exact else "rss_max"),
-        "step_seconds": step, "layer_evals_per_second": statistics.mean(result["layers"]) / step,
-        "parameters": parameters, "offload": run.offload, "checkpointing": run.checkpointing,
-        **_machine(cfg, device),
-    }
+        result = _steps(run, batches[: max(4, 3 * blocks)], 0, device)
+    _close(result["strategy"])
+    kind = "cuda_allocated" if device.type == "cuda" else ("rss_hwm" if peak.exact else "rss_max")
+    return {"peak_bytes": peak.above_start, "peak_process_bytes": peak.peak,
+            "peak_kind": kind + ("" if exact else "_fragmented_heap")}
 
 
 def _machine(cfg: BenchConfig, device: torch.device) -> dict:
@@ -187,11 +204,15 @@ def _rows(cfg: BenchConfig) -> list[tuple[str, int]]:
 
 
 def bench_memory(cfg: BenchConfig, show: bool = True) -> list[dict]:
-    """Every row in a fresh process (spawned), so each peak is measured from a clean start."""
+    """Every row's time and peak in fresh processes (spawned), so each is measured from a clean
+    start."""
     records = []
     for variant, blocks in _rows(cfg):
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            records.append(pool.submit(measure_memory, cfg, variant, blocks).result())
+        record = {}
+        for part in ("time", "peak"):  # each in a fresh process
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                record |= pool.submit(measure_memory, cfg, variant, blocks, part).result()
+        records.append(record)
         if show:
             r = records[-1]
             print(f"{variant:16s} B={r['blocks']}  activations {human_bytes(r['activation_bytes'])}"
@@ -370,7 +391,7 @@ def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None
         # the same single process given every core instead: the alternative on this machine
         "single_process_all_threads_steps_per_second": cfg.steps / single_two_threads,
         "throughput_ratio_vs_all_threads": processes * single_two_threads / parallel_wall,
-        **_machine(cfg, _device(cfg)),
+        **_machine(cfg, _device(cfg)), "threads": 1,  # per worker (and the single process)
     }
     if show:
         print(f"{processes} processes: {record['throughput_ratio']:.2f}× the steps per second of one "

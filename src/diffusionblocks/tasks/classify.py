@@ -43,6 +43,11 @@ MODES = ("e2e", "dblocks")
 # 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
 # the identity and open their gates faster with the larger rate.
 MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}
+# Noise partition: equal log σ widths, not the paper's equal training mass. The first block then
+# trains on σ ≥ 2.3 (B = 3), where the unit label is hidden, so all its updates classify from the
+# image, and the middle block also learns to classify at its top end. MNIST, B = 3, 6,000
+# end-to-end steps: 98.11% vs 97.57% (600 steps: 92.41% vs 89.69%).
+PARTITION = "uniform"
 # Per-dataset defaults: patch size and end-to-end training steps at batch 128.
 DATASET_DEFAULTS = {
     "digits": {"patch_size": 2, "steps": 1000},
@@ -81,7 +86,7 @@ class ClassifyConfig:
     sync_every: int = 100
     out: str = "runs/classify"
     vit: ViTConfig = field(default_factory=ViTConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(partition=PARTITION))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # None: MODE_LR
 
     def __post_init__(self) -> None:
