@@ -94,6 +94,10 @@ def test_merged_block_jobs_make_a_working_classifier(jobs, digits, tmp_path, cap
         job = load_file(str(root / f"b{k}" / "checkpoint" / f"block_{k}.safetensors"))
         assert all(torch.equal(v, model.blocks[k].state_dict()[name]) for name, v in job.items())
     assert checkpoint.read_progress(tmp_path / "checkpoint").layer_evals == 3 * 150
+    with pytest.raises(ValueError, match="assemble the blocks first with `diffusionblocks merge`"):
+        classify.load(root / "b0" / "checkpoint")  # one block alone is not a classifier
+    with pytest.raises(FileNotFoundError, match="can be evaluated, not resumed"):
+        classify.train(ClassifyConfig(out=str(tmp_path), **JOB), digits, show=False)
 
 
 def test_merge_refuses_missing_duplicate_and_mismatched_blocks(jobs, digits, tmp_path):
@@ -150,9 +154,10 @@ def torchrun(nproc: int, args: list[str], script: list[str] | None = None, env: 
 
 
 def test_torchrun_block_parallel_with_ddp_groups(tmp_path):
-    # 4 ranks, 2 blocks: two groups of two ranks, DDP inside each group
+    # 4 ranks, 2 blocks: two groups of two ranks, DDP inside each group; the co-trained label
+    # table is averaged over all ranks every 7 steps (so the last step is not a sync step)
     torchrun(4, [*TINY, "--blocks", "2", "--steps", "100", "--evals", "2", "--parallel",
-                 "--out", str(tmp_path)])
+                 "--shared-policy", "cotrained", "--sync-every", "7", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["processes"] == 4 and result["groups"] == 2
     assert result["test_accuracy"] > 0.2  # chance is 0.1; one process gets 0.34 on this budget
@@ -180,7 +185,8 @@ def test_a_killed_worker_restarts_from_its_own_checkpoint(tmp_path):
 
 def test_bench_parallel_writes_the_throughput_ratio(tmp_path):
     cli.main(["bench", "parallel", "--dataset", "digits", "--depth", "2", "--width", "16",
-              "--blocks", "2", "--steps", "4", "--warmup", "1", "--quiet", "--out", str(tmp_path)])
+              "--blocks", "2", "--steps", "4", "--warmup", "1", "--repeats", "1", "--quiet",
+              "--out", str(tmp_path)])
     record = json.loads((tmp_path / "parallel.json").read_text())
     assert record["processes"] == 2 and record["assignment"] == [[0], [1]]
     assert record["throughput_ratio"] > 0

@@ -13,6 +13,8 @@ import ctypes
 import gc
 import json
 import platform
+import queue
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -361,29 +363,41 @@ def _timed(cfg: BenchConfig, blocks: int, assignment: list[list[int]], threads: 
                for mine in assignment]
     for w in workers:
         w.start()
-    seconds = [times.get() for _ in workers]
+    seconds = []
+    while len(seconds) < len(workers):
+        try:
+            seconds.append(times.get(timeout=5))
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                for w in workers:
+                    w.kill()
+                raise RuntimeError("a benchmark worker failed; run it alone to see its error") from None
     for w in workers:
         w.join()
-        if w.exitcode:
-            raise RuntimeError(f"a benchmark worker failed (exit code {w.exitcode})")
     return max(seconds)
 
 
 def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None = None,
-                   show: bool = True) -> dict:
+                   show: bool = True, repeats: int = 3) -> dict:
     """Throughput of ``processes`` block-parallel workers (one thread each, no communication)
     against one process training every block in turn (one thread), at equal per-process work:
     each does ``steps`` steps. With ``train_steps``, also train to the end both ways (torchrun
     ``--parallel``, and one process) and compare the merged model's test accuracy."""
     from .parallel import place
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     blocks = cfg.blocks[0]
     assignment = [place(blocks, r, processes).blocks for r in range(processes)]
-    single = _timed(cfg, blocks, [list(range(blocks))], 1)
-    single_two_threads = _timed(cfg, blocks, [list(range(blocks))], processes)
-    parallel_wall = _timed(cfg, blocks, assignment, 1)
+    runs = []
+    for _ in range(repeats):  # the three set-ups in turn, each figure a median over repeats
+        runs.append((_timed(cfg, blocks, [list(range(blocks))], 1),
+                     _timed(cfg, blocks, [list(range(blocks))], processes),
+                     _timed(cfg, blocks, assignment, 1)))
+    single, single_two_threads, parallel_wall = (statistics.median(r[i] for r in runs) for i in range(3))
     record = {
         "processes": processes, "blocks": blocks, "assignment": assignment, "steps": cfg.steps,
+        "repeats": repeats,
         "single_process_seconds": single, "parallel_seconds": parallel_wall,
         "single_process_steps_per_second": cfg.steps / single,
         "parallel_steps_per_second": processes * cfg.steps / parallel_wall,
@@ -409,6 +423,7 @@ def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show:
     import sys
 
     out = Path(cfg.out) / "parallel_runs"
+    shutil.rmtree(out, ignore_errors=True)  # fresh runs: a finished checkpoint would resume
     common = ["train", "classify", "--mode", "dblocks", "--dataset", cfg.dataset, "--blocks",
               str(blocks), "--depth", str(cfg.depth), "--width", str(cfg.width), "--batch-size",
               str(cfg.batch_size), "--steps", str(steps), "--quiet"]
@@ -434,10 +449,10 @@ def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show:
 
 
 def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
-        train_steps: int | None = None) -> str:
+        train_steps: int | None = None, repeats: int = 3) -> str:
     """Measure and write ``kind`` (memory, speed or parallel) under ``cfg.out``; return a summary."""
     if kind == "parallel":
-        record = bench_parallel(cfg, processes, train_steps, show)
+        record = bench_parallel(cfg, processes, train_steps, show, repeats)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "parallel.json").write_text(json.dumps(record, indent=2))

@@ -125,5 +125,9 @@ def load_training_state(
     """Load each optimizer's state and return the run's progress."""
     directory = resolve(directory)
     for name, opt in optimizers.items():
-        opt.load_state_dict(torch.load(directory / f"{name}.optim.pt", weights_only=True))
+        path = directory / f"{name}.optim.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {directory} has no optimizer state {path.name} (a merged "
+                                    "model can be evaluated, not resumed); train into a fresh --out")
+        opt.load_state_dict(torch.load(path, weights_only=True))
     return read_progress(directory)

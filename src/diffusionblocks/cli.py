@@ -173,7 +173,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.kind == "parallel" and args.blocks is None:
         given["blocks"] = [args.processes]  # one block per process
     cfg = BenchConfig(**given)
-    print(run(args.kind, cfg, show=not args.quiet, processes=args.processes, train_steps=args.train_steps))
+    print(run(args.kind, cfg, show=not args.quiet, processes=args.processes,
+              train_steps=args.train_steps, repeats=args.repeats))
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +203,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--out", default=None, help=f"output folder (default: {d.out})")
     parser.add_argument("--processes", type=int, default=2, help="parallel: worker processes")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="parallel: measurements of each set-up; the medians are reported")
     parser.add_argument("--train-steps", type=int, default=None,
                         help="parallel: also train to the end (this end-to-end step budget) "
                         "block-parallel and in one process, and compare test accuracy")
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                      help="which family to compare (more come with the next families)")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _classify_args(cmp, skip=("mode",))
+    _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
     cmp.set_defaults(func=cmd_compare)
 
     merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")

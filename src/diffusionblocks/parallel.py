@@ -50,7 +50,7 @@ def place(num_blocks: int, rank: int, world: int) -> Placement:
         if world % num_blocks:
             raise ValueError(
                 f"{world} processes cannot be split evenly over {num_blocks} blocks; use a multiple "
-                f"of {num_blocks} processes (e.g. --nproc-per-node {num_blocks}) or fewer than {num_blocks}"
+                f"of {num_blocks} processes, or a number of processes dividing {num_blocks}"
             )
         size = world // num_blocks
         group = rank // size
@@ -116,6 +116,30 @@ def average(module: nn.Module) -> None:
         if p.requires_grad:
             dist.all_reduce(p.data)
             p.data /= world
+
+
+def average_gradients(module: nn.Module, process_group, size: int) -> None:
+    """Average a module's gradients over a DDP group as they arrive (hooks), so that replicas
+    of a block see the same shared gradients, clip alike and stay identical."""
+
+    def hook(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad, group=process_group)
+        p.grad /= size
+
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(hook)
+
+
+def same_step(step: int) -> None:
+    """Refuse to go on when ranks resumed from different steps (their syncs would not pair up)."""
+    t = torch.tensor([step, -step])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if int(t[0]) != -int(t[1]):
+        raise RuntimeError(
+            f"ranks resumed from different steps ({-int(t[1])} to {int(t[0])}): the co-trained shared "
+            "parts are synchronized on the step; restart from group checkpoints of one step"
+        )
 
 
 def barrier() -> None:

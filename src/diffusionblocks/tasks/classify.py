@@ -372,8 +372,16 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if cfg.parallel:
         placement, group_pg = parallel.init(cfg.blocks, device)
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
+                                 "start at most one process per GPU on each machine")
+            device = torch.device("cuda", local)
             torch.cuda.set_device(device)
+    elif parallel.launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
+                         "--parallel: every rank would train the same model into the same folder; "
+                         "add --parallel")
     elif cfg.block is not None:
         placement = parallel.Placement([cfg.block], cfg.block, cfg.blocks)
     mine = placement.blocks if placement else None
@@ -388,12 +396,15 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     stored = parts(model, mine)
     seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
     batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
-    if cfg.parallel and cfg.shared_policy == "cotrained":  # the one thing blocks exchange
+    syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
+    if syncing:
         step = strategy.step
+        if len(placement.members) > 1:  # replicas must agree on the shared gradients (and clip)
+            parallel.average_gradients(model.shared, group_pg, len(placement.members))
 
         def step_and_sync(x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
             record = step(x, y, gen)
-            strategy.done = getattr(strategy, "done", 0) + 1
+            strategy.done += 1
             if strategy.done % cfg.sync_every == 0:
                 parallel.average(model.shared)
             return record
@@ -419,6 +430,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
     elif writer and metrics_path.exists():
         metrics_path.unlink()
+    strategy.done = progress.step  # syncs happen on the global step, resumed or not
+    if syncing:
+        parallel.same_step(progress.step)
     if cfg.parallel:
         parallel.barrier()  # every rank has read its checkpoint before any rank writes
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -430,6 +444,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
 
     def on_every(p: Progress) -> None:
+        if syncing:
+            parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
         if not writer:
             return
         with strategy.gathered():  # with offload, every block comes in for these two
@@ -446,12 +462,14 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
 
     every = max(1, total // cfg.evals)
-    with metrics_path.open("a") if writer else nullcontext() as log_file:
-        progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
-                       desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
-                       show=show and writer)
-    if getattr(strategy, "offload", None):
-        strategy.offload.close()
+    try:
+        with metrics_path.open("a") if writer else nullcontext() as log_file:
+            progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
+                           desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
+                           show=show and writer)
+    finally:
+        if getattr(strategy, "offload", None):
+            strategy.offload.close()
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
     step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
@@ -477,19 +495,19 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if writer:
         (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if cfg.parallel:
-        result = _finish_parallel(cfg, placement, data, result)
+        result = _finish_parallel(cfg, placement, data, result, device)
     return result
 
 
 def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: ImageData,
-                     result: dict) -> dict:
+                     result: dict, device: torch.device) -> dict:
     """Rank 0 merges the groups' checkpoints into OUT/checkpoint and evaluates the whole model."""
     parallel.barrier()
     out = Path(cfg.out)
     if placement.rank == 0:
         groups = [out / f"group_{g}" / "checkpoint" for g in range(placement.groups)]
-        merge(groups, out)
-        model, merged_cfg = load(out / "checkpoint")
+        merge(groups, out, average_shared=cfg.shared_policy == "cotrained")
+        model, merged_cfg = load(out / "checkpoint", device=str(device))
         acc = evaluate(model, data.x_test, data.y_test, merged_cfg)
         totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
         result = {
@@ -512,6 +530,9 @@ def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: I
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
     cfg = ClassifyConfig.from_dict(checkpoint.read_config(path))
+    if cfg.block is not None or cfg.parallel:
+        raise ValueError(f"checkpoint {path} holds only part of a model (a --block or --parallel "
+                         "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
     model = build(cfg)
     checkpoint.load_parts(path, parts(model))
     return model.to(device).eval(), cfg
@@ -558,7 +579,9 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
                 "frozen (--shared-policy frozen, the default), or merge with --average-shared"
             )
     model = build(cfg)
-    model.shared.load_state_dict({k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
+    same = all(torch.equal(sh[k], shared[0][k]) for sh in shared for k in shared[0])
+    model.shared.load_state_dict(shared[0] if same else
+                                 {k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
     for b, d in owner.items():
         model.blocks[b].load_state_dict(load_file(str(d / f"block_{b}.safetensors")))
     runs = [checkpoint.read_progress(d) for d in dirs]
