@@ -6,6 +6,10 @@ in only when it is sampled, so the device holds the training state of one block 
 shared parts instead of all B. Parameters keep their identity (only ``.data`` is swapped), so
 optimizers, clipping and hooks are unaffected, and every move is an exact copy: training with
 offload gives bit-identical parameters to training without.
+
+The saving holds during training steps. :meth:`Offload.gathered` (evaluation, checkpoints)
+brings every block and its optimizer state back for its duration, so those moments peak as
+high as training without offload does.
 """
 
 from __future__ import annotations

@@ -131,8 +131,29 @@ def average_gradients(module: nn.Module, process_group, size: int) -> None:
             p.register_post_accumulate_grad_hook(hook)
 
 
-def same_step(step: int) -> None:
-    """Refuse to go on when ranks resumed from different steps (their syncs would not pair up)."""
+def sync_shared(strategy, shared: nn.Module, every: int, placement: Placement, process_group) -> None:
+    """Co-trained shared parts: average them over every rank each ``every`` steps (counted from
+    the run's start, so resumed runs sync on the same steps), and average their gradients inside
+    a DDP group so that its replicas clip alike and stay identical."""
+    if len(placement.members) > 1:
+        average_gradients(shared, process_group, len(placement.members))
+    step = strategy.step
+    strategy.done = 0
+
+    def step_and_sync(*args) -> dict:
+        record = step(*args)
+        strategy.done += 1
+        if strategy.done % every == 0:
+            average(shared)
+        return record
+
+    strategy.step = step_and_sync
+
+
+def same_step(strategy, step: int) -> None:
+    """Start the sync count at a resumed run's step; refuse to go on when ranks resumed from
+    different steps (their syncs would not pair up)."""
+    strategy.done = step
     t = torch.tensor([step, -step])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != -int(t[1]):

@@ -368,22 +368,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     cfg = resolve_config(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    placement, group_pg = None, None
-    if cfg.parallel:
-        placement, group_pg = parallel.init(cfg.blocks, device)
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            if local >= torch.cuda.device_count():
-                raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
-                                 "start at most one process per GPU on each machine")
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-    elif parallel.launched() and int(os.environ["WORLD_SIZE"]) > 1:
-        raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
-                         "--parallel: every rank would train the same model into the same folder; "
-                         "add --parallel")
-    elif cfg.block is not None:
-        placement = parallel.Placement([cfg.block], cfg.block, cfg.blocks)
+    placement, group_pg, device = _place(cfg, device)
     mine = placement.blocks if placement else None
     run_dir = out / f"group_{placement.group}" if cfg.parallel else out
     writer = placement is None or placement.leader  # DDP replicas of a group write nothing
@@ -398,18 +383,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
     syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
     if syncing:
-        step = strategy.step
-        if len(placement.members) > 1:  # replicas must agree on the shared gradients (and clip)
-            parallel.average_gradients(model.shared, group_pg, len(placement.members))
-
-        def step_and_sync(x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
-            record = step(x, y, gen)
-            strategy.done += 1
-            if strategy.done % cfg.sync_every == 0:
-                parallel.average(model.shared)
-            return record
-
-        strategy.step = step_and_sync
+        parallel.sync_shared(strategy, model.shared, cfg.sync_every, placement, group_pg)
 
     ckpt = run_dir / "checkpoint"
     progress = Progress()
@@ -430,9 +404,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
     elif writer and metrics_path.exists():
         metrics_path.unlink()
-    strategy.done = progress.step  # syncs happen on the global step, resumed or not
     if syncing:
-        parallel.same_step(progress.step)
+        parallel.same_step(strategy, progress.step)
     if cfg.parallel:
         parallel.barrier()  # every rank has read its checkpoint before any rank writes
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -497,6 +470,28 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if cfg.parallel:
         result = _finish_parallel(cfg, placement, data, result, device)
     return result
+
+
+def _place(cfg: ClassifyConfig, device: torch.device):
+    """This process's blocks: all (None), one block job's, or its torchrun rank's (joining the
+    process group, and on CUDA taking the GPU of its local rank)."""
+    if cfg.parallel:
+        placement, group_pg = parallel.init(cfg.blocks, device)
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
+                                 "start at most one process per GPU on each machine")
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        return placement, group_pg, device
+    if parallel.launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
+                         "--parallel: every rank would train the same model into the same folder; "
+                         "add --parallel")
+    if cfg.block is not None:
+        return parallel.Placement([cfg.block], cfg.block, cfg.blocks), None, device
+    return None, None, device
 
 
 def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: ImageData,
