@@ -160,3 +160,22 @@ def test_missing_data_file_names_the_path_and_the_flag(tmp_path):
 def test_unknown_dataset_is_a_value_error():
     with pytest.raises(ValueError, match=r"unknown dataset 'nope'; choose one of digits, mnist"):
         load_images("nope")
+
+
+def test_a_second_run_into_the_same_folder_is_refused(digits, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))  # a live run holds the folder
+        with pytest.raises(ValueError, match=rf"in use by another run \(pid {sleeper.pid}\)"):
+            classify.train(resume_config(out), digits, show=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone: its lock is stale, taken over, and released at the end
+    result = classify.train(resume_config(out), digits, show=False)
+    assert result["steps"] == 60 and not (out / ".lock").exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -74,6 +76,33 @@ def save(
     _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+@contextmanager
+def exclusive(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` for the duration: a second run writing into the same folder (two
+    block jobs given one --out) is refused instead of overwriting the first. A lock left by a
+    dead process is taken over."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock.read_text().strip() if lock.exists() else ""
+            if holder and _alive(holder) and int(holder) != os.getpid():
+                raise ValueError(f"{directory} is in use by another run (pid {holder}); give this run "
+                                 "its own --out") from None
+            lock.unlink(missing_ok=True)  # stale: its writer is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _alive(pid: str) -> bool:

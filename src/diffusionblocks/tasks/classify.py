@@ -385,88 +385,89 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if syncing:
         parallel.sync_shared(strategy, model.shared, cfg.sync_every, placement, group_pg)
 
-    ckpt = run_dir / "checkpoint"
-    progress = Progress()
-    history: list[dict] = []
-    metrics_path = run_dir / "metrics.jsonl"
-    try:
-        where = checkpoint.resolve(ckpt)
-    except FileNotFoundError:
-        where = None
-    if where is not None:
-        check_resumable(checkpoint.read_config(where), cfg, where)
-        checkpoint.load_parts(where, stored)
-        progress = checkpoint.load_training_state(where, strategy.optimizers)
-        if writer and metrics_path.exists():  # keep only what the checkpoint had seen
-            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
-                    if r["step"] <= progress.step]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
-    elif writer and metrics_path.exists():
-        metrics_path.unlink()
-    if syncing:
-        parallel.same_step(strategy, progress.step)
-    if cfg.parallel:
-        parallel.barrier()  # every rank has read its checkpoint before any rank writes
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if writer:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-
-    def log(record: dict) -> None:
-        if writer and (record["step"] % 10 == 1 or record["step"] == total):
-            log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
-
-    def on_every(p: Progress) -> None:
+    with checkpoint.exclusive(run_dir) if writer else nullcontext():  # one writer per folder
+        ckpt = run_dir / "checkpoint"
+        progress = Progress()
+        history: list[dict] = []
+        metrics_path = run_dir / "metrics.jsonl"
+        try:
+            where = checkpoint.resolve(ckpt)
+        except FileNotFoundError:
+            where = None
+        if where is not None:
+            check_resumable(checkpoint.read_config(where), cfg, where)
+            checkpoint.load_parts(where, stored)
+            progress = checkpoint.load_training_state(where, strategy.optimizers)
+            if writer and metrics_path.exists():  # keep only what the checkpoint had seen
+                kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
+                        if r["step"] <= progress.step]
+                metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
+        elif writer and metrics_path.exists():
+            metrics_path.unlink()
         if syncing:
-            parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
-        if not writer:
-            return
-        with strategy.gathered():  # with offload, every block comes in for these two
-            record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
-                      "train_seconds": round(p.train_seconds, 3)}
-            if mine is None:
-                record["test_accuracy"] = evaluate(model, data.x_test, data.y_test, cfg)
-            else:
-                record["block_accuracy"] = {
-                    b: block_accuracy(model, data.x_test, data.y_test, cfg, b) for b in mine}
-            history.append(record)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
+            parallel.same_step(strategy, progress.step)
+        if cfg.parallel:
+            parallel.barrier()  # every rank has read its checkpoint before any rank writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if writer:
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    every = max(1, total // cfg.evals)
-    try:
-        with metrics_path.open("a") if writer else nullcontext() as log_file:
-            progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
-                           desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
-                           show=show and writer)
-    finally:
-        if getattr(strategy, "offload", None):
-            strategy.offload.close()
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
-    step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
+        def log(record: dict) -> None:
+            if writer and (record["step"] % 10 == 1 or record["step"] == total):
+                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
 
-    result = {
-        "mode": cfg.mode,
-        "dataset": cfg.dataset,
-        "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
-        "trained_blocks": mine,
-        "steps": total,
-        "layer_evals": progress.layer_evals,
-        "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "history": history,
-        "device": str(device),
-        **measure_activations(model, batches(0), cfg, mine),
-    }
-    if mine is None:
-        acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
-        result |= {"test_accuracy": acc, "test_examples": len(data.y_test)}
-    elif history:
-        result["block_accuracy"] = history[-1]["block_accuracy"]
-    if writer:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+        def on_every(p: Progress) -> None:
+            if syncing:
+                parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
+            if not writer:
+                return
+            with strategy.gathered():  # with offload, every block comes in for these two
+                record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
+                          "train_seconds": round(p.train_seconds, 3)}
+                if mine is None:
+                    record["test_accuracy"] = evaluate(model, data.x_test, data.y_test, cfg)
+                else:
+                    record["block_accuracy"] = {
+                        b: block_accuracy(model, data.x_test, data.y_test, cfg, b) for b in mine}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
+
+        every = max(1, total // cfg.evals)
+        try:
+            with metrics_path.open("a") if writer else nullcontext() as log_file:
+                progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
+                               desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
+                               show=show and writer)
+        finally:
+            if getattr(strategy, "offload", None):
+                strategy.offload.close()
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
+        step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
+
+        result = {
+            "mode": cfg.mode,
+            "dataset": cfg.dataset,
+            "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
+            "trained_blocks": mine,
+            "steps": total,
+            "layer_evals": progress.layer_evals,
+            "train_seconds": round(progress.train_seconds, 3),
+            "step_seconds": statistics.median(step_times) if step_times else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "history": history,
+            "device": str(device),
+            **measure_activations(model, batches(0), cfg, mine),
+        }
+        if mine is None:
+            acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
+            result |= {"test_accuracy": acc, "test_examples": len(data.y_test)}
+        elif history:
+            result["block_accuracy"] = history[-1]["block_accuracy"]
+        if writer:
+            (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     if cfg.parallel:
         result = _finish_parallel(cfg, placement, data, result, device)
     return result
