@@ -119,20 +119,31 @@ def _close(strategy) -> None:
         strategy.offload.close()
 
 
-def _steps(run, batches: list, warmup: int, device: torch.device) -> dict:
-    """Build the model of ``run`` and train it on ``batches``; times, layers and peak state."""
+def _build(run, device: torch.device, blocks: list[int] | None = None):
+    """The model of ``run`` on ``device`` and its training strategy (for ``blocks`` only)."""
     from .tasks.classify import build, make_strategy
 
     model = build(run).to(device)
-    strategy, _, _ = make_strategy(run, model)
+    return model, make_strategy(run, model, blocks=blocks)[0]
+
+
+def _timed_step(strategy, x, y, t: int, device: torch.device) -> tuple[float, dict]:
+    """Seconds for training step ``t`` (CUDA synchronized) and its record."""
+    start = time.perf_counter()
+    record = strategy.step(x, y, step_generator(0, t))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, record
+
+
+def _steps(run, batches: list, warmup: int, device: torch.device) -> dict:
+    """Build the model of ``run`` and train it on ``batches``; times, layers and peak state."""
+    model, strategy = _build(run, device)
     times, layers, resident = [], [], 0
     for t, (x, y) in enumerate(batches):
-        start = time.perf_counter()
-        record = strategy.step(x, y, step_generator(0, t))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        seconds, record = _timed_step(strategy, x, y, t, device)
         if t >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
             layers.append(record["layers"])
         resident = max(resident, _resident(strategy, model, device))
     return {"model": model, "strategy": strategy, "times": times, "layers": layers, "resident": resident}
@@ -225,8 +236,6 @@ def bench_memory(cfg: BenchConfig, show: bool = True) -> list[dict]:
 
 def bench_speed(cfg: BenchConfig, show: bool = True) -> list[dict]:
     """Per B, one step of every variant per round, interleaved; medians over rounds."""
-    from .tasks.classify import build, make_strategy
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg)
@@ -234,21 +243,14 @@ def bench_speed(cfg: BenchConfig, show: bool = True) -> list[dict]:
     records = []
     for b in cfg.blocks:
         variants = [v for v in VARIANTS if not (b == 1 and v == "dblocks_offload")]
-        strategies = {}
-        for v in variants:
-            run = _run_config(cfg, v, b, meta)
-            model = build(run).to(device)
-            strategies[v] = make_strategy(run, model)[0]
+        strategies = {v: _build(_run_config(cfg, v, b, meta), device)[1] for v in variants}
         times = {v: [] for v in variants}
         layers = {v: [] for v in variants}
         for t, (x, y) in enumerate(batches):
             for v, strategy in strategies.items():
-                start = time.perf_counter()
-                record = strategy.step(x, y, step_generator(0, t))
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                seconds, record = _timed_step(strategy, x, y, t, device)
                 if t >= cfg.warmup:
-                    times[v].append(time.perf_counter() - start)
+                    times[v].append(seconds)
                     layers[v].append(record["layers"])
         for s in strategies.values():
             _close(s)
@@ -338,14 +340,10 @@ def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
 def _block_steps(cfg: BenchConfig, blocks: int, mine: list[int], threads: int, start, times) -> None:
     """A worker: train ``mine`` of ``blocks`` blocks for warmup + steps steps; report the time of
     the timed steps (all workers start them together, at ``start``)."""
-    from .tasks.classify import build, make_strategy
-
     torch.set_num_threads(threads)
     device = _device(cfg)
     batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
-    run = _run_config(cfg, "dblocks", blocks, meta)
-    model = build(run).to(device)
-    strategy = make_strategy(run, model, blocks=mine)[0]
+    _, strategy = _build(_run_config(cfg, "dblocks", blocks, meta), device, mine)
     for t, (x, y) in enumerate(batches[: cfg.warmup]):
         strategy.step(x, y, step_generator(0, t))
     start.wait()

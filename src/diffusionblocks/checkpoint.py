@@ -86,19 +86,17 @@ def exclusive(directory: str | Path) -> Iterator[None]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock.read_text().strip() if lock.exists() else ""
-            if holder and _alive(holder) and int(holder) != os.getpid():
-                raise ValueError(f"{directory} is in use by another run (pid {holder}); give this run "
-                                 "its own --out") from None
-            lock.unlink(missing_ok=True)  # stale: its writer is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
+    holder = lock.read_text().strip() if lock.exists() else ""
+    if holder and not _alive(holder):
+        lock.unlink(missing_ok=True)  # stale: its writer is gone
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = lock.read_text().strip() if lock.exists() else "?"
+        raise ValueError(f"{directory} is in use by another run (pid {holder}); give this run "
+                         "its own --out") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
     try:
         yield
     finally:

@@ -287,39 +287,38 @@ def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifyConfig, batch: int = 1000) -> float:
-    """Accuracy over every example of (x, y); no example is dropped."""
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, logits_of, seed: int, batch: int) -> float:
+    """Share of correct argmax over every example of (x, y), batch by batch, in eval mode;
+    ``logits_of(xb, yb, generator)`` gives a batch's logits."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(cfg.seed + 12345)
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(y), batch):
-        logits = predict(model, x[i : i + batch].to(device), cfg, gen)
-        correct += (logits.argmax(-1).cpu() == y[i : i + batch]).sum().item()
-    model.train(was_training)
-    return correct / len(y)
-
-
-@torch.no_grad()
-def block_accuracy(model: DiffusionBlocks, x: Tensor, y: Tensor, cfg: ClassifyConfig, block: int,
-                   batch: int = 1000) -> float:
-    """One block on its own: accuracy of the logits read from D_b(y + σε, σ) with σ drawn from
-    the block's training range (what a block job can measure before the blocks are merged)."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(cfg.seed + 54321)
+    gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(y), batch):
         xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
-        target = model.shared.target(yb)
-        sigma = model.sample_sigma(block, len(yb), gen).to(device)
-        z = target + sigma[:, None] * torch.randn(target.shape, generator=gen).to(device)
-        logits = model.shared.logits(model.denoise(z, sigma, xb, block))
-        correct += (logits.argmax(-1) == yb).sum().item()
+        correct += (logits_of(xb, yb, gen).argmax(-1) == yb).sum().item()
     model.train(was_training)
     return correct / len(y)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifyConfig, batch: int = 1000) -> float:
+    """Accuracy over every example of (x, y); no example is dropped."""
+    return _accuracy(model, x, y, lambda xb, yb, gen: predict(model, xb, cfg, gen), cfg.seed + 12345, batch)
+
+
+def block_accuracy(model: DiffusionBlocks, x: Tensor, y: Tensor, cfg: ClassifyConfig, block: int,
+                   batch: int = 1000) -> float:
+    """One block on its own: accuracy of the logits read from D_b(y + σε, σ) with σ drawn from
+    the block's training range (what a block job can measure before the blocks are merged)."""
+
+    def logits_of(xb: Tensor, yb: Tensor, gen: torch.Generator) -> Tensor:
+        target = model.shared.target(yb)
+        sigma = model.sample_sigma(block, len(yb), gen).to(xb.device)
+        z = target + sigma[:, None] * torch.randn(target.shape, generator=gen).to(xb.device)
+        return model.shared.logits(model.denoise(z, sigma, xb, block))
+
+    return _accuracy(model, x, y, logits_of, cfg.seed + 54321, batch)
 
 
 def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: ClassifyConfig,
