@@ -92,7 +92,7 @@ def test_one_block_is_a_plain_edm_denoiser(digits):
         h = block.adapter.encode(x, c_in[:, None] * z)
         for layer in block.layers:
             h = layer(h, c)
-        expected = c_skip[:, None] * z + c_out[:, None] * block.adapter.decode(h)
+        expected = c_skip[:, None] * z + c_out[:, None] * block.adapter.decode(h, c)
         got = model.denoise(z, sigma, x)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, c_skip[:, None] * z)  # the network term is not negligible

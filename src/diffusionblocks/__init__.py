@@ -1,7 +1,7 @@
 """DiffusionBlocks: train a residual network block by block, each block a denoiser for its
 own range of noise levels (Shing, Koyama, Akiba, ICLR 2026)."""
 
-from .blocks import Block, DiffusionBlocks, SharedParts, split_layers
+from .blocks import Adapter, Block, DiffusionBlocks, SharedParts, split_layers
 from .noise import (
     NoiseConfig,
     block_ranges,
@@ -16,7 +16,7 @@ from .sampling import sample_euler, sample_heun
 from .training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, fit
 
 __all__ = [
-    "Block", "Blockwise", "DiffusionBlocks", "EndToEnd", "NoiseConfig", "OptimConfig",
+    "Adapter", "Block", "Blockwise", "DiffusionBlocks", "EndToEnd", "NoiseConfig", "OptimConfig",
     "SharedParts", "block_ranges", "blockwise_loss", "fit", "loss_weight", "partition",
     "sample_euler", "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob",
     "sigmas_karras", "split_layers",

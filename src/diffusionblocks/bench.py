@@ -26,6 +26,7 @@ import torch
 
 from .memory import PeakMemory, state_bytes
 from .report import human_bytes, markdown_table
+from .runs import resolve_device
 from .training import step_generator
 
 VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
@@ -62,8 +63,6 @@ class BenchConfig:
 
 
 def _device(cfg: BenchConfig) -> torch.device:
-    from .tasks.classify import resolve_device
-
     return resolve_device(cfg.device)
 
 

@@ -6,11 +6,12 @@ Three steps turn any sequence of residual layers into DiffusionBlocks:
 2. give each block a noise range (block 0, the input end, gets the highest noise);
 3. condition each block on its noise level through its own :class:`NoiseEmbedding`.
 
-Each block also owns an *adapter* (made by a task-supplied factory): ``encode(x, z_in)`` builds
-the hidden sequence from the conditioning input and the c_in-scaled noisy target, ``decode(h)``
-reads F. Only the target space (e.g. the label table) is a :class:`SharedParts` module used by
-every block: it is the one thing blocks hand to each other. Layers are called as ``layer(h, c)``
-with the hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
+Each block also owns an :class:`Adapter` (made by a task-supplied factory): ``encode(x, z_in)``
+builds the hidden sequence from the conditioning input and the c_in-scaled noisy target,
+``decode(h, c)`` reads F, and ``condition(x)`` may add to the conditioning vector (a class label).
+Only the target space (e.g. the label table) is a :class:`SharedParts` module used by every
+block: it is the one thing blocks hand to each other. Layers are called as ``layer(h, c)`` with
+the hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ class SharedParts(nn.Module):
         return denoised
 
 
+class Adapter(nn.Module):
+    """A block's own way in and out of its layers; subclasses give ``encode`` and ``decode``."""
+
+    def condition(self, x: Tensor) -> Tensor | None:
+        """This block's conditioning from ``x``, added to its noise embedding; none by default."""
+        return None
+
+    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
+        """The hidden sequence from the input ``x`` and the c_in-scaled noisy target."""
+        raise NotImplementedError
+
+    def decode(self, h: Tensor, c: Tensor) -> Tensor:
+        """F in target space from the last hidden sequence (``c``: the conditioning vector)."""
+        raise NotImplementedError
+
+
 def split_layers(num_layers: int, blocks: int, split: Sequence[int] | None = None) -> list[int]:
     """Layer counts per block. Even by default; an uneven split must be asked for."""
     if blocks < 1:
@@ -80,7 +97,7 @@ class Block(nn.Module):
     """One block: its adapter (input stem, read-out), noise embedding and run of layers."""
 
     def __init__(
-        self, layers: Sequence[nn.Module], cond_dim: int, adapter: nn.Module, checkpointing: bool = False
+        self, layers: Sequence[nn.Module], cond_dim: int, adapter: Adapter, checkpointing: bool = False
     ):
         super().__init__()
         self.adapter = adapter
@@ -91,10 +108,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor, z_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
         """F_b(c_in·z, c_noise; x): the raw network output in target space."""
         c = self.noise_embed(c_noise)
-        if cond is not None:
-            c = c + cond
+        for extra in (cond, self.adapter.condition(x)):
+            if extra is not None:
+                c = c + extra
         h = run_layers(self.layers, self.adapter.encode(x, z_in), c, checkpointing=self.checkpointing)
-        return self.adapter.decode(h)
+        return self.adapter.decode(h, c)
 
 
 class DiffusionBlocks(nn.Module):
@@ -104,7 +122,7 @@ class DiffusionBlocks(nn.Module):
         self,
         layers: Sequence[nn.Module],
         shared: SharedParts,
-        adapter: Callable[[], nn.Module],
+        adapter: Callable[[], Adapter],
         blocks: int,
         cond_dim: int,
         noise: NoiseConfig | None = None,

@@ -1,4 +1,4 @@
-"""Command line: ``diffusionblocks train|eval|compare``.
+"""Command line: ``diffusionblocks train|eval|sample|compare|merge|bench``.
 
 Every flag maps to a field of a config dataclass; a run saves its whole config with its outputs.
 """
@@ -74,6 +74,26 @@ HELP = {
     "clip": "gradient-norm clip (0: off)",
 }
 
+# Where a generation run means something else, or has fields classification does not.
+GENERATE_HELP = {
+    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
+    "patch_size": "DiT patch size (default: 2 for digits, 4 otherwise)",
+    "steps": "end-to-end training steps, the budget (default per dataset: digits 1500, mnist and "
+    "fashion_mnist 4000, cifar10 20000, cifar10_exact 4000)",
+    "sample_steps": "sampler steps from σ_max to σ_min (the σ grid has one point more)",
+    "grid": "inference σ grid: karras (ρ = 7) or equiprob (equal training mass)",
+    "guidance": "classifier-free guidance scale (1: conditional only, 0: unconditional)",
+    "num_samples": "class-balanced samples generated to measure FID and class accuracy",
+    "evals": "held-out loss evaluations (and checkpoints) during training",
+    "feature_steps": "training steps (batch 128) of the CNN whose features FID uses; it is trained "
+    "once per dataset and setting and cached under ~/.cache/diffusionblocks",
+    "class_dropout": "probability a training label is replaced by the null class (for guidance)",
+    "partition": "equiprob: equal training mass per block (the paper's, default); uniform: equal "
+    "log σ widths",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay (matrices only)",
+}
+
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
@@ -82,22 +102,24 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
 }
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None,
+                help: dict | None = None) -> None:
+    help = HELP | (help or {})
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.name not in HELP:
+        if f.name in skip or f.name not in help:
             continue
         base = str(f.type).split(" | ")[0]
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
         if base.startswith("list["):
-            group.add_argument(flag, type=int, nargs="+", default=None, help=HELP[f.name])
+            group.add_argument(flag, type=int, nargs="+", default=None, help=help[f.name])
         elif base == "bool":
-            group.add_argument(flag, action="store_true", default=None, help=HELP[f.name])
+            group.add_argument(flag, action="store_true", default=None, help=help[f.name])
         else:
-            shown = "" if default is None or "default" in HELP[f.name] else f" (default: {default})"
+            shown = "" if default is None or "default" in help[f.name] else f" (default: {default})"
             group.add_argument(flag, type=_TYPES[base], default=None, choices=CHOICES.get(f.name),
-                               help=HELP[f.name] + shown)
+                               help=help[f.name] + shown)
 
 
 VIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
@@ -127,7 +149,36 @@ def _classify_config(args: argparse.Namespace, **extra):
                    optim=_filled(OptimConfig, args, skip=("lr",), lr=args.lr), **extra)
 
 
+DIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
+
+
+def _generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
+    from .models.dit import DiTConfig
+    from .tasks.generate import GenerateConfig
+
+    _add_fields(parser, GenerateConfig, skip=skip, help=GENERATE_HELP)
+    _add_fields(parser, DiTConfig, skip=DIT_DERIVED, title="model", help=GENERATE_HELP)
+    _add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP)
+    _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP)
+
+
+def _generate_config(args: argparse.Namespace, **extra):
+    from .models.dit import DiTConfig
+    from .tasks.generate import GenerateConfig
+
+    base = GenerateConfig()
+    return _filled(GenerateConfig, args, dit=_filled(DiTConfig, args, skip=DIT_DERIVED),
+                   noise=_filled(NoiseConfig, args, base=base.noise),
+                   optim=_filled(OptimConfig, args, base=base.optim), **extra)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.task == "generate":
+        from .tasks import generate
+
+        result = generate.train(_generate_config(args), show=not args.quiet)
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        return
     from .tasks import classify
 
     result = classify.train(_classify_config(args), show=not args.quiet)
@@ -136,21 +187,85 @@ def cmd_train(args: argparse.Namespace) -> None:
                          indent=2))
 
 
+def _inference_overrides(args: argparse.Namespace, names=("sampler", "grid", "sample_steps")) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    from . import checkpoint
     from .data.images import load_images
     from .tasks import classify
 
+    words = args.checkpoint
+    if len(words) == 2 and words[0] == "fid":
+        words = words[1:]
+    if len(words) != 1:
+        raise ValueError("usage: diffusionblocks eval [fid] CHECKPOINT")
+    args.checkpoint = words[0]
+    if checkpoint.read_config(args.checkpoint).get("task") == "generate":
+        return _eval_generate(args)
+    if args.guidance is not None or args.num_samples is not None or args.inception_weights:
+        raise ValueError("--guidance, --num-samples and --inception-weights apply to image "
+                         "generation checkpoints")
     model, cfg = classify.load(args.checkpoint)
-    overrides = {k: getattr(args, k) for k in ("sampler", "grid", "sample_steps")
-                 if getattr(args, k) is not None}
-    cfg = dataclasses.replace(cfg, **overrides)  # validated like any config
+    cfg = dataclasses.replace(cfg, **_inference_overrides(args))  # validated like any config
     data = load_images(cfg.dataset, args.data_dir or cfg.data_dir)
     acc = classify.evaluate(model, data.x_test, data.y_test, cfg)
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
                       "test_accuracy": acc, "test_examples": len(data.y_test)}, indent=2))
 
 
+def _eval_generate(args: argparse.Namespace) -> None:
+    from .tasks import generate
+
+    model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
+    names = ("sampler", "grid", "sample_steps", "guidance", "num_samples")
+    cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))
+    if args.data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+    out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    result = generate.evaluate_model(model, cfg, generate.load_data(cfg), out, show=True,
+                                     inception_weights=args.inception_weights)
+    result |= {"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
+               "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
+               "guidance": cfg.guidance, "samples_png": str(out / "samples.png")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .tasks import generate
+
+    model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
+    names = ("sampler", "grid", "sample_steps", "guidance", "seed")
+    cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))
+    classes = cfg.dit.num_classes
+    labels = generate.balanced_labels(classes * args.per_class, classes)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = generate.sample(model, labels.to(device), cfg, gen).cpu()
+    out = Path(args.out)
+    generate.save_grid(images, out, rows=classes)
+    print(json.dumps({"checkpoint": args.checkpoint, "png": str(out), "rows": "one per class",
+                      "per_class": args.per_class, "sampler": cfg.sampler, "grid": cfg.grid,
+                      "sample_steps": cfg.sample_steps, "guidance": cfg.guidance}, indent=2))
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
+    if args.task == "generate":
+        from .tasks import generate
+
+        cfg = _generate_config(args, mode="dblocks")
+        out = Path(cfg.out if args.out else "runs/compare_generate")
+        print(generate.compare(cfg, out, quick=args.quick, show=not args.quiet))
+        return
+    stray = [k for k in ("guidance", "num_samples", "class_dropout", "feature_steps")
+             if getattr(args, k, None) is not None]
+    if stray:
+        raise ValueError(f"--{stray[0].replace('_', '-')} applies to --task generate")
     from .tasks import classify
 
     cfg = _classify_config(args, mode="dblocks")  # compare runs both modes
@@ -225,22 +340,56 @@ def main(argv: list[str] | None = None) -> None:
     _classify_args(classify)
     classify.add_argument("--quiet", action="store_true", help="no progress bar")
     classify.set_defaults(func=cmd_train)
+    gen = train_tasks.add_parser("generate", help="class-conditional image generation with a DiT")
+    _generate_args(gen)
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="test accuracy of a checkpoint")
-    ev.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint)")
+    ev = sub.add_parser("eval", help="test accuracy of a classifier, or FID and class accuracy "
+                        "of a generator (`eval fid CHECKPOINT`)")
+    ev.add_argument("checkpoint", nargs="+", metavar="[fid] CHECKPOINT",
+                    help="checkpoint directory (OUT/checkpoint)")
     ev.add_argument("--data-dir", default=None, help=HELP["data_dir"])
     ev.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help=HELP["sampler"])
     ev.add_argument("--grid", default=None, choices=CHOICES["grid"], help=HELP["grid"])
-    ev.add_argument("--sample-steps", type=int, default=None, help=HELP["sample_steps"])
+    ev.add_argument("--sample-steps", type=int, default=None, help="classify: " + HELP["sample_steps"]
+                    + "; generate: " + GENERATE_HELP["sample_steps"])
+    ev.add_argument("--guidance", type=float, default=None, help=GENERATE_HELP["guidance"])
+    ev.add_argument("--num-samples", type=int, default=None, help=GENERATE_HELP["num_samples"])
+    ev.add_argument("--inception-weights", default=None, help="generate: also report FID in "
+                    "Inception-v3 features, from this local torch-fidelity weights file "
+                    "(weights-inception-2015-12-05-6726825d.pth; needs pip install torch-fidelity)")
+    ev.add_argument("--device", default=None, help="generate: auto (cuda when available), cpu or cuda")
+    ev.add_argument("--out", default=None, help="generate: folder for eval.json and samples.png "
+                    "(default: beside the checkpoint, in eval/)")
     ev.set_defaults(func=cmd_eval)
+
+    smp = sub.add_parser("sample", help="a PNG grid of samples from a generator, one row per class")
+    smp.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint of `train generate`)")
+    smp.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
+    smp.add_argument("--per-class", type=int, default=10, help="samples per class (default: 10)")
+    smp.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help=HELP["sampler"])
+    smp.add_argument("--grid", default=None, choices=CHOICES["grid"], help=GENERATE_HELP["grid"])
+    smp.add_argument("--sample-steps", type=int, default=None, help=GENERATE_HELP["sample_steps"])
+    smp.add_argument("--guidance", type=float, default=None, help=GENERATE_HELP["guidance"])
+    smp.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
+    smp.add_argument("--device", default=None, help="auto (cuda when available), cpu or cuda")
+    smp.set_defaults(func=cmd_sample)
 
     cmp = sub.add_parser("compare", help="train end to end and DiffusionBlocks on the same "
                          "budget and print them side by side (the main job)")
-    cmp.add_argument("--task", default="classify", choices=("classify",),
-                     help="which family to compare (more come with the next families)")
+    cmp.add_argument("--task", default="classify", choices=("classify", "generate"),
+                     help="which family to compare: classify (ViT) or generate (DiT)")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
+    generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks
+    _generate_args(generate_only, skip=("mode",))
+    taken = {a.dest for a in cmp._actions}
+    extra = cmp.add_argument_group("generate only")
+    for action in generate_only._actions:
+        if action.dest not in taken:
+            extra._add_action(action)
     cmp.set_defaults(func=cmd_compare)
 
     merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")

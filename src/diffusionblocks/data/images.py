@@ -115,9 +115,14 @@ def _cifar10(root: Path) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def load_images(name: str, root: str | Path | None = None) -> ImageData:
-    """Load a dataset by name; images are scaled to [0, 1] and standardized per channel
-    with the training split's statistics."""
+SCALINGS = ("standard", "symmetric")
+
+
+def load_images(name: str, root: str | Path | None = None, scaling: str = "standard") -> ImageData:
+    """Load a dataset by name. ``standard``: pixels standardized per channel with the training
+    split's statistics (classification); ``symmetric``: pixels mapped to [-1, 1] (generation)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown image scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = data_dir(root)
@@ -138,10 +143,12 @@ def load_images(name: str, root: str | Path | None = None) -> ImageData:
         return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
 
     xtr, xte = images(x_train), images(x_test)
-    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
-    std = xtr.std(dim=(0, 2, 3), keepdim=True)
     ytr = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     yte = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
+    if scaling == "symmetric":
+        return ImageData(2 * xtr - 1, ytr, 2 * xte - 1, yte, int(ytr.max()) + 1)
+    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
+    std = xtr.std(dim=(0, 2, 3), keepdim=True)
     return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
 
 

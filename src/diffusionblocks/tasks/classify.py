@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checkpoint, parallel
-from ..blocks import SHARED_POLICIES, DiffusionBlocks, SharedParts, split_layers
+from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, SharedParts, split_layers
 from ..data.images import DATASETS, Batches, ImageData, load_images
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
+from ..runs import check_device_name, check_resumable, resolve_device
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
@@ -98,8 +99,7 @@ class ClassifyConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda[:N]")
+        check_device_name(self.device)
         if self.mode == "dblocks":
             split_layers(self.vit.depth, self.blocks, self.split)
         if self.shared_policy not in SHARED_POLICIES:
@@ -156,7 +156,7 @@ RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
 
 
-class ViTAdapter(nn.Module):
+class ViTAdapter(Adapter):
     """A block's own input and output: patch stem with the noisy label in the [CLS] slot,
     and a read-out of F from the final [CLS] token.
 
@@ -177,7 +177,7 @@ class ViTAdapter(nn.Module):
     def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
         return self.stem(x, self.read_in(z_in))
 
-    def decode(self, h: Tensor) -> Tensor:
+    def decode(self, h: Tensor, c: Tensor | None = None) -> Tensor:
         return self.read_out(self.norm(h[:, 0]))
 
 
@@ -337,25 +337,6 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
             "activation_bytes_per_block": per_block}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
-def check_resumable(saved: dict, cfg: ClassifyConfig, where: Path) -> None:
-    now = json.loads(json.dumps(cfg.to_dict()))
-    diff = [k for k in now if k not in RESUMABLE and saved.get(k) != now[k]]
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(
-            f"checkpoint {where} was written by a different config ({detail}); "
-            "resume with the same flags or use a fresh --out"
-        )
-
-
 def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:
     """Train one mode, resuming from its checkpoint when it exists; return its results.
 
@@ -394,7 +375,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         except FileNotFoundError:
             where = None
         if where is not None:
-            check_resumable(checkpoint.read_config(where), cfg, where)
+            check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
             checkpoint.load_parts(where, stored)
             progress = checkpoint.load_training_state(where, strategy.optimizers)
             if writer and metrics_path.exists():  # keep only what the checkpoint had seen

@@ -1,0 +1,1 @@
+"""Offline image-quality metrics: Fréchet distance on features of a classifier trained on the data."""

@@ -1,0 +1,491 @@
+"""Class-conditional image generation with a DiT, end to end or as DiffusionBlocks (METHOD.md §9).
+
+The target y is the image itself, in [-1, 1]; the conditioning input x is its class label,
+replaced by the null class with probability ``class_dropout`` in training so that one model
+gives both terms of classifier-free guidance. End to end is plain EDM training of the whole DiT,
+which is DiffusionBlocks with B = 1 (one block, the whole noise range); DiffusionBlocks cuts the
+same layers into B blocks. Sampling runs the probability-flow ODE, each step through the block
+that owns its σ, so a step costs L/B layers.
+
+Quality is a Fréchet distance in the features of a small CNN trained on the dataset (cached,
+its test accuracy reported), against the train and the test split, and the accuracy with which
+that CNN recognizes the requested class in the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import checkpoint
+from ..blocks import DiffusionBlocks, SharedParts, split_layers
+from ..data.images import DATASETS, Batches, ImageData, load_images
+from ..memory import activation_bytes
+from ..models.dit import DiTAdapter, DiTConfig, make_layers
+from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
+from ..offload import OFFLOAD_TARGETS
+from ..runs import check_device_name, check_resumable, resolve_device
+from ..sampling import SAMPLERS, Denoiser, initial_noise
+from ..training import Blockwise, OptimConfig, Progress, blockwise_loss, fit, matched_budget
+
+MODES = ("e2e", "dblocks")
+# Per-dataset defaults: patch size and end-to-end training steps at batch 64.
+DATASET_DEFAULTS = {
+    "digits": {"patch_size": 2, "steps": 1500},
+    "mnist": {"patch_size": 4, "steps": 4000},
+    "fashion_mnist": {"patch_size": 4, "steps": 4000},
+    "cifar10": {"patch_size": 4, "steps": 20000},
+    "cifar10_exact": {"patch_size": 4, "steps": 4000},
+}
+
+
+@dataclass
+class GenerateConfig:
+    """One generation run. ``steps`` is the end-to-end budget; DiffusionBlocks gets the same
+    number of layer evaluations (B× the steps) unless ``match='steps'``."""
+
+    mode: str = "dblocks"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    blocks: int = 3
+    split: list[int] | None = None
+    patch_size: int | None = None
+    steps: int | None = None
+    match: str = "layers"
+    batch_size: int = 64
+    seed: int = 0
+    sampler: str = "euler"
+    grid: str = "karras"
+    sample_steps: int = 50
+    guidance: float = 2.0
+    num_samples: int = 5000
+    feature_steps: int = 1400  # 3 epochs of MNIST
+    evals: int = 5
+    device: str = "auto"
+    checkpointing: bool = False
+    offload: str | None = None
+    out: str = "runs/generate"
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # the paper's equi-probability partition
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for name in ("steps", "batch_size", "evals", "num_samples", "sample_steps", "feature_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance scale must be ≥ 0 (1: conditional, 0: unconditional), "
+                             f"got {self.guidance}")
+        check_device_name(self.device)
+        if self.mode == "dblocks":
+            split_layers(self.dit.depth, self.blocks, self.split)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
+        if self.match not in ("layers", "steps"):
+            raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
+        if self.offload is not None:
+            if self.offload not in OFFLOAD_TARGETS:
+                raise ValueError(
+                    f"unknown offload target {self.offload!r}; choose one of {', '.join(OFFLOAD_TARGETS)}"
+                )
+            if self.mode != "dblocks":
+                raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
+
+    @property
+    def num_blocks(self) -> int:
+        """B of the model: 1 end to end (the whole network is one denoiser)."""
+        return self.blocks if self.mode == "dblocks" else 1
+
+    def to_dict(self) -> dict:
+        return {"task": "generate", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GenerateConfig:
+        d = {k: v for k, v in d.items() if k != "task"}
+        for key, kind in {"dit": DiTConfig, "noise": NoiseConfig, "optim": OptimConfig}.items():
+            sub = dict(d.get(key, {}))
+            if key == "optim" and "betas" in sub:
+                sub["betas"] = tuple(sub["betas"])
+            d[key] = kind(**sub)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+# Fields a resumed run may change (inference and bookkeeping); everything else must match.
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
+             "guidance", "num_samples", "feature_steps", "checkpointing", "offload"}
+
+
+def load_data(cfg: GenerateConfig) -> ImageData:
+    return load_images(cfg.dataset, cfg.data_dir, scaling="symmetric")
+
+
+def resolve_config(cfg: GenerateConfig, data: ImageData) -> GenerateConfig:
+    """Fill in what the data decides: image shape, classes, patch size and step defaults."""
+    channels, size, _ = data.shape
+    defaults = DATASET_DEFAULTS[cfg.dataset]
+    patch = cfg.patch_size or defaults["patch_size"]
+    dit = asdict(cfg.dit) | {"image_size": size, "channels": channels, "patch_size": patch,
+                             "num_classes": data.num_classes}
+    return GenerateConfig.from_dict(asdict(cfg) | {"dit": dit, "patch_size": patch,
+                                                   "steps": cfg.steps or defaults["steps"]})
+
+
+class PixelSpace(SharedParts):
+    """The image itself as the target, squared error averaged over pixels (so one example's loss
+    reads like EDM's per-pixel loss whatever the resolution). Nothing to share: no parameters."""
+
+    def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
+        return (denoised - y).flatten(1).pow(2).mean(1)
+
+
+def build(cfg: GenerateConfig) -> DiffusionBlocks:
+    """The DiT of ``cfg``, as B blocks (one block end to end), initialized from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    return DiffusionBlocks(
+        make_layers(cfg.dit), PixelSpace(), lambda: DiTAdapter(cfg.dit), cfg.num_blocks,
+        cond_dim=cfg.dit.width, noise=cfg.noise, split=cfg.split if cfg.mode == "dblocks" else None,
+        checkpointing=cfg.checkpointing,
+    )
+
+
+def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device):
+    """Step t's batch as (labels, images), each label dropped to the null class with
+    probability ``class_dropout`` (classifier-free guidance), reproducibly per step."""
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, device)
+
+    def batch_at(t: int) -> tuple[Tensor, Tensor]:
+        images, labels = batches(t)
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + t + 1)
+        drop = (torch.rand(len(labels), generator=g) < cfg.dit.class_dropout).to(labels.device)
+        return labels.masked_fill(drop, cfg.dit.null_class), images
+
+    return batch_at
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def guided(model: DiffusionBlocks, labels: Tensor, scale: float, null_class: int) -> Denoiser:
+    """Classifier-free guidance: D = D(z | ∅) + s·(D(z | y) − D(z | ∅)); s = 1 is conditional."""
+    if scale == 1:
+        return lambda z, sigma: model.denoise(z, sigma, labels)
+    null = torch.full_like(labels, null_class)
+
+    def denoiser(z: Tensor, sigma: Tensor) -> Tensor:
+        cond, uncond = model.denoise(torch.cat([z, z]), sigma, torch.cat([labels, null])).chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return denoiser
+
+
+def sigma_grid(cfg: GenerateConfig) -> Tensor:
+    """``sample_steps`` + 1 noise levels from σ_max to σ_min: one step between neighbours."""
+    return GRIDS[cfg.grid](cfg.noise, cfg.sample_steps + 1)
+
+
+def counted(model: DiffusionBlocks, denoiser: Denoiser, calls: list[int]) -> Denoiser:
+    """``denoiser`` that appends the block each call runs to ``calls``."""
+    def wrapped(z: Tensor, sigma: Tensor) -> Tensor:
+        calls.append(model.route(float(sigma)))
+        return denoiser(z, sigma)
+    return wrapped
+
+
+@torch.no_grad()
+def sample(
+    model: DiffusionBlocks, labels: Tensor, cfg: GenerateConfig, generator: torch.Generator | None = None,
+    calls: list[int] | None = None,
+) -> Tensor:
+    """Images of the given classes, in [-1, 1]: the ODE from σ_max down to σ_min."""
+    c, size = cfg.dit.channels, cfg.dit.image_size
+    z = initial_noise((len(labels), c, size, size), cfg.noise.sigma_max, generator, labels.device)
+    denoiser = guided(model, labels, cfg.guidance, cfg.dit.null_class)
+    if calls is not None:
+        denoiser = counted(model, denoiser, calls)
+    return SAMPLERS[cfg.sampler](denoiser, z, sigma_grid(cfg)).clamp(-1, 1)
+
+
+def balanced_labels(n: int, num_classes: int) -> Tensor:
+    """n labels cycling through the classes: as equal a share of each as n allows."""
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def generate_set(model: DiffusionBlocks, cfg: GenerateConfig, n: int, batch: int = 500,
+                 show: bool = False) -> tuple[Tensor, Tensor, dict]:
+    """n class-balanced samples, their labels, and the sampling cost (seconds per image,
+    layer evaluations per sample)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    labels = balanced_labels(n, cfg.dit.num_classes)
+    gen = torch.Generator().manual_seed(cfg.seed + 2024)
+    images, calls, seconds = [], [], 0.0
+    for i in tqdm(range(0, n, batch), desc=f"sample {cfg.mode}", disable=not show, dynamic_ncols=True):
+        start = time.perf_counter()
+        images.append(sample(model, labels[i : i + batch].to(device), cfg, gen, calls).cpu())
+        seconds += time.perf_counter() - start
+    per_batch = calls[: len(calls) // len(images)]  # every batch walks the same grid
+    passes = 1 if cfg.guidance == 1 else 2  # guidance runs the block on the null class too
+    cost = {"sample_seconds_per_image": seconds / n,
+            "layer_evals_per_sample": passes * sum(model.sizes[b] for b in per_batch),
+            "denoiser_calls_per_sample": len(per_batch), "num_samples": n}
+    return torch.cat(images), labels, cost
+
+
+def save_grid(images: Tensor, path: Path, rows: int) -> None:
+    """A PNG of ``images`` in ``rows`` rows (one per class for :func:`balanced_labels` order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_row = len(images) // rows
+    # balanced_labels cycles classes, so image k·rows + r has class r: row r gathers class r.
+    grid = images[: rows * per_row].view(per_row, rows, *images.shape[1:]).transpose(0, 1)
+    c, h, w = images.shape[1:]
+    tiled = grid.permute(0, 3, 1, 4, 2).reshape(rows * h, per_row * w, c)
+    tiled = ((tiled + 1) / 2).clamp(0, 1).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, tiled[..., 0] if c == 1 else tiled, cmap="gray" if c == 1 else None)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_loss(model: DiffusionBlocks, images: Tensor, labels: Tensor, seed: int = 0) -> float:
+    """Mean weighted denoising loss on held-out images, σ from the whole training law and each
+    example through the block that owns its σ: the EDM training objective of the whole chain."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    noise = model.noise
+    sigma = sample_sigma(noise, len(images), noise.sigma_min, noise.sigma_max, gen)
+    eps = torch.randn(images.shape, generator=gen)
+    owner = torch.tensor([model.route(s) for s in sigma.tolist()])
+    total = 0.0
+    for b in owner.unique().tolist():
+        idx = (owner == b).nonzero().flatten()
+        y, s = images[idx].to(device), sigma[idx].to(device)
+        z = y + s.view(-1, 1, 1, 1) * eps[idx].to(device)
+        denoised = model.denoise(z, s, labels[idx].to(device), block=b)
+        weight = loss_weight(s, noise.sigma_data, noise.max_weight)
+        total += (weight * model.shared.example_loss(denoised, y)).sum().item()
+    model.train(was_training)
+    return total / len(images)
+
+
+def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig, cache_dir=None,
+            show: bool = False, inception_weights: str | Path | None = None) -> dict:
+    """FID against the train and test splits and class accuracy, in the features of the
+    dataset's cached CNN (its own test accuracy reported beside them). With
+    ``inception_weights`` (a local torch-fidelity Inception-v3 file) the FIDs also come in
+    Inception features, as ``fid_train_inception`` and ``fid_test_inception``."""
+    from ..metrics.fid import classify, feature_net, frechet_distance, inception_extractor, stats_of
+
+    epochs = max(1, math.ceil(cfg.feature_steps * 128 / len(data.y_train)))
+    net, net_accuracy = feature_net(cfg.dataset, data.x_train, data.y_train, data.x_test,
+                                    data.y_test, cache_dir=cache_dir, epochs=epochs, show=show)
+    result = {"class_accuracy": (classify(net, images) == labels).float().mean().item(),
+              "feature_net_test_accuracy": net_accuracy}
+    extractors = {"": net}
+    if inception_weights is not None:
+        extractors["_inception"] = inception_extractor(inception_weights)
+    for suffix, extractor in extractors.items():
+        fake = stats_of(extractor, images)
+        for split, real in (("train", data.x_train), ("test", data.x_test)):
+            result[f"fid_{split}{suffix}"] = frechet_distance(*fake, *stats_of(extractor, real))
+    return result
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def parts(model: DiffusionBlocks) -> dict[str, nn.Module]:
+    return model.parts()
+
+
+def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
+          evaluate: bool = True) -> dict:
+    """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality."""
+    data = data or load_data(cfg)
+    cfg = resolve_config(cfg, data)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    model = build(cfg).to(device)
+    if cfg.mode == "dblocks":
+        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
+    else:
+        total, warmup = cfg.steps, cfg.optim.warmup
+    strategy = Blockwise(model, cfg.optim, offload=cfg.offload, offload_dir=str(out / "offload"))
+    batch_at = training_batches(cfg, data, device)
+    held_out = data.x_test[:1000], data.y_test[:1000]
+
+    with checkpoint.exclusive(out):
+        ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
+        progress, history = Progress(), []
+        try:
+            where = checkpoint.resolve(ckpt)
+        except FileNotFoundError:
+            where = None
+        if where is not None:
+            check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
+            checkpoint.load_parts(where, parts(model))
+            progress = checkpoint.load_training_state(where, strategy.optimizers)
+            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
+                    if r["step"] <= progress.step] if metrics_path.exists() else []
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            history = [r for r in kept if "test_loss" in r]
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        def log(record: dict) -> None:
+            if record["step"] % 10 == 1 or record["step"] == total:
+                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
+
+        def on_every(p: Progress) -> None:
+            with strategy.gathered():
+                record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
+                          "train_seconds": round(p.train_seconds, 3),
+                          "test_loss": test_loss(model, *held_out, seed=cfg.seed)}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
+
+        try:
+            with metrics_path.open("a") as log_file:
+                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
+                               max(1, total // cfg.evals), on_every, log,
+                               desc=f"{cfg.mode} {cfg.dataset}", show=show)
+        finally:
+            if strategy.offload:
+                strategy.offload.close()
+        step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
+                      if "seconds" in r]
+        x, y = batch_at(0)
+        per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
+                     for b in range(model.num_blocks)]
+        result = {
+            "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "steps": total,
+            "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
+            "step_seconds": statistics.median(step_times) if step_times else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "activation_bytes_per_step": round(statistics.mean(per_block)),
+            "history": history, "device": str(device),
+            "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
+            "guidance": cfg.guidance,
+        }
+        if evaluate:
+            result |= evaluate_model(model, cfg, data, out, show)
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData, out: Path,
+                   show: bool = False, inception_weights: str | Path | None = None) -> dict:
+    """Sample ``num_samples`` images, measure FID, class accuracy and cost; save a grid."""
+    images, labels, cost = generate_set(model, cfg, cfg.num_samples, show=show)
+    save_grid(images[: 10 * cfg.dit.num_classes], out / "samples.png", rows=cfg.dit.num_classes)
+    return cost | quality(images, labels, data, cfg, show=show, inception_weights=inception_weights)
+
+
+def load(path: str | Path, device: str = "cpu") -> tuple[DiffusionBlocks, GenerateConfig]:
+    """A trained model and its config from a checkpoint directory."""
+    cfg = GenerateConfig.from_dict(checkpoint.read_config(path))
+    model = build(cfg)
+    checkpoint.load_parts(path, parts(model))
+    return model.to(resolve_device(device)).eval(), cfg
+
+
+# --- side by side ------------------------------------------------------------------------------
+
+
+def report_table(results: dict[str, dict]) -> str:
+    """Markdown table of a generation comparison, plus the ratios that matter."""
+    from ..report import human_bytes, markdown_table
+
+    header = ["mode", "blocks", "FID train", "FID test", "class acc.", "train time (s)", "s / step",
+              "layer evals (train)", "s / image (sampling)", "layer evals / sample", "activations / step"]
+    rows = [[mode, str(r["blocks"]), f"{r['fid_train']:.2f}", f"{r['fid_test']:.2f}",
+             f"{100 * r['class_accuracy']:.1f}%", f"{r['train_seconds']:.0f}",
+             f"{r['step_seconds'] * 1000:.1f} ms", f"{r['layer_evals']:,}",
+             f"{r['sample_seconds_per_image'] * 1000:.2f} ms", f"{r['layer_evals_per_sample']:,}",
+             human_bytes(r["activation_bytes_per_step"])] for mode, r in results.items()]
+    table = markdown_table(rows, header)
+    e, d = results["e2e"], results["dblocks"]
+    table += (
+        f"\n{e['num_samples']:,} samples each ({e['sampler']}, {e['sample_steps']} steps, {e['grid']} grid, "
+        f"guidance {e['guidance']}); features: a CNN with {100 * e['feature_net_test_accuracy']:.2f}% "
+        f"test accuracy. FID dblocks / e2e: {d['fid_test'] / e['fid_test']:.3f} (test), "
+        f"{d['fid_train'] / e['fid_train']:.3f} (train). Sampling time per image, e2e / dblocks: "
+        f"{e['sample_seconds_per_image'] / d['sample_seconds_per_image']:.2f}× (B = {d['blocks']}). "
+        f"Activation memory per step, e2e / dblocks: "
+        f"{e['activation_bytes_per_step'] / d['activation_bytes_per_step']:.2f}×.\n"
+    )
+    return table
+
+
+def plot_history(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for mode, r in results.items():
+        h = r["history"]
+        ax.plot([p["layer_evals"] for p in h], [p["test_loss"] for p in h], marker="o", ms=3,
+                label=f"{mode} (B={r['blocks']})")
+    ax.set_xlabel("layer evaluations (training)")
+    ax.set_ylabel("test denoising loss (EDM-weighted)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def compare(cfg: GenerateConfig, out: Path, quick: bool = False, show: bool = True) -> str:
+    """Train both modes on the same budget, sample both; write OUT/report.{json,md}, a loss
+    plot and both sample grids (OUT/e2e/samples.png, OUT/dblocks/samples.png)."""
+    modes = {"e2e": replace(cfg, mode="e2e", offload=None), "dblocks": replace(cfg, mode="dblocks")}
+    data = load_data(cfg)
+    if quick:
+        modes = {m: replace(c, steps=min(c.steps or 30, 30), evals=1, num_samples=min(c.num_samples, 100),
+                            sample_steps=min(c.sample_steps, 12), feature_steps=min(c.feature_steps, 30))
+                 for m, c in modes.items()}
+    results = {m: train(replace(c, out=str(out / m)), data, show) for m, c in modes.items()}
+    return write_comparison(out, results)
+
+
+def write_comparison(out: Path, results: dict[str, dict]) -> str:
+    """OUT/report.{json,md} and OUT/test_loss.png from the two modes' results (the
+    ``result.json`` each training run writes); returns the Markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    table = report_table(results)
+    e, d = results["e2e"], results["dblocks"]
+    match = "layer evaluations" if e["layer_evals"] == d["layer_evals"] else "steps"
+    title = f"{d['dataset']}: end to end vs DiffusionBlocks (B={d['blocks']}), equal {match}"
+    (out / "report.md").write_text(f"# {title}\n\n{table}")
+    plot_history(results, out / "test_loss.png")
+    return table
