@@ -32,3 +32,31 @@ def check_resumable(saved: dict, config: dict, resumable: set[str], where: Path)
             f"checkpoint {where} was written by a different config ({detail}); "
             "resume with the same flags or use a fresh --out"
         )
+
+
+def check_choice(kind: str, value, choices) -> None:
+    """Refuse ``value`` outside ``choices``, listing them: "unknown sampler 'x'; choose one of …"."""
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def check_at_least_one(obj, names) -> None:
+    """Refuse any of the integer fields ``names`` of ``obj`` below 1 (None means unset)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def config_from_dict(cls, d: dict, nested: dict[str, type]):
+    """A run config dataclass from its JSON form (``to_dict``), sub-configs rebuilt, unknown
+    keys ignored."""
+    from dataclasses import fields
+
+    d = {k: v for k, v in d.items() if k != "task"}
+    for key, kind in nested.items():
+        sub = dict(d.get(key, {}))
+        if "betas" in sub:
+            sub["betas"] = tuple(sub["betas"])  # JSON turns the AdamW tuple into a list
+        d[key] = kind(**sub)
+    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})

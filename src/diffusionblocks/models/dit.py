@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from ..blocks import Adapter
 from ..conditioning import AdaLNZero, modulated_norm
-from .vit import TransformerLayer
+from ..runs import check_at_least_one
+from .vit import SHAPE_FIELDS, TransformerLayer
 
 
 @dataclass
@@ -34,9 +35,7 @@ class DiTConfig:
     class_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, SHAPE_FIELDS)
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         if self.width % self.heads:

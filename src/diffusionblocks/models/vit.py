@@ -10,6 +10,10 @@ from torch import Tensor, nn
 
 from ..conditioning import AdaLNZero, gated_residual, modulated_norm
 from ..memory import run_layers
+from ..runs import check_at_least_one
+
+# Integer shape fields every transformer config here validates (each at least 1).
+SHAPE_FIELDS = ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes")
 
 
 @dataclass
@@ -26,9 +30,7 @@ class ViTConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, SHAPE_FIELDS)
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.image_size % self.patch_size:

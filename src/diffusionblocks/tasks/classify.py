@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,14 @@ from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
-from ..runs import check_device_name, check_resumable, resolve_device
+from ..runs import (
+    check_at_least_one,
+    check_choice,
+    check_device_name,
+    check_resumable,
+    config_from_dict,
+    resolve_device,
+)
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
@@ -91,12 +98,8 @@ class ClassifyConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # None: MODE_LR
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        for name in ("steps", "batch_size", "evals"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_choice("dataset", self.dataset, DATASETS)
+        check_at_least_one(self, ("steps", "batch_size", "evals"))
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         check_device_name(self.device)
@@ -107,19 +110,12 @@ class ClassifyConfig:
                 f"unknown shared policy {self.shared_policy!r}; "
                 f"choose one of {', '.join(SHARED_POLICIES)}"
             )
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.grid not in GRIDS:
-            raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
-        if self.match not in ("layers", "steps"):
-            raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
+        check_choice("mode", self.mode, MODES)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("grid", self.grid, GRIDS)
+        check_choice("budget match", self.match, ("layers", "steps"))
         if self.offload is not None:
-            if self.offload not in OFFLOAD_TARGETS:
-                raise ValueError(
-                    f"unknown offload target {self.offload!r}; choose one of {', '.join(OFFLOAD_TARGETS)}"
-                )
+            check_choice("offload target", self.offload, OFFLOAD_TARGETS)
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
             if self.parallel:
@@ -139,14 +135,7 @@ class ClassifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassifyConfig:
-        d = {k: v for k, v in d.items() if k != "task"}
-        nested = {"vit": ViTConfig, "noise": NoiseConfig, "optim": OptimConfig}
-        for key, kind in nested.items():
-            sub = dict(d.get(key, {}))
-            if key == "optim" and "betas" in sub:
-                sub["betas"] = tuple(sub["betas"])
-            d[key] = kind(**sub)
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        return config_from_dict(cls, d, {"vit": ViTConfig, "noise": NoiseConfig, "optim": OptimConfig})
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.

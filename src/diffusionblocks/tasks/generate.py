@@ -18,11 +18,11 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import checkpoint
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
@@ -31,7 +31,14 @@ from ..memory import activation_bytes
 from ..models.dit import DiTAdapter, DiTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
 from ..offload import OFFLOAD_TARGETS
-from ..runs import check_device_name, check_resumable, resolve_device
+from ..runs import (
+    check_at_least_one,
+    check_choice,
+    check_device_name,
+    check_resumable,
+    config_from_dict,
+    resolve_device,
+)
 from ..sampling import SAMPLERS, Denoiser, initial_noise
 from ..training import Blockwise, OptimConfig, Progress, blockwise_loss, fit, matched_budget
 
@@ -77,31 +84,21 @@ class GenerateConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        for name in ("steps", "batch_size", "evals", "num_samples", "sample_steps", "feature_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("mode", self.mode, MODES)
+        check_at_least_one(self, ("steps", "batch_size", "evals", "num_samples", "sample_steps",
+                                  "feature_steps"))
         if self.guidance < 0:
             raise ValueError(f"guidance scale must be ≥ 0 (1: conditional, 0: unconditional), "
                              f"got {self.guidance}")
         check_device_name(self.device)
         if self.mode == "dblocks":
             split_layers(self.dit.depth, self.blocks, self.split)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.grid not in GRIDS:
-            raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
-        if self.match not in ("layers", "steps"):
-            raise ValueError(f"unknown budget match {self.match!r}; choose 'layers' or 'steps'")
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("grid", self.grid, GRIDS)
+        check_choice("budget match", self.match, ("layers", "steps"))
         if self.offload is not None:
-            if self.offload not in OFFLOAD_TARGETS:
-                raise ValueError(
-                    f"unknown offload target {self.offload!r}; choose one of {', '.join(OFFLOAD_TARGETS)}"
-                )
+            check_choice("offload target", self.offload, OFFLOAD_TARGETS)
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
 
@@ -115,13 +112,7 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GenerateConfig:
-        d = {k: v for k, v in d.items() if k != "task"}
-        for key, kind in {"dit": DiTConfig, "noise": NoiseConfig, "optim": OptimConfig}.items():
-            sub = dict(d.get(key, {}))
-            if key == "optim" and "betas" in sub:
-                sub["betas"] = tuple(sub["betas"])
-            d[key] = kind(**sub)
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        return config_from_dict(cls, d, {"dit": DiTConfig, "noise": NoiseConfig, "optim": OptimConfig})
 
 
 # Fields a resumed run may change (inference and bookkeeping); everything else must match.
@@ -318,10 +309,6 @@ def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig
 # --- training ----------------------------------------------------------------------------------
 
 
-def parts(model: DiffusionBlocks) -> dict[str, nn.Module]:
-    return model.parts()
-
-
 def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
           evaluate: bool = True) -> dict:
     """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality."""
@@ -347,7 +334,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
             where = None
         if where is not None:
             check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
-            checkpoint.load_parts(where, parts(model))
+            checkpoint.load_parts(where, model.parts())
             progress = checkpoint.load_training_state(where, strategy.optimizers)
             kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
                     if r["step"] <= progress.step] if metrics_path.exists() else []
@@ -369,7 +356,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-                checkpoint.save(ckpt, parts(model), cfg.to_dict(), strategy.optimizers, p)
+                checkpoint.save(ckpt, model.parts(), cfg.to_dict(), strategy.optimizers, p)
 
         try:
             with metrics_path.open("a") as log_file:
@@ -412,7 +399,7 @@ def load(path: str | Path, device: str = "cpu") -> tuple[DiffusionBlocks, Genera
     """A trained model and its config from a checkpoint directory."""
     cfg = GenerateConfig.from_dict(checkpoint.read_config(path))
     model = build(cfg)
-    checkpoint.load_parts(path, parts(model))
+    checkpoint.load_parts(path, model.parts())
     return model.to(resolve_device(device)).eval(), cfg
 
 
