@@ -9,16 +9,19 @@ Three steps turn any sequence of residual layers into DiffusionBlocks:
 Each block also owns an :class:`Adapter` (made by a task-supplied factory): ``encode(x, z_in)``
 builds the hidden sequence from the conditioning input and the c_in-scaled noisy target,
 ``decode(h, c)`` reads F, and ``condition(x)`` may add to the conditioning vector (a class label).
-Only the target space (e.g. the label table) is a :class:`SharedParts` module used by every
+``attention_mask(x)`` may restrict attention (a language model's causal masks). Only the target
+space (e.g. the label table, :class:`TokenSpace`) is a :class:`SharedParts` module used by every
 block: it is the one thing blocks hand to each other. Layers are called as ``layer(h, c)`` with
 the hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conditioning import NoiseEmbedding
@@ -52,6 +55,40 @@ class SharedParts(nn.Module):
         return denoised
 
 
+class TokenSpace(SharedParts):
+    """Discrete targets (class labels, characters) as a table of unit-length embeddings.
+
+    Unit length (as the paper) hides the token from the noisy input for σ ≳ 0.5. Logits are
+    read out of D against the same normalized table, the loss is cross-entropy (averaged over
+    positions for sequences), and the sampler steps toward softmax(logits) @ table (METHOD §8;
+    the released code uses the raw table).
+    """
+
+    def __init__(self, num_tokens: int, embed_dim: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.table = nn.Embedding(num_tokens, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def embeddings(self) -> Tensor:
+        """The normalized table used for targets, logits and the sampler."""
+        return F.normalize(self.table.weight, dim=1)
+
+    def target(self, y: Tensor) -> Tensor:
+        return self.embeddings()[y]
+
+    def logits(self, denoised: Tensor) -> Tensor:
+        return denoised @ self.embeddings().T * self.logit_scale.exp()
+
+    def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
+        logits = self.logits(denoised)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        return ce.view(len(y), -1).mean(1)
+
+    def estimate(self, denoised: Tensor) -> Tensor:
+        return self.logits(denoised).softmax(-1) @ self.embeddings()
+
+
 class Adapter(nn.Module):
     """A block's own way in and out of its layers; subclasses give ``encode`` and ``decode``."""
 
@@ -66,6 +103,10 @@ class Adapter(nn.Module):
     def decode(self, h: Tensor, c: Tensor) -> Tensor:
         """F in target space from the last hidden sequence (``c``: the conditioning vector)."""
         raise NotImplementedError
+
+    def attention_mask(self, x: Tensor) -> Tensor | None:
+        """Which tokens may attend to which (True: allowed), passed to every layer; None: all."""
+        return None
 
 
 def split_layers(num_layers: int, blocks: int, split: Sequence[int] | None = None) -> list[int]:
@@ -111,7 +152,9 @@ class Block(nn.Module):
         for extra in (cond, self.adapter.condition(x)):
             if extra is not None:
                 c = c + extra
-        h = run_layers(self.layers, self.adapter.encode(x, z_in), c, checkpointing=self.checkpointing)
+        mask = self.adapter.attention_mask(x)
+        args = (c,) if mask is None else (c, mask)
+        h = run_layers(self.layers, self.adapter.encode(x, z_in), *args, checkpointing=self.checkpointing)
         return self.adapter.decode(h, c)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
+from .data.text import TOKENIZERS
 from .models.vit import ViTConfig
 from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
@@ -94,11 +95,37 @@ GENERATE_HELP = {
     "weight_decay": "AdamW weight decay (matrices only)",
 }
 
+# Language models (train mdm|ar, compare --task mdm|ar): their own fields and meanings.
+TEXT_HELP = {
+    "data": "text to train on: a UTF-8 file path, tinyshakespeare (DATA/tinyshakespeare/input.txt "
+    "under --data-dir), or hf:NAME[:CONFIG] (a Hugging Face `datasets` set with a text column); "
+    "split 90/5/5 in order",
+    "tokenizer": "char: the text's characters (default); byte: UTF-8 bytes (256 tokens)",
+    "context": "context length in tokens (the training window)",
+    "steps": "end-to-end training steps, the budget",
+    "evals": "validation evaluations (and checkpoints) during training",
+    "bound_passes": "mdm: passes over the test set for the ELBO (one t per sequence and pass, "
+    "stratified); the standard error comes from their spread",
+    "num_samples": "samples generated (ar: continuations of evenly spaced test prompts)",
+    "sample_length": "characters per sample (ar: generated after the prompt)",
+    "prompt_length": "ar: prompt characters taken from the test split",
+    "sample_steps": "mdm: unmasking steps; ar: σ grid points per token (default B: one per block)",
+    "temperature": "sampling temperature (0: always the most likely character)",
+    "grid": "ar: σ grid per token: equiprob (equal training mass, default) or karras (ρ = 7)",
+    "partition": "ar: uniform: equal log σ widths (default); equiprob: equal training mass",
+    "gamma": "ar: overlap γ of the blocks' σ ranges (default 0.1, the paper's for text)",
+    "shared_policy": "ar: frozen: the token table stays at its random init (default); cotrained: "
+    "every block's step updates it",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay (matrices only)",
+}
+TEXT_TASKS = ("mdm", "ar")
+
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
-    "offload": OFFLOAD_TARGETS,
+    "offload": OFFLOAD_TARGETS, "tokenizer": TOKENIZERS,
 }
 
 
@@ -172,7 +199,50 @@ def _generate_config(args: argparse.Namespace, **extra):
                    optim=_filled(OptimConfig, args, base=base.optim), **extra)
 
 
+def _text_args(parser: argparse.ArgumentParser, task: str, skip=()) -> None:
+    from .models.lm import LMConfig
+
+    cls = _text_class(task)
+    _add_fields(parser, cls, skip=skip, help=TEXT_HELP)
+    _add_fields(parser, LMConfig, skip=("vocab_size",), title="model", help=TEXT_HELP)
+    if task == "ar":
+        _add_fields(parser, NoiseConfig, title="noise", help=TEXT_HELP)
+    _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=TEXT_HELP)
+
+
+def _text_class(task: str):
+    if task == "mdm":
+        from .tasks.mdm import MDMConfig
+
+        return MDMConfig
+    from .tasks.ar import ARConfig
+
+    return ARConfig
+
+
+def _text_config(args: argparse.Namespace, task: str, **extra):
+    from .models.lm import LMConfig
+
+    cls = _text_class(task)
+    base = cls()
+    nested = {"lm": _filled(LMConfig, args, skip=("vocab_size",), base=base.lm),
+              "optim": _filled(OptimConfig, args, base=base.optim)}
+    if task == "ar":
+        nested["noise"] = _filled(NoiseConfig, args, base=base.noise)
+    return _filled(cls, args, **nested, **extra)
+
+
+def _text_module(task: str):
+    from .tasks import ar, mdm
+
+    return {"mdm": mdm, "ar": ar}[task]
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.task in TEXT_TASKS:
+        result = _text_module(args.task).train(_text_config(args, args.task), show=not args.quiet)
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        return
     if args.task == "generate":
         from .tasks import generate
 
@@ -202,8 +272,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if len(words) != 1:
         raise ValueError("usage: diffusionblocks eval [fid] CHECKPOINT")
     args.checkpoint = words[0]
-    if checkpoint.read_config(args.checkpoint).get("task") == "generate":
+    task = checkpoint.read_config(args.checkpoint).get("task")
+    if task == "generate":
         return _eval_generate(args)
+    if task in TEXT_TASKS:
+        return _eval_text(args, task)
     if args.guidance is not None or args.num_samples is not None or args.inception_weights:
         raise ValueError("--guidance, --num-samples and --inception-weights apply to image "
                          "generation checkpoints")
@@ -234,6 +307,57 @@ def _eval_generate(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _eval_text(args: argparse.Namespace, task: str) -> None:
+    from .tasks.text import load_data
+
+    module = _text_module(task)
+    model, cfg = module.load(args.checkpoint, device=args.device or "auto")
+    if args.data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+    judge = None
+    if args.judge:
+        judge, _ = _text_module("ar").load(args.judge, device=args.device or "auto")
+    out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    extra = {"judge": judge} if task == "ar" else {}
+    result = module.evaluate_model(model, cfg, load_data(cfg), out, **extra)
+    result |= {"checkpoint": str(args.checkpoint), "task": task, "mode": cfg.mode, "data": cfg.data}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import checkpoint
+    from .data.text import Tokenizer
+
+    task = checkpoint.read_config(args.checkpoint).get("task")
+    if task not in TEXT_TASKS:
+        raise ValueError(f"{args.checkpoint} is a {task} checkpoint; `generate` continues text from "
+                         "`train mdm` or `train ar` checkpoints (images: `diffusionblocks sample`)")
+    module = _text_module(task)
+    model, cfg = module.load(args.checkpoint, device=args.device or "auto")
+    names = ("temperature", "sample_steps", "sampler", "grid")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in vars(args).items() if k in names and v is not None})
+    tok = Tokenizer(cfg.tokenizer, cfg.vocab)
+    device = next(model.parameters()).device
+    prompt = tok.encode(args.prompt).to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    if task == "ar":
+        if not len(prompt):
+            raise ValueError("an autoregressive model needs a prompt of at least one character")
+        ids = module.generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen, cfg.temperature)
+    else:
+        if args.length > cfg.lm.context or len(prompt) >= args.length:
+            raise ValueError(f"a masked-diffusion sample has at most {cfg.lm.context} characters "
+                             f"(the context), prompt included; got --length {args.length}")
+        ids = module.sample(model, args.num, args.length, cfg.sample_steps, gen, cfg.temperature,
+                            prompt if len(prompt) else None)
+    for i, row in enumerate(ids.cpu()):
+        print(("\n-----\n" if i else "") + tok.decode(row))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -255,6 +379,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    if args.task in TEXT_TASKS:
+        cfg = _text_config(args, args.task, mode="dblocks")
+        out = Path(cfg.out if args.out else f"runs/compare_{args.task}")
+        print(_text_module(args.task).compare(cfg, out, quick=args.quick, show=not args.quiet))
+        return
     if args.task == "generate":
         from .tasks import generate
 
@@ -262,10 +391,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
         out = Path(cfg.out if args.out else "runs/compare_generate")
         print(generate.compare(cfg, out, quick=args.quick, show=not args.quiet))
         return
-    stray = [k for k in ("guidance", "num_samples", "class_dropout", "feature_steps")
+    text_only = ("data", "tokenizer", "context", "bound_passes", "sample_length", "prompt_length",
+                 "temperature")
+    stray = [k for k in ("guidance", "num_samples", "class_dropout", "feature_steps", *text_only)
              if getattr(args, k, None) is not None]
     if stray:
-        raise ValueError(f"--{stray[0].replace('_', '-')} applies to --task generate")
+        where = "--task mdm or ar" if stray[0] in text_only else "--task generate"
+        raise ValueError(f"--{stray[0].replace('_', '-')} applies to {where}")
     from .tasks import classify
 
     cfg = _classify_config(args, mode="dblocks")  # compare runs both modes
@@ -344,6 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     _generate_args(gen)
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_train)
+    for task, about in (("mdm", "masked-diffusion language model (MD4-style)"),
+                        ("ar", "autoregressive language model")):
+        text = train_tasks.add_parser(task, help=about)
+        _text_args(text, task)
+        text.add_argument("--quiet", action="store_true", help="no progress bar")
+        text.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="test accuracy of a classifier, or FID and class accuracy "
                         "of a generator (`eval fid CHECKPOINT`)")
@@ -360,9 +498,26 @@ def main(argv: list[str] | None = None) -> None:
                     "Inception-v3 features, from this local torch-fidelity weights file "
                     "(weights-inception-2015-12-05-6726825d.pth; needs pip install torch-fidelity)")
     ev.add_argument("--device", default=None, help="generate: auto (cuda when available), cpu or cuda")
-    ev.add_argument("--out", default=None, help="generate: folder for eval.json and samples.png "
-                    "(default: beside the checkpoint, in eval/)")
+    ev.add_argument("--out", default=None, help="generate, mdm, ar: folder for eval.json and "
+                    "samples (default: beside the checkpoint, in eval/)")
+    ev.add_argument("--judge", default=None, help="ar: an end-to-end `train ar` checkpoint that "
+                    "scores the samples (judge BPC)")
     ev.set_defaults(func=cmd_eval)
+
+    txt = sub.add_parser("generate", help="text from a language model (`train mdm` or `train ar`)")
+    txt.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint)")
+    txt.add_argument("--prompt", default="", help="text to continue (ar: required; mdm: a fixed "
+                     "prefix of the sample)")
+    txt.add_argument("--length", type=int, default=200, help="ar: characters to generate; mdm: "
+                     "sample length, prompt included, at most the context (default: 200)")
+    txt.add_argument("--num", type=int, default=1, help="samples (default: 1)")
+    txt.add_argument("--temperature", type=float, default=None, help=TEXT_HELP["temperature"])
+    txt.add_argument("--sample-steps", type=int, default=None, help=TEXT_HELP["sample_steps"])
+    txt.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help="ar: " + HELP["sampler"])
+    txt.add_argument("--grid", default=None, choices=CHOICES["grid"], help=TEXT_HELP["grid"])
+    txt.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    txt.add_argument("--device", default=None, help="auto (cuda when available), cpu or cuda")
+    txt.set_defaults(func=cmd_generate)
 
     smp = sub.add_parser("sample", help="a PNG grid of samples from a generator, one row per class")
     smp.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint of `train generate`)")
@@ -378,18 +533,24 @@ def main(argv: list[str] | None = None) -> None:
 
     cmp = sub.add_parser("compare", help="train end to end and DiffusionBlocks on the same "
                          "budget and print them side by side (the main job)")
-    cmp.add_argument("--task", default="classify", choices=("classify", "generate"),
-                     help="which family to compare: classify (ViT) or generate (DiT)")
+    cmp.add_argument("--task", default="classify", choices=("classify", "generate", *TEXT_TASKS),
+                     help="which family to compare: classify (ViT), generate (DiT), mdm "
+                     "(masked-diffusion LM) or ar (autoregressive LM)")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
     generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks
     _generate_args(generate_only, skip=("mode",))
-    taken = {a.dest for a in cmp._actions}
-    extra = cmp.add_argument_group("generate only")
-    for action in generate_only._actions:
-        if action.dest not in taken:
-            extra._add_action(action)
+    text_only = argparse.ArgumentParser(add_help=False)  # flags of the language models
+    _text_args(text_only, "mdm", skip=("mode",))
+    _add_fields(text_only, _text_class("ar"), skip=("mode", *(a.dest for a in text_only._actions)),
+                help=TEXT_HELP)
+    for title, flags in (("generate only", generate_only), ("language models (mdm, ar)", text_only)):
+        taken = {a.dest for a in cmp._actions}
+        extra = cmp.add_argument_group(title)
+        for action in flags._actions:
+            if action.dest not in taken and action.dest != "help":
+                extra._add_action(action)
     cmp.set_defaults(func=cmd_compare)
 
     merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")

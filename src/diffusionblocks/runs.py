@@ -60,3 +60,59 @@ def config_from_dict(cls, d: dict, nested: dict[str, type]):
             sub["betas"] = tuple(sub["betas"])  # JSON turns the AdamW tuple into a list
         d[key] = kind(**sub)
     return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
+              resumable: set[str], show: bool = True, desc: str = "train"):
+    """The training run every task shares: lock ``cfg.out``, resume from its checkpoint (same
+    config outside ``resumable``), log steps to metrics.jsonl, and every ``total // cfg.evals``
+    steps record ``evaluate(progress)`` (a dict) and write a checkpoint atomically.
+
+    Returns the final progress, the evaluation records and the measured step times.
+    """
+    from . import checkpoint
+    from .training import Progress, fit
+
+    out = Path(cfg.out)
+    with checkpoint.exclusive(out):
+        ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
+        progress, history = Progress(), []
+        try:
+            where = checkpoint.resolve(ckpt)
+        except FileNotFoundError:
+            where = None
+        if where is not None:
+            check_resumable(checkpoint.read_config(where), cfg.to_dict(), resumable, where)
+            checkpoint.load_parts(where, parts)
+            progress = checkpoint.load_training_state(where, strategy.optimizers)
+            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
+                    if r["step"] <= progress.step] if metrics_path.exists() else []
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            history = [r for r in kept if "seconds" not in r]
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        def log(record: dict) -> None:
+            if record["step"] % 10 == 1 or record["step"] == total:
+                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
+
+        def on_every(p: Progress) -> None:
+            with strategy.gathered():
+                record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
+                          "train_seconds": round(p.train_seconds, 3), **evaluate(p)}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.optimizers, p)
+
+        try:
+            with metrics_path.open("a") as log_file:
+                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
+                               max(1, total // cfg.evals), on_every, log, desc=desc, show=show)
+        finally:
+            if getattr(strategy, "offload", None):
+                strategy.offload.close()
+        step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
+                      if "seconds" in r]
+    return progress, history, step_times

@@ -76,20 +76,26 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Blockwise:
-    """One step: a uniformly random block, trained alone on its noise range."""
+    """One step: a uniformly random block, trained alone on its noise range.
+
+    ``model`` is a :class:`DiffusionBlocks` or any module with ``parts()``, ``num_blocks`` and
+    ``sizes`` (layers per block) when ``loss`` says how one block trains (masked diffusion).
+    """
 
     def __init__(
         self,
-        model: DiffusionBlocks,
+        model: DiffusionBlocks | nn.Module,
         cfg: OptimConfig,
         blocks: list[int] | None = None,
         offload: str | None = None,
         offload_dir: str | None = None,
+        loss: Callable[..., Tensor] | None = None,
     ):
         self.model, self.cfg = model, cfg
+        self.loss = loss or blockwise_loss  # loss(model, x, y, block, generator)
         self.trainable = blocks if blocks is not None else list(range(model.num_blocks))
         parts = model.parts()
-        names = ["shared"] + [f"block_{b}" for b in self.trainable]
+        names = [n for n in ["shared", *(f"block_{b}" for b in self.trainable)] if n in parts]
         self.optimizers = {n: o for n in names if (o := make_optimizer(parts[n], cfg)) is not None}
         blocks_only = {n: m for n, m in parts.items() if n != "shared"}
         self.offload = Offload(blocks_only, self.optimizers, offload, offload_dir) if offload else None
@@ -107,7 +113,7 @@ class Blockwise:
         b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
         if self.offload:
             self.offload.fetch(f"block_{b}")
-        loss = blockwise_loss(model, x, y, b, gen)
+        loss = self.loss(model, x, y, b, gen)
         active = [o for n, o in self.optimizers.items() if n in ("shared", f"block_{b}")]
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

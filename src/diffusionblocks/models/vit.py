@@ -52,15 +52,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def mix(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Multi-head attention before the output projection."""
+    def mix(self, h: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+        """Multi-head attention before the output projection. ``cache`` (a KV cache, see
+        models/lm.py) prepends a prefix's keys and values and supplies the mask."""
         n, t, w = h.shape
         q, k, v = self.qkv(h).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v, mask = cache.extend(k, v)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return a.transpose(1, 2).reshape(n, t, w)
 
-    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.out(self.mix(h, mask))
+    def forward(self, h: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+        return self.out(self.mix(h, mask, cache))
 
 
 class TransformerLayer(nn.Module):
@@ -80,12 +83,15 @@ class TransformerLayer(nn.Module):
             self.norm1 = nn.LayerNorm(width, eps=1e-6)
             self.norm2 = nn.LayerNorm(width, eps=1e-6)
 
-    def forward(self, h: Tensor, c: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, c: Tensor | None = None, mask: Tensor | None = None, cache=None) -> Tensor:
+        """``mask`` (T, T), True where a query may attend to a key; None: every token.
+        ``cache``: attend to a cached prefix too (generation; see models/lm.py)."""
         if c is None:
-            h = h + self.attn(self.norm1(h))
+            h = h + self.attn(self.norm1(h), mask, cache)
             return h + self.mlp(self.norm2(h))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
-        h = gated_residual(h, gate1, self.attn.mix(modulated_norm(h, shift1, scale1)), self.attn.out)
+        mixed = self.attn.mix(modulated_norm(h, shift1, scale1), mask, cache)
+        h = gated_residual(h, gate1, mixed, self.attn.out)
         hidden = self.mlp[1](self.mlp[0](modulated_norm(h, shift2, scale2)))
         return gated_residual(h, gate2, hidden, self.mlp[2])
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checkpoint, parallel
-from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, SharedParts, split_layers
+from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace, split_layers
 from ..data.images import DATASETS, Batches, ImageData, load_images
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
@@ -170,37 +170,14 @@ class ViTAdapter(Adapter):
         return self.read_out(self.norm(h[:, 0]))
 
 
-class LabelSpace(SharedParts):
-    """The target space shared by all blocks: a table of unit-length label embeddings.
+class LabelSpace(TokenSpace):
+    """The label table shared by all blocks (unit-length embeddings; see :class:`TokenSpace`).
 
-    Unit length (as the paper) hides the label from the noisy input for σ ≳ 0.5, so the first
-    block learns to classify from the image over its whole range. (Scaled up to per-coordinate
-    RMS σ_data, the label stays readable up to σ ≈ 3 and the first block mostly learns to copy
-    it: MNIST 85.8% vs 92.2% halfway through a budget.) Logits are read out of D against the
-    same table, and the sampler steps toward softmax(logits) @ table.
+    Unit length hides the label from the noisy input for σ ≳ 0.5, so the first block learns to
+    classify from the image over its whole range. (Scaled up to per-coordinate RMS σ_data, the
+    label stays readable up to σ ≈ 3 and the first block mostly learns to copy it: MNIST 85.8%
+    vs 92.2% halfway through a budget.)
     """
-
-    def __init__(self, num_classes: int, embed_dim: int):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.table = nn.Embedding(num_classes, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-
-    def embeddings(self) -> Tensor:
-        """The normalized label table used for targets, logits and the sampler."""
-        return F.normalize(self.table.weight, dim=1)
-
-    def target(self, y: Tensor) -> Tensor:
-        return self.embeddings()[y]
-
-    def logits(self, denoised: Tensor) -> Tensor:
-        return denoised @ self.embeddings().T * self.logit_scale.exp()
-
-    def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(self.logits(denoised), y, reduction="none")
-
-    def estimate(self, denoised: Tensor) -> Tensor:
-        return self.logits(denoised).softmax(-1) @ self.embeddings()
 
 
 def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:

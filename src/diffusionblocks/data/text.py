@@ -1,0 +1,133 @@
+"""Text from local files (or a Hugging Face ``datasets`` set), as character or byte tokens.
+
+``--data`` takes a path to any UTF-8 text file, ``tinyshakespeare`` (DATA/tinyshakespeare/
+input.txt, with DATA as for images: ``--data-dir``, ``$DIFFUSIONBLOCKS_DATA`` or ``./data``), or
+``hf:NAME[:CONFIG]`` for a ``datasets`` set with a ``text`` column (needs that package and the
+data in its cache). The text is split contiguously: the first 90% trains, the next 5% validates,
+the last 5% tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .images import data_dir
+
+NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt"}
+TOKENIZERS = ("char", "byte")
+SPLITS = (0.9, 0.05, 0.05)
+
+
+class Tokenizer:
+    """Characters (the vocabulary is the sorted set of characters of the whole text, as
+    nanoGPT's char-level models) or raw UTF-8 bytes (256 tokens, any text)."""
+
+    def __init__(self, kind: str, chars: str | None = None):
+        if kind not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZERS)}")
+        if kind == "char" and not chars:
+            raise ValueError("a char tokenizer needs its vocabulary (the characters of the text)")
+        self.kind, self.chars = kind, chars if kind == "char" else None
+        self.index = {c: i for i, c in enumerate(chars)} if kind == "char" else None
+
+    @classmethod
+    def fit(cls, kind: str, text: str) -> Tokenizer:
+        return cls(kind, "".join(sorted(set(text))) if kind == "char" else None)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) if self.kind == "char" else 256
+
+    def encode(self, text: str) -> Tensor:
+        if self.kind == "byte":
+            return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+        unknown = sorted(set(text) - self.index.keys())
+        if unknown:
+            raise ValueError(
+                f"characters {''.join(unknown)!r} are not in the model's vocabulary "
+                f"({self.vocab_size} characters); use only characters of its training text"
+            )
+        return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        if self.kind == "byte":
+            return bytes(ids).decode("utf-8", errors="replace")
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Tokenizer:
+        return cls(d["kind"], d.get("chars"))
+
+
+@dataclass
+class TextData:
+    """Token ids of the three contiguous splits, and the tokenizer that made them."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    tokenizer: Tokenizer
+
+
+def read_text(source: str, root: str | Path | None = None) -> str:
+    """The text behind ``source``: a file path, a named set, or ``hf:NAME[:CONFIG]``."""
+    if source.startswith("hf:"):
+        return _hf_text(source[3:])
+    path = data_dir(root) / NAMED[source] if source in NAMED else Path(source)
+    if not path.is_file():
+        where = f"--data-dir / $DIFFUSIONBLOCKS_DATA ({path.parent.parent})" if source in NAMED else "--data"
+        raise FileNotFoundError(
+            f"text file {path} does not exist; point {where} at it. Any UTF-8 text file works "
+            f"(--data path/to/file.txt); Tiny Shakespeare is {NAMED['tinyshakespeare']} in the "
+            "shared data folder"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def _hf_text(spec: str) -> str:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(f"--data hf:{spec} needs the `datasets` package (pip install datasets)") from e
+    name, _, config = spec.partition(":")
+    parts = datasets.load_dataset(name, config or None)
+    return "\n".join(t for split in parts.values() for t in split["text"])
+
+
+def load_text(source: str, root: str | Path | None = None, tokenizer: str | Tokenizer = "char") -> TextData:
+    """Tokenize ``source`` and split it 90/5/5, in order (no shuffling: no leak across splits)."""
+    text = read_text(source, root)
+    if len(text) < 1000:
+        raise ValueError(f"{source} holds {len(text)} characters; a language model needs at least 1,000")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.fit(tokenizer, text)
+    ids = tok.encode(text)
+    a = int(SPLITS[0] * len(ids))
+    b = a + int(SPLITS[1] * len(ids))
+    return TextData(ids[:a], ids[a:b], ids[b:], tok)
+
+
+class Windows:
+    """Step t's batch of random training windows (N, T), reproducible from (seed, t)."""
+
+    def __init__(self, ids: Tensor, batch_size: int, length: int, seed: int, device=None):
+        if len(ids) <= length:
+            raise ValueError(f"{len(ids)} training tokens cannot fill a window of {length}")
+        self.ids, self.batch_size, self.length, self.seed, self.device = ids, batch_size, length, seed, device
+
+    def __call__(self, t: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_033 + t)
+        starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g)
+        return torch.stack([self.ids[s : s + self.length] for s in starts.tolist()]).to(self.device)
+
+
+def chunks(ids: Tensor, length: int) -> list[Tensor]:
+    """Consecutive non-overlapping windows covering every token (the last may be shorter)."""
+    return [ids[i : i + length] for i in range(0, len(ids), length)]

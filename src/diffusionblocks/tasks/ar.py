@@ -1,0 +1,401 @@
+"""Autoregressive language model, end to end or as DiffusionBlocks (METHOD §9.2).
+
+End to end is an ordinary causal transformer trained on next-character cross-entropy.
+
+DiffusionBlocks denoises each next token: the target of position k is the unit-length embedding
+of token k + 1 (:class:`~diffusionblocks.blocks.TokenSpace`), noised with one σ per sequence.
+A block sees the clean tokens and a noisy copy side by side (2T positions): clean k attends to
+clean ≤ k; the noisy slot for token k + 1 attends to clean ≤ k and to itself only, and takes
+position index k + 1, the place its token will occupy. The answer never leaks through the mask
+(tests pin this). Each block has its own token stem and read-in/read-out; the token table is the
+shared target space. To generate, every new token runs the B-step sampler of METHOD §8 on one
+noisy slot against the clean prefix, whose keys and values are cached per σ of the grid (the
+clean tokens are conditioned on σ too, so each grid point has its own cache).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace
+from ..data.text import TextData, Windows
+from ..memory import activation_bytes
+from ..models.lm import (
+    CausalLM,
+    KVCache,
+    LMConfig,
+    TokenStem,
+    denoising_mask,
+    make_layers,
+    next_token_loss,
+    run_cached,
+)
+from ..noise import GRIDS, NoiseConfig, scalings
+from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
+from ..sampling import SAMPLERS, initial_noise
+from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched_budget
+from .text import LN2, TextConfig, batched, load_data, resolved, windows, write_comparison
+
+# Fields a resumed run may change; everything else must match the checkpoint.
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "sampler", "grid",
+             "sample_steps", "num_samples", "prompt_length", "sample_length", "temperature"}
+
+
+@dataclass
+class ARConfig(TextConfig):
+    """One autoregressive run. The noise partition is equal log-widths, as for classification
+    (a discrete target read from context; see tasks/classify.py), with the paper's γ = 0.1."""
+
+    blocks: int = 4
+    shared_policy: str = "frozen"
+    sampler: str = "euler"
+    grid: str = "equiprob"
+    sample_steps: int | None = None  # grid points; default B, one denoiser call per block
+    num_samples: int = 8
+    prompt_length: int = 32
+    sample_length: int = 128
+    temperature: float = 1.0
+    out: str = "runs/ar"
+    lm: LMConfig = field(default_factory=lambda: LMConfig(depth=8))
+    noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(gamma=0.1, partition="uniform"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("shared policy", self.shared_policy, SHARED_POLICIES)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("grid", self.grid, GRIDS)
+        check_at_least_one(self, ("num_samples", "prompt_length", "sample_length"))
+        if self.sample_steps is not None and self.sample_steps < 2:
+            raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
+        if self.prompt_length > self.lm.context:
+            raise ValueError(f"prompt_length {self.prompt_length} exceeds the context {self.lm.context}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {self.temperature}")
+
+    def to_dict(self) -> dict:
+        return {"task": "ar", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ARConfig:
+        return config_from_dict(cls, d, {"lm": LMConfig, "noise": NoiseConfig, "optim": OptimConfig})
+
+
+# --- the DiffusionBlocks model -----------------------------------------------------------------
+
+
+class ARAdapter(Adapter):
+    """A block's clean-token stem, the read-in of the noisy slots, and the read-out of F."""
+
+    def __init__(self, cfg: LMConfig, embed_dim: int):
+        super().__init__()
+        self.stem = TokenStem(cfg.vocab_size, cfg.width, cfg.context + 1)
+        self.read_in = nn.Linear(embed_dim, cfg.width)
+        nn.init.zeros_(self.read_in.weight)  # a fresh block starts from context alone
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.read_out = nn.Linear(cfg.width, embed_dim)
+
+    def slots(self, z_in: Tensor, start: int) -> Tensor:
+        """Noisy slots at positions start, start + 1, …"""
+        return self.read_in(z_in) + self.stem.pos[start : start + z_in.shape[1]]
+
+    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
+        return torch.cat([self.stem(x), self.slots(z_in, 1)], dim=1)
+
+    def attention_mask(self, x: Tensor) -> Tensor:
+        return denoising_mask(x.shape[1], x.device)
+
+    def read(self, h: Tensor) -> Tensor:
+        return self.read_out(self.norm(h))
+
+    def decode(self, h: Tensor, c: Tensor) -> Tensor:
+        return self.read(h[:, h.shape[1] // 2 :])
+
+
+def build(cfg: ARConfig) -> nn.Module:
+    """The model of ``cfg.mode``, initialized from ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    if cfg.mode == "e2e":
+        return CausalLM(cfg.lm, cfg.checkpointing)
+    width = cfg.lm.width
+    shared = TokenSpace(cfg.lm.vocab_size, width)
+    return DiffusionBlocks(
+        make_layers(cfg.lm, cond_dim=width), shared, lambda: ARAdapter(cfg.lm, width), cfg.blocks,
+        cond_dim=width, noise=cfg.noise, split=cfg.split, shared_policy=cfg.shared_policy,
+        checkpointing=cfg.checkpointing,
+    )
+
+
+def sigma_grid(cfg: ARConfig) -> Tensor:
+    """The inference grid: by default B points, one denoiser call per block."""
+    return GRIDS[cfg.grid](cfg.noise, cfg.sample_steps or max(cfg.blocks, 2))
+
+
+@torch.no_grad()
+def predict(model: DiffusionBlocks, x: Tensor, cfg: ARConfig, generator=None) -> Tensor:
+    """Teacher-forced logits (N, T, V) for the token after each position of ``x``: every slot
+    runs the sampler from noise against its own clean prefix (slots cannot see each other)."""
+    z = initial_noise((*x.shape, model.shared.embed_dim), cfg.noise.sigma_max, generator, x.device)
+    sigmas = sigma_grid(cfg)
+    z = SAMPLERS[cfg.sampler](model.denoiser(x), z, sigmas)
+    return model.shared.logits(model.denoise(z, float(sigmas[-1]), x))
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def pick(logits: Tensor, temperature: float, gen: torch.Generator) -> Tensor:
+    """(N, V) logits -> (N, 1) tokens: argmax at temperature 0, else a draw."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = (logits.float() / temperature).softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=gen).to(logits.device)
+
+
+class NextSlot:
+    """The noisy slot after a clean prefix, with the prefix's keys and values cached per grid σ.
+
+    ``denoise(z, σ)`` runs the block owning σ on the slot alone; ``append`` extends every cache
+    by new clean tokens. With ``cached`` False both recompute from the whole prefix instead
+    (the reference the cached path must equal).
+    """
+
+    def __init__(self, model: DiffusionBlocks, sigmas: Tensor, prefix: Tensor, cached: bool = True):
+        self.model, self.cached = model, cached
+        self.index = {float(s): i for i, s in enumerate(sigmas)}
+        self.owner = [model.route(float(s)) for s in sigmas]
+        device = prefix.device
+        c_noise = scalings(sigmas.float(), model.noise.sigma_data)[3].to(device)
+        self.cond = [model.blocks[b].noise_embed(c_noise[i : i + 1]) for i, b in enumerate(self.owner)]
+        self.caches = [[KVCache() for _ in model.blocks[b].layers] for b in self.owner]
+        self.prefix = prefix[:, :0]
+        self.append(prefix)
+
+    def append(self, tokens: Tensor) -> None:
+        if self.cached:
+            for i, b in enumerate(self.owner):
+                block = self.model.blocks[b]
+                h = block.adapter.stem(tokens, start=self.prefix.shape[1])
+                run_cached(block.layers, h, self.cond[i], self.caches[i], keep=True)
+        self.prefix = torch.cat([self.prefix, tokens], dim=1)
+
+    def denoise(self, z: Tensor, sigma: Tensor) -> Tensor:
+        """D(z, σ) of the slot, z (N, 1, d)."""
+        if not self.cached:
+            rest = z.new_zeros(z.shape[0], self.prefix.shape[1] - 1, z.shape[2])
+            return self.model.denoise(torch.cat([rest, z], dim=1), sigma, self.prefix)[:, -1:]
+        i = self.index[float(sigma)]
+        block = self.model.blocks[self.owner[i]]
+        s = torch.as_tensor(float(sigma), dtype=z.dtype, device=z.device)
+        c_skip, c_out, c_in, _ = scalings(s, self.model.noise.sigma_data)
+        h = block.adapter.slots(c_in * z, self.prefix.shape[1])
+        h = run_cached(block.layers, h, self.cond[i], self.caches[i], keep=False)
+        return c_skip * z + c_out * block.adapter.read(h)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: torch.Generator,
+             temperature: float = 1.0, cached: bool = True) -> Tensor:
+    """``prompt`` (N, P) followed by ``new`` generated tokens. The context is the last
+    ``context`` tokens; when it fills, it restarts from the last half (caches refilled)."""
+    model.eval()
+    ids, start = prompt, max(0, prompt.shape[1] - cfg.lm.context)
+    if isinstance(model, CausalLM):
+        for _ in range(new):
+            logits = model(ids[:, -cfg.lm.context :])[:, -1]
+            ids = torch.cat([ids, pick(logits, temperature, gen)], dim=1)
+        return ids
+    sigmas, shared = sigma_grid(cfg), model.shared
+    slot = NextSlot(model, sigmas, ids[:, start:], cached)
+    def estimate(z: Tensor, sigma: Tensor) -> Tensor:
+        return shared.estimate(slot.denoise(z, sigma))
+
+    for _ in range(new):
+        z = initial_noise((ids.shape[0], 1, shared.embed_dim), cfg.noise.sigma_max, gen, ids.device)
+        z = SAMPLERS[cfg.sampler](estimate, z, sigmas)
+        token = pick(shared.logits(slot.denoise(z, sigmas[-1]))[:, -1], temperature, gen)
+        ids = torch.cat([ids, token], dim=1)
+        if slot.prefix.shape[1] < cfg.lm.context:
+            slot.append(token)
+        else:
+            start = ids.shape[1] - cfg.lm.context // 2
+            slot = NextSlot(model, sigmas, ids[:, start:], cached)
+    return ids
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def test_windows(ids: Tensor, context: int) -> list[Tensor]:
+    """Windows of context + 1 tokens overlapping by one: every token but the first is a target."""
+    return [w for w in windows(ids, context + 1, overlap=1) if len(w) > 1]
+
+
+@torch.no_grad()
+def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 64) -> dict:
+    """Next-character accuracy over every target of ``pieces``; for the end-to-end model also
+    bits per character. DiffusionBlocks' accuracy is teacher-forced: the argmax of the final
+    denoise (σ_min) after the sampler, from the true prefix."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed + 777)
+    correct = nats = count = 0.0
+    for w in batched(pieces, batch):
+        w = w.to(device)
+        x, y = w[:, :-1], w[:, 1:]
+        logits = model(x) if isinstance(model, CausalLM) else predict(model, x, cfg, gen)
+        correct += (logits.argmax(-1) == y).sum().item()
+        nats += next_token_loss(logits, y).item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    if isinstance(model, CausalLM):
+        return {"test_bpc": nats / count / LN2, "next_char_accuracy": correct / count}
+    return {"teacher_forced_accuracy": correct / count}
+
+
+@torch.no_grad()
+def judge_bpc(judge: CausalLM, ids: Tensor, prompt_length: int) -> float:
+    """Bits per character of the generated part of ``ids`` (N, P + new) under ``judge``, each
+    character scored with up to ``context`` characters before it."""
+    judge.eval()
+    device = next(judge.parameters()).device
+    context, ids = judge.cfg.context, ids.to(device)
+    nats = []
+    for p in range(prompt_length, ids.shape[1]):
+        logits = judge(ids[:, max(0, p - context) : p])[:, -1]
+        nats.append(torch.nn.functional.cross_entropy(logits, ids[:, p], reduction="none"))
+    return torch.stack(nats).mean().item() / LN2
+
+
+def prompts(data: TextData, cfg: ARConfig) -> Tensor:
+    """``num_samples`` prompts: evenly spaced windows of the test split."""
+    starts = torch.linspace(0, len(data.test) - cfg.prompt_length - 1, cfg.num_samples).long()
+    return torch.stack([data.test[s : s + cfg.prompt_length] for s in starts.tolist()])
+
+
+def samples(model: nn.Module, cfg: ARConfig, data: TextData) -> Tensor:
+    """Continuations of :func:`prompts` (token ids, prompt included)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed + 2024)
+    return generate(model, cfg, prompts(data, cfg).to(device), cfg.sample_length, gen, cfg.temperature).cpu()
+
+
+def write_samples(ids: Tensor, cfg: ARConfig, data: TextData, path: Path) -> list[str]:
+    decode, p = data.tokenizer.decode, cfg.prompt_length
+    texts = [decode(s[:p]) + " ⟨⟩ " + decode(s[p:]) for s in ids]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n-----\n\n".join(texts) + "\n")
+    return texts
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
+          judge: CausalLM | None = None) -> dict:
+    """Train one mode (resuming from OUT/checkpoint), then score it and sample. ``judge``: an
+    end-to-end model that scores the samples (an end-to-end run judges its own)."""
+    data = data or load_data(cfg)
+    cfg = ARConfig.from_dict(resolved(cfg, data))
+    device = resolve_device(cfg.device)
+    model = build(cfg).to(device)
+    if cfg.mode == "dblocks":
+        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
+        strategy = Blockwise(model, cfg.optim)
+    else:
+        total, warmup = cfg.steps, cfg.optim.warmup
+        strategy = EndToEnd(model, next_token_loss, cfg.optim, cfg.lm.depth)
+    parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
+    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, cfg.seed, device)
+    val = test_windows(data.val, cfg.lm.context)[:64]
+
+    def batch_at(t: int) -> tuple[Tensor, Tensor]:
+        w = train_windows(t)
+        return w[:, :-1], w[:, 1:]
+
+    def on_eval(p) -> dict:
+        return {f"val_{k}": v for k, v in scores(model, val, cfg).items()}
+
+    progress, history, step_times = train_run(
+        cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}")
+    x, y = batch_at(0)
+    if isinstance(model, DiffusionBlocks):
+        per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
+                     for b in range(model.num_blocks)]
+    else:
+        per_block = [activation_bytes(lambda: next_token_loss(model(x), y), model)]
+    result = {
+        "task": "ar", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks, "steps": total,
+        "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "tokens_per_layer_eval": cfg.batch_size * cfg.lm.context * (2 if cfg.mode == "dblocks" else 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "activation_bytes_per_step": round(statistics.mean(per_block)),
+        "activation_mib": statistics.mean(per_block) / 2**20,
+        "history": history, "device": str(device),
+    }
+    if evaluate:
+        result |= evaluate_model(model, cfg, data, Path(cfg.out), judge)
+    (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
+                   judge: CausalLM | None = None) -> dict:
+    """Scores on every test character, samples, and their judge BPC when there is a judge."""
+    result = scores(model, test_windows(data.test, cfg.lm.context), cfg)
+    ids = samples(model, cfg, data)
+    result["samples"] = write_samples(ids, cfg, data, out / "samples.txt")
+    judge = judge if judge is not None else model if isinstance(model, CausalLM) else None
+    if judge is not None:
+        result["judge_bpc"] = judge_bpc(judge, ids, cfg.prompt_length)
+    return result
+
+
+def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ARConfig]:
+    """A trained model and its config from a checkpoint directory."""
+    from .. import checkpoint
+
+    path = checkpoint.resolve(path)
+    cfg = ARConfig.from_dict(checkpoint.read_config(path))
+    model = build(cfg)
+    parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
+    checkpoint.load_parts(path, parts)
+    return model.to(resolve_device(device)).eval(), cfg
+
+
+def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) -> str:
+    """Both modes on the same budget (end to end first: it judges both modes' samples)."""
+    if quick:
+        cfg = ARConfig.from_dict(cfg.to_dict() | {"steps": 30, "evals": 1, "num_samples": 2,
+                                                  "sample_length": 16})
+    results = {}
+    e2e = ARConfig.from_dict(cfg.to_dict() | {"mode": "e2e", "out": str(out / "e2e")})
+    results["e2e"] = train(e2e, show=show)
+    judge, _ = load(Path(e2e.out) / "checkpoint", e2e.device)
+    run = ARConfig.from_dict(cfg.to_dict() | {"mode": "dblocks", "out": str(out / "dblocks")})
+    results["dblocks"] = train(run, show=show, judge=judge)
+    return write_comparison(out, results, ROWS)
+
+
+ROWS = [  # (label, result key, format) of report.md
+    ("test BPC", "test_bpc", ".3f"),
+    ("next-char accuracy", "next_char_accuracy", ".4f"),
+    ("teacher-forced accuracy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("judge BPC of samples (e2e model as judge)", "judge_bpc", ".3f"),
+    ("blocks", "blocks", "d"),
+    ("training steps", "steps", "d"),
+    ("layer evaluations", "layer_evals", "d"),
+    ("tokens per layer evaluation", "tokens_per_layer_eval", "d"),
+    ("train seconds", "train_seconds", ".0f"),
+    ("seconds / step", "step_seconds", ".4f"),
+    ("activation MiB / step", "activation_mib", ".1f"),
+    ("parameters", "parameters", "d"),
+]

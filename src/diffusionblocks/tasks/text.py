@@ -1,0 +1,98 @@
+"""What the language-model tasks share: the run config, the data, evaluation windows and the
+side-by-side report."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..blocks import split_layers
+from ..data.text import TOKENIZERS, TextData, Tokenizer, load_text
+from ..models.lm import LMConfig
+from ..runs import check_at_least_one, check_choice, check_device_name
+
+MODES = ("e2e", "dblocks")
+LN2 = math.log(2)
+
+
+@dataclass
+class TextConfig:
+    """Fields every language-model run has. ``steps`` is the end-to-end budget; DiffusionBlocks
+    gets the same number of layer evaluations (B× the steps) unless ``match='steps'``."""
+
+    mode: str = "dblocks"
+    data: str = "tinyshakespeare"
+    data_dir: str | None = None
+    tokenizer: str = "char"
+    vocab: str | None = None  # the char tokenizer's characters, filled in from the data
+    blocks: int = 3
+    split: list[int] | None = None
+    steps: int = 2000
+    match: str = "layers"
+    batch_size: int = 32
+    seed: int = 0
+    evals: int = 5
+    device: str = "auto"
+    checkpointing: bool = False
+    out: str = "runs/lm"
+    lm: LMConfig = field(default_factory=LMConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        check_choice("budget match", self.match, ("layers", "steps"))
+        check_at_least_one(self, ("steps", "batch_size", "evals", "blocks"))
+        check_device_name(self.device)
+        if self.mode == "dblocks":
+            split_layers(self.lm.depth, self.blocks, self.split)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.blocks if self.mode == "dblocks" else 1
+
+
+def load_data(cfg: TextConfig) -> TextData:
+    """The run's text, tokenized with the checkpoint's vocabulary when it has one."""
+    tok = Tokenizer(cfg.tokenizer, cfg.vocab) if cfg.vocab or cfg.tokenizer == "byte" else cfg.tokenizer
+    return load_text(cfg.data, cfg.data_dir, tok)
+
+
+def resolved(cfg: TextConfig, data: TextData) -> dict:
+    """``cfg`` as a dict with what the data decides filled in: vocabulary and its size."""
+    lm = asdict(cfg.lm) | {"vocab_size": data.tokenizer.vocab_size}
+    return asdict(cfg) | {"vocab": data.tokenizer.chars, "lm": lm}
+
+
+def windows(ids: Tensor, length: int, overlap: int = 0) -> list[Tensor]:
+    """Consecutive windows of ``length`` tokens, each sharing ``overlap`` with the previous one,
+    that together cover every token (the last may be shorter)."""
+    step = length - overlap
+    return [ids[i : i + length] for i in range(0, max(1, len(ids) - overlap), step)]
+
+
+def batched(pieces: list[Tensor], batch: int):
+    """Equal-length pieces in batches of ``batch`` (N, T), then any shorter last piece alone."""
+    full = [p for p in pieces if len(p) == len(pieces[0])]
+    for i in range(0, len(full), batch):
+        yield torch.stack(full[i : i + batch])
+    for p in pieces[len(full):]:
+        yield p[None]
+
+
+def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, str, str]]) -> str:
+    """report.json (results per mode) and report.md: a table of ``rows`` (label, key, format)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    modes = list(results)
+    lines = ["| | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+    for label, key, fmt in rows:
+        cells = [format(results[m][key], fmt) if results[m].get(key) is not None else "—" for m in modes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(table)
+    return table

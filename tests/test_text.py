@@ -1,0 +1,291 @@
+"""Language models: text data, the masked-diffusion bound and sampler, the autoregressive mask,
+cached generation, training behaviour and the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffusionblocks import cli
+from diffusionblocks.data.text import Tokenizer, Windows, load_text
+from diffusionblocks.models.lm import LMConfig, denoising_mask
+from diffusionblocks.tasks import ar, mdm
+from diffusionblocks.tasks.text import windows
+from diffusionblocks.training import Blockwise, OptimConfig, step_generator
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 200 + "pack my box with five dozen jugs!\n" * 100
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text(text_file):
+    return load_text(str(text_file))
+
+
+def tiny_lm(vocab: int, **overrides) -> LMConfig:
+    return LMConfig(**({"vocab_size": vocab, "context": 16, "width": 32, "depth": 4, "heads": 2} | overrides))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_tokenizer_round_trips(kind):
+    sample = "To be, or not to be:\nthat is the question. Ünïcödé"
+    tok = Tokenizer.fit(kind, sample)
+    assert tok.decode(tok.encode(sample)) == sample
+    assert Tokenizer.from_dict(tok.to_dict()).encode(sample).tolist() == tok.encode(sample).tolist()
+    assert tok.vocab_size == (len(set(sample)) if kind == "char" else 256)
+
+
+def test_char_tokenizer_refuses_unknown_characters():
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        Tokenizer.fit("char", "abc").encode("abd")
+
+
+def test_splits_are_contiguous_and_cover_the_text(text):
+    tok = text.tokenizer
+    assert tok.decode(torch.cat([text.train, text.val, text.test])) == TEXT
+    assert len(text.train) == int(0.9 * len(TEXT))
+
+
+def test_missing_text_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Any UTF-8 text file works"):
+        load_text(str(tmp_path / "absent.txt"))
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_text("tinyshakespeare", tmp_path)
+
+
+def test_tiny_shakespeare_loads(data_dir):
+    data = load_text("tinyshakespeare", data_dir)
+    assert data.tokenizer.vocab_size == 65
+    assert len(data.train) + len(data.val) + len(data.test) == 1_115_394
+
+
+def test_windows_cover_every_token_once():
+    ids = torch.arange(50)
+    assert torch.cat(windows(ids, 16)).tolist() == ids.tolist()
+    pieces = windows(ids, 17, overlap=1)  # autoregressive evaluation: targets are ids[1:]
+    assert torch.cat([p[1:] for p in pieces]).tolist() == ids[1:].tolist()
+
+
+def test_training_windows_are_reproducible_per_step(text):
+    a, b = Windows(text.train, 4, 16, seed=3), Windows(text.train, 4, 16, seed=3)
+    assert torch.equal(a(7), b(7)) and not torch.equal(a(7), a(8))
+
+
+# --- masked diffusion --------------------------------------------------------------------------
+
+
+def test_mdm_intervals_and_routing_follow_equal_drops_in_alpha():
+    model = mdm.MaskedDiffusion(tiny_lm(10, depth=6), blocks=3)
+    bounds = [t for b in range(3) for t in model.interval(b)]
+    assert bounds == pytest.approx([2 / 3, 1, 1 / 3, 2 / 3, 0, 1 / 3])
+    assert [model.route(t) for t in (1.0, 0.9, 2 / 3, 0.5, 1 / 3, 0.1, 0.0)] == [0, 0, 1, 1, 2, 2, 2]
+
+
+def test_mdm_bound_of_uniform_logits_is_log2_vocab():
+    """With all-zero logits every masked token costs ln V, and (1/t)·E[#masked] = T: the bound
+    is exactly log2 V in expectation, whatever the masks."""
+    model = mdm.MaskedDiffusion(tiny_lm(12), blocks=2)
+    for blk in model.blocks:
+        torch.nn.init.zeros_(blk.adapter.head.weight)
+        torch.nn.init.zeros_(blk.adapter.head.bias)
+    pieces = windows(torch.randint(12, (16 * 40 + 5,)), 16)
+    bpc, stderr = mdm.bound(model, pieces, passes=64)
+    assert 0 < stderr < 0.1
+    assert abs(bpc - math.log2(12)) < 4 * stderr
+
+
+def test_mdm_bound_over_blocks_sums_each_interval_with_its_own_block():
+    """B identical blocks must give the end-to-end (B = 1) bound of that network: the per-interval
+    integrals add up to the whole one."""
+    e2e = mdm.MaskedDiffusion(tiny_lm(12, depth=2), blocks=1)
+    three = mdm.MaskedDiffusion(tiny_lm(12, depth=6), blocks=3)
+    for blk in three.blocks:
+        blk.load_state_dict(e2e.blocks[0].state_dict())
+    for p in e2e.parameters():
+        p.data += 0.05 * torch.randn_like(p)  # non-trivial logits …
+    for blk in three.blocks:
+        blk.load_state_dict(e2e.blocks[0].state_dict())  # … in both models
+    pieces = windows(torch.randint(12, (16 * 30,)), 16)
+    assert mdm.bound(three, pieces, 4, seed=1) == pytest.approx(mdm.bound(e2e, pieces, 4, seed=1), rel=1e-5)
+
+
+def test_mdm_block_step_moves_only_its_block(text):
+    model = mdm.MaskedDiffusion(tiny_lm(text.tokenizer.vocab_size, depth=6), blocks=3)
+    strategy = Blockwise(model, OptimConfig(lr=1e-2), loss=mdm.masked_loss)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    y = Windows(text.train, 8, 16, 0)(0)
+    record = strategy.step(y, y, step_generator(0, 0))
+    b = record["block"]
+    for name, p in model.named_parameters():
+        if int(name.split(".")[1]) != b:
+            assert p.grad is None and torch.equal(p, before[name]), name
+    active = dict(model.blocks[b].named_parameters())
+    assert all(p.grad is not None for p in active.values())
+    assert sum(not torch.equal(p, before[f"blocks.{b}.{n}"]) for n, p in active.items()) > len(active) // 2
+    assert record["layers"] == 2
+
+
+def test_mdm_sampler_keeps_the_prompt_and_unmasks_everything():
+    model = mdm.MaskedDiffusion(tiny_lm(10, depth=3), blocks=3).eval()
+    prompt = torch.tensor([1, 2, 3])
+    out = mdm.sample(model, 2, 12, 6, torch.Generator().manual_seed(0), prompt=prompt)
+    assert out.shape == (2, 12) and (out[:, :3] == prompt).all()
+    assert (out < 10).all()  # no [MASK] left
+    again = mdm.sample(model, 2, 12, 6, torch.Generator().manual_seed(0), prompt=prompt)
+    assert torch.equal(out, again)
+
+
+def test_mdm_resume_equals_an_uninterrupted_run(text_file, tmp_path):
+    base = dict(data=str(text_file), device="cpu", batch_size=4, evals=2, bound_passes=2, blocks=2,
+                num_samples=1, sample_length=8, sample_steps=4, lm=tiny_lm(1, context=16))
+    whole = mdm.train(mdm.MDMConfig(steps=8, out=str(tmp_path / "a"), **base), show=False, evaluate=False)
+    mdm.train(mdm.MDMConfig(steps=4, out=str(tmp_path / "b"), **base), show=False, evaluate=False)
+    resumed = mdm.train(mdm.MDMConfig(steps=8, out=str(tmp_path / "b"), **base), show=False, evaluate=False)
+    assert whole["steps"] == resumed["steps"] == 16
+    a, _ = mdm.load(tmp_path / "a" / "checkpoint")
+    b, _ = mdm.load(tmp_path / "b" / "checkpoint")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+# --- autoregressive ----------------------------------------------------------------------------
+
+
+def test_denoising_mask_by_hand():
+    m = denoising_mask(3).int().tolist()
+    assert m == [[1, 0, 0, 0, 0, 0],
+                 [1, 1, 0, 0, 0, 0],
+                 [1, 1, 1, 0, 0, 0],
+                 [1, 0, 0, 1, 0, 0],
+                 [1, 1, 0, 0, 1, 0],
+                 [1, 1, 1, 0, 0, 1]]
+
+
+def ar_model(vocab=11, blocks=2, **overrides):
+    cfg = ar.ARConfig(blocks=blocks, prompt_length=4, lm=tiny_lm(vocab), device="cpu", **overrides)
+    model = ar.build(cfg).eval()
+    for p in model.parameters():  # AdaLN-Zero starts as the identity: give every path weight
+        p.data += 0.2 * torch.randn_like(p)
+    return model, cfg
+
+
+def test_noisy_slot_never_sees_its_answer_or_later_tokens():
+    """Slot k denoises token i = k + 1. Changing clean token i or any later one, or another slot's
+    noisy input, leaves slot k's output unchanged; changing a token before i changes it."""
+    model, _ = ar_model()
+    x = torch.randint(11, (1, 12))
+    z = torch.randn(1, 12, model.shared.embed_dim)
+    k = 6
+
+    def slot(x, z):
+        return model.denoise(z, 1.5, x)[0, k]
+
+    ref = slot(x, z)
+    for j in range(k + 1, 12):  # clean token i = k + 1 and later
+        changed = x.clone()
+        changed[0, j] = (x[0, j] + 1) % 11
+        assert torch.allclose(slot(changed, z), ref, atol=1e-6), j
+    other = z.clone()
+    other[0, k + 1 :] += 1
+    other[0, :k] += 1
+    assert torch.allclose(slot(x, other), ref, atol=1e-6)
+    for j in range(k + 1):
+        changed = x.clone()
+        changed[0, j] = (x[0, j] + 1) % 11
+        assert not torch.allclose(slot(changed, z), ref, atol=1e-4), j
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_cached_generation_equals_uncached(sampler):
+    model, cfg = ar_model(blocks=2, sampler=sampler)
+    prompt = torch.randint(11, (2, 5))
+    # 5 + 20 tokens overflow the context of 16, so the window restarts (caches refilled) too
+    a = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=True)
+    b = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=False)
+    assert a.shape == (2, 25) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
+
+
+def test_generation_runs_one_block_per_grid_point():
+    model, cfg = ar_model(blocks=2)
+    calls = []
+    for b, blk in enumerate(model.blocks):
+        blk.register_forward_hook(lambda *_, b=b: calls.append(b))
+    slot = ar.NextSlot(model, ar.sigma_grid(cfg), torch.randint(11, (1, 4)), cached=False)
+    for s in ar.sigma_grid(cfg):
+        slot.denoise(torch.randn(1, 1, model.shared.embed_dim), s)
+    assert calls == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["e2e", "dblocks"])
+def test_both_modes_learn_a_repetitive_text_far_beyond_chance(text, mode):
+    cfg = ar.ARConfig(mode=mode, blocks=2, batch_size=16, steps=60, prompt_length=4, device="cpu",
+                      lm=tiny_lm(text.tokenizer.vocab_size), optim=OptimConfig(lr=3e-3, warmup=10))
+    model = ar.build(cfg)
+    if mode == "e2e":
+        from diffusionblocks.models.lm import next_token_loss
+        from diffusionblocks.training import EndToEnd
+
+        strategy, steps = EndToEnd(model, next_token_loss, cfg.optim, 4), 150
+    else:
+        strategy, steps = Blockwise(model, cfg.optim), 300
+    win = Windows(text.train, 16, 17, 0)
+    for t in range(steps):
+        w = win(t)
+        strategy.step(w[:, :-1], w[:, 1:], step_generator(0, t))
+    result = ar.scores(model, ar.test_windows(text.test, 16), cfg)
+    accuracy = result["next_char_accuracy" if mode == "e2e" else "teacher_forced_accuracy"]
+    assert accuracy > 0.8  # chance is 1/30
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+TINY = ["--width", "32", "--depth", "4", "--heads", "2", "--context", "16", "--batch-size", "4",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.parametrize("task", ["mdm", "ar"])
+def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
+    out = tmp_path / task
+    blocks = "2" if task == "ar" else "4"
+    cli.main(["compare", "--task", task, "--quick", "--data", str(text_file), "--out", str(out),
+              "--blocks", blocks, "--prompt-length", "4", *TINY])
+    report = json.loads((out / "report.json").read_text())
+    if task == "mdm":
+        keys = {"test_bpc", "bpc_stderr"}
+        assert all(keys <= set(report[m]) for m in ("e2e", "dblocks"))
+    else:
+        assert {"test_bpc", "next_char_accuracy", "judge_bpc"} <= set(report["e2e"])
+        assert {"teacher_forced_accuracy", "judge_bpc"} <= set(report["dblocks"])
+    assert report["dblocks"]["layer_evals"] == report["e2e"]["layer_evals"]
+    capsys.readouterr()
+    ckpt = str(out / "dblocks" / "checkpoint")
+    cli.main(["generate", ckpt, "--prompt", "the ", "--length", "12", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("the ") and len(printed.strip()) == 12 + (4 if task == "ar" else 0)
+    judge = ["--judge", str(out / "e2e" / "checkpoint")] if task == "ar" else []
+    cli.main(["eval", ckpt, "--device", "cpu", "--out", str(tmp_path / "ev"), *judge])
+    evaluated = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert evaluated["task"] == task and evaluated["mode"] == "dblocks"
+
+
+def test_cli_refuses_text_flags_for_classify_and_bad_text_configs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--task", "classify", "--data", "x.txt", "--quick"])
+    assert "--data applies to --task mdm or ar" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot cut 4 layers into 5 blocks"):
+        mdm.MDMConfig(blocks=5, lm=tiny_lm(10))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        ar.ARConfig(tokenizer="words")
+    with pytest.raises(ValueError, match="prompt_length 32 exceeds the context 16"):
+        ar.ARConfig(lm=tiny_lm(10))
