@@ -35,12 +35,12 @@ from ..runs import (
     check_at_least_one,
     check_choice,
     check_device_name,
-    check_resumable,
     config_from_dict,
     resolve_device,
+    train_run,
 )
 from ..sampling import SAMPLERS, Denoiser, initial_noise
-from ..training import Blockwise, OptimConfig, Progress, blockwise_loss, fit, matched_budget
+from ..training import Blockwise, OptimConfig, blockwise_loss, matched_budget
 
 MODES = ("e2e", "dblocks")
 # Per-dataset defaults: patch size and end-to-end training steps at batch 64.
@@ -325,65 +325,27 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     batch_at = training_batches(cfg, data, device)
     held_out = data.x_test[:1000], data.y_test[:1000]
 
-    with checkpoint.exclusive(out):
-        ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
-        progress, history = Progress(), []
-        try:
-            where = checkpoint.resolve(ckpt)
-        except FileNotFoundError:
-            where = None
-        if where is not None:
-            check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
-            checkpoint.load_parts(where, model.parts())
-            progress = checkpoint.load_training_state(where, strategy.optimizers)
-            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
-                    if r["step"] <= progress.step] if metrics_path.exists() else []
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            history = [r for r in kept if "test_loss" in r]
-        elif metrics_path.exists():
-            metrics_path.unlink()
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    def on_eval(p) -> dict:
+        return {"test_loss": test_loss(model, *held_out, seed=cfg.seed)}
 
-        def log(record: dict) -> None:
-            if record["step"] % 10 == 1 or record["step"] == total:
-                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
-
-        def on_every(p: Progress) -> None:
-            with strategy.gathered():
-                record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
-                          "train_seconds": round(p.train_seconds, 3),
-                          "test_loss": test_loss(model, *held_out, seed=cfg.seed)}
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                checkpoint.save(ckpt, model.parts(), cfg.to_dict(), strategy.optimizers, p)
-
-        try:
-            with metrics_path.open("a") as log_file:
-                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
-                               max(1, total // cfg.evals), on_every, log,
-                               desc=f"{cfg.mode} {cfg.dataset}", show=show)
-        finally:
-            if strategy.offload:
-                strategy.offload.close()
-        step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
-                      if "seconds" in r]
-        x, y = batch_at(0)
-        per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
-                     for b in range(model.num_blocks)]
-        result = {
-            "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "steps": total,
-            "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
-            "step_seconds": statistics.median(step_times) if step_times else None,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "activation_bytes_per_step": round(statistics.mean(per_block)),
-            "history": history, "device": str(device),
-            "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
-            "guidance": cfg.guidance,
-        }
-        if evaluate:
-            result |= evaluate_model(model, cfg, data, out, show)
-        (out / "result.json").write_text(json.dumps(result, indent=2))
+    progress, history, step_times = train_run(cfg, strategy, model.parts(), batch_at, total, warmup,
+                                              on_eval, RESUMABLE, show, desc=f"{cfg.mode} {cfg.dataset}")
+    x, y = batch_at(0)
+    per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
+                 for b in range(model.num_blocks)]
+    result = {
+        "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "steps": total,
+        "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "activation_bytes_per_step": round(statistics.mean(per_block)),
+        "history": history, "device": str(device),
+        "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
+        "guidance": cfg.guidance,
+    }
+    if evaluate:
+        result |= evaluate_model(model, cfg, data, out, show)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
