@@ -289,3 +289,84 @@ def test_cli_refuses_text_flags_for_classify_and_bad_text_configs(capsys):
         ar.ARConfig(tokenizer="words")
     with pytest.raises(ValueError, match="prompt_length 32 exceeds the context 16"):
         ar.ARConfig(lm=tiny_lm(10))
+
+
+def test_bad_text_input_gets_one_readable_error(tmp_path, monkeypatch, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    with pytest.raises(ValueError, match="holds 9 characters; a language model needs at least 1,000"):
+        load_text(str(short))
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)
+    with pytest.raises(ImportError, match="pip install datasets"):
+        load_text("hf:tiny_shakespeare")
+    for bad, match in [(dict(temperature=-1), "temperature must be ≥ 0"),
+                       (dict(bound_passes=1), "bound_passes must be at least 2"),
+                       (dict(sample_length=200), "sample_length 200 exceeds the context 128")]:
+        with pytest.raises(ValueError, match=match):
+            mdm.MDMConfig(**bad)
+    image = tmp_path / "image_ckpt"
+    image.mkdir()
+    (image / "config.json").write_text(json.dumps({"task": "generate"}))
+    with pytest.raises(SystemExit):
+        cli.main(["generate", str(image), "--prompt", "hi"])
+    assert "`diffusionblocks sample`" in capsys.readouterr().err
+
+
+# --- recurrent depth -----------------------------------------------------------------------------
+
+
+def recurrent_model(mode, **overrides):
+    from diffusionblocks.tasks import recurrent
+
+    cfg = recurrent.RecurrentConfig(mode=mode, prompt_length=4, device="cpu", lm=tiny_lm(11), **overrides)
+    model = recurrent.build(cfg)
+    calls = []
+    core = model.core if mode == "baseline" else model.blocks[0].layers
+    core[0].register_forward_hook(lambda *_: calls.append(1))
+    return recurrent, cfg, model, calls
+
+
+def test_recurrent_dblocks_trains_one_core_pass_and_infers_with_k():
+    recurrent, cfg, model, calls = recurrent_model("dblocks")
+    strategy = recurrent.make_strategy(model, cfg)
+    x = torch.randint(11, (4, 16))
+    record = strategy.step(x, x, step_generator(0, 0))
+    assert len(calls) == 1 and record["layers"] == cfg.prelude + cfg.core + cfg.coda == 8
+    for k in (1, 3, 8):
+        calls.clear()
+        ar.predict(model, x, recurrent.with_depth(model, cfg, k))
+        assert len(calls) == k
+
+
+def test_recurrent_baseline_unrolls_a_random_depth_and_truncates_backprop():
+    recurrent, cfg, model, calls = recurrent_model("baseline")
+    strategy = recurrent.make_strategy(model, cfg)
+    x = torch.randint(11, (4, 16))
+    record = strategy.step(x, x, step_generator(0, 3))
+    assert len(calls) == record["depth"] and record["layers"] == 2 + 4 * record["depth"] + 2
+    depths = [recurrent.draw_depth(8, torch.Generator().manual_seed(s)) for s in range(2000)]
+    assert abs(sum(depths) / len(depths) - 8) < 0.3 and min(depths) >= 1
+    # only the last backprop_depth iterations keep a graph: activations grow with them, not depth
+    from diffusionblocks.memory import activation_bytes
+    from diffusionblocks.models.lm import next_token_loss
+
+    def saved(depth, tracked):
+        return activation_bytes(lambda: next_token_loss(model(x, depth, tracked), x), model)
+
+    assert saved(12, 4) == saved(6, 4) < saved(6, 6)
+
+
+def test_cli_compare_recurrent_quick(text_file, tmp_path, capsys):
+    out = tmp_path / "rec"
+    cli.main(["compare", "--task", "recurrent", "--quick", "--data", str(text_file), "--out", str(out),
+              "--prompt-length", "4", *TINY])
+    report = json.loads((out / "report.json").read_text())
+    for mode in ("baseline", "dblocks"):
+        keys = {"layer_evals_per_step", "train_seconds", "activation_bytes_per_step", "judge_bpc"}
+        assert keys <= set(report[mode])
+    assert report["dblocks"]["layer_evals_per_step"] == 8
+    assert (out / "quality_vs_k.png").stat().st_size > 0
+    capsys.readouterr()
+    cli.main(["generate", str(out / "dblocks" / "checkpoint"), "--prompt", "the ", "--length", "6",
+              "--sample-steps", "3", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("the ")

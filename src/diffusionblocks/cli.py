@@ -119,7 +119,16 @@ TEXT_HELP = {
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay (matrices only)",
 }
-TEXT_TASKS = ("mdm", "ar")
+TEXT_TASKS = ("mdm", "ar", "recurrent")
+TEXT_HELP |= {
+    "prelude": "recurrent: prelude layers (embed the prompt)",
+    "core": "recurrent: layers of the recurrent core",
+    "coda": "recurrent: coda layers (read out)",
+    "mean_depth": "recurrent baseline: mean core iterations per training step (random, as Huginn)",
+    "backprop_depth": "recurrent baseline: backpropagate through the last N iterations only",
+    "depth_k": "recurrent: core iterations K at inference (DiffusionBlocks: a K-point σ grid)",
+    "k_sweep": "recurrent: the K values at which test accuracy is also reported and plotted",
+}
 
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
@@ -132,6 +141,7 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
 def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None,
                 help: dict | None = None) -> None:
     help = HELP | (help or {})
+    choices = CHOICES | {"mode": getattr(cls, "MODES", CHOICES["mode"])}
     group = parser.add_argument_group(title) if title else parser
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name not in help:
@@ -145,7 +155,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None
             group.add_argument(flag, action="store_true", default=None, help=help[f.name])
         else:
             shown = "" if default is None or "default" in help[f.name] else f" (default: {default})"
-            group.add_argument(flag, type=_TYPES[base], default=None, choices=CHOICES.get(f.name),
+            group.add_argument(flag, type=_TYPES[base], default=None, choices=choices.get(f.name),
                                help=help[f.name] + shown)
 
 
@@ -203,21 +213,18 @@ def _text_args(parser: argparse.ArgumentParser, task: str, skip=()) -> None:
     from .models.lm import LMConfig
 
     cls = _text_class(task)
-    _add_fields(parser, cls, skip=skip, help=TEXT_HELP)
-    _add_fields(parser, LMConfig, skip=("vocab_size",), title="model", help=TEXT_HELP)
-    if task == "ar":
+    layered = task == "recurrent"  # prelude / core / coda instead of blocks of a depth
+    _add_fields(parser, cls, skip=(*skip, "blocks", "split", "match") if layered else skip, help=TEXT_HELP)
+    _add_fields(parser, LMConfig, skip=("vocab_size", "depth") if layered else ("vocab_size",),
+                title="model", help=TEXT_HELP)
+    if task != "mdm":
         _add_fields(parser, NoiseConfig, title="noise", help=TEXT_HELP)
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=TEXT_HELP)
 
 
 def _text_class(task: str):
-    if task == "mdm":
-        from .tasks.mdm import MDMConfig
-
-        return MDMConfig
-    from .tasks.ar import ARConfig
-
-    return ARConfig
+    names = {"mdm": "MDMConfig", "ar": "ARConfig", "recurrent": "RecurrentConfig"}
+    return getattr(_text_module(task), names[task])
 
 
 def _text_config(args: argparse.Namespace, task: str, **extra):
@@ -227,15 +234,15 @@ def _text_config(args: argparse.Namespace, task: str, **extra):
     base = cls()
     nested = {"lm": _filled(LMConfig, args, skip=("vocab_size",), base=base.lm),
               "optim": _filled(OptimConfig, args, base=base.optim)}
-    if task == "ar":
+    if task != "mdm":
         nested["noise"] = _filled(NoiseConfig, args, base=base.noise)
     return _filled(cls, args, **nested, **extra)
 
 
 def _text_module(task: str):
-    from .tasks import ar, mdm
+    from .tasks import ar, mdm, recurrent
 
-    return {"mdm": mdm, "ar": ar}[task]
+    return {"mdm": mdm, "ar": ar, "recurrent": recurrent}[task]
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -318,7 +325,7 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
     if args.judge:
         judge, _ = _text_module("ar").load(args.judge, device=args.device or "auto")
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
-    extra = {"judge": judge} if task == "ar" else {}
+    extra = {"judge": judge} if task != "mdm" else {}
     result = module.evaluate_model(model, cfg, load_data(cfg), out, **extra)
     result |= {"checkpoint": str(args.checkpoint), "task": task, "mode": cfg.mode, "data": cfg.data}
     out.mkdir(parents=True, exist_ok=True)
@@ -335,19 +342,27 @@ def cmd_generate(args: argparse.Namespace) -> None:
     task = checkpoint.read_config(args.checkpoint).get("task")
     if task not in TEXT_TASKS:
         raise ValueError(f"{args.checkpoint} is a {task} checkpoint; `generate` continues text from "
-                         "`train mdm` or `train ar` checkpoints (images: `diffusionblocks sample`)")
+                         "`train mdm|ar|recurrent` checkpoints (images: `diffusionblocks sample`)")
     module = _text_module(task)
     model, cfg = module.load(args.checkpoint, device=args.device or "auto")
-    names = ("temperature", "sample_steps", "sampler", "grid")
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in vars(args).items() if k in names and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in ("temperature", "sample_steps", "sampler", "grid")
+             and v is not None}
+    if task == "recurrent" and "sample_steps" in given:
+        given["depth_k"] = given.pop("sample_steps")  # K: core iterations
+    cfg = dataclasses.replace(cfg, **given)
     tok = Tokenizer(cfg.tokenizer, cfg.vocab)
     device = next(model.parameters()).device
     prompt = tok.encode(args.prompt).to(device)
     gen = torch.Generator().manual_seed(args.seed)
-    if task == "ar":
+    if task != "mdm":
         if not len(prompt):
             raise ValueError("an autoregressive model needs a prompt of at least one character")
-        ids = module.generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen, cfg.temperature)
+        if task == "recurrent":
+            from .tasks.recurrent import with_depth
+
+            with_depth(model, cfg, cfg.depth_k)
+        ids = _text_module("ar").generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen,
+                                          cfg.temperature, cached=task == "ar")
     else:
         if args.length > cfg.lm.context or len(prompt) >= args.length:
             raise ValueError(f"a masked-diffusion sample has at most {cfg.lm.context} characters "
@@ -392,11 +407,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(generate.compare(cfg, out, quick=args.quick, show=not args.quiet))
         return
     text_only = ("data", "tokenizer", "context", "bound_passes", "sample_length", "prompt_length",
-                 "temperature")
+                 "temperature", "prelude", "core", "coda", "mean_depth", "backprop_depth", "depth_k")
     stray = [k for k in ("guidance", "num_samples", "class_dropout", "feature_steps", *text_only)
              if getattr(args, k, None) is not None]
     if stray:
-        where = "--task mdm or ar" if stray[0] in text_only else "--task generate"
+        where = "--task mdm, ar or recurrent" if stray[0] in text_only else "--task generate"
         raise ValueError(f"--{stray[0].replace('_', '-')} applies to {where}")
     from .tasks import classify
 
@@ -477,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=cmd_train)
     for task, about in (("mdm", "masked-diffusion language model (MD4-style)"),
-                        ("ar", "autoregressive language model")):
+                        ("ar", "autoregressive language model"),
+                        ("recurrent", "recurrent-depth language model (unrolled baseline or one denoiser)")):
         text = train_tasks.add_parser(task, help=about)
         _text_args(text, task)
         text.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -504,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
                     "scores the samples (judge BPC)")
     ev.set_defaults(func=cmd_eval)
 
-    txt = sub.add_parser("generate", help="text from a language model (`train mdm` or `train ar`)")
+    txt = sub.add_parser("generate", help="text from a language model (`train mdm|ar|recurrent`)")
     txt.add_argument("checkpoint", help="checkpoint directory (OUT/checkpoint)")
     txt.add_argument("--prompt", default="", help="text to continue (ar: required; mdm: a fixed "
                      "prefix of the sample)")
@@ -512,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
                      "sample length, prompt included, at most the context (default: 200)")
     txt.add_argument("--num", type=int, default=1, help="samples (default: 1)")
     txt.add_argument("--temperature", type=float, default=None, help=TEXT_HELP["temperature"])
-    txt.add_argument("--sample-steps", type=int, default=None, help=TEXT_HELP["sample_steps"])
+    txt.add_argument("--sample-steps", type=int, default=None, help=TEXT_HELP["sample_steps"]
+                     + "; recurrent: K, the core iterations")
     txt.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help="ar: " + HELP["sampler"])
     txt.add_argument("--grid", default=None, choices=CHOICES["grid"], help=TEXT_HELP["grid"])
     txt.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -535,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
                          "budget and print them side by side (the main job)")
     cmp.add_argument("--task", default="classify", choices=("classify", "generate", *TEXT_TASKS),
                      help="which family to compare: classify (ViT), generate (DiT), mdm "
-                     "(masked-diffusion LM) or ar (autoregressive LM)")
+                     "(masked-diffusion LM), ar (autoregressive LM) or recurrent (recurrent depth)")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
@@ -543,9 +560,11 @@ def main(argv: list[str] | None = None) -> None:
     _generate_args(generate_only, skip=("mode",))
     text_only = argparse.ArgumentParser(add_help=False)  # flags of the language models
     _text_args(text_only, "mdm", skip=("mode",))
-    _add_fields(text_only, _text_class("ar"), skip=("mode", *(a.dest for a in text_only._actions)),
-                help=TEXT_HELP)
-    for title, flags in (("generate only", generate_only), ("language models (mdm, ar)", text_only)):
+    for task in ("ar", "recurrent"):
+        taken = ("mode", *(a.dest for a in text_only._actions))
+        _add_fields(text_only, _text_class(task), skip=taken, help=TEXT_HELP)
+    groups = (("generate only", generate_only), ("language models (mdm, ar, recurrent)", text_only))
+    for title, flags in groups:
         taken = {a.dest for a in cmp._actions}
         extra = cmp.add_argument_group(title)
         for action in flags._actions:

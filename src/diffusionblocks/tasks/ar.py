@@ -133,8 +133,12 @@ def build(cfg: ARConfig) -> nn.Module:
 
 
 def sigma_grid(cfg: ARConfig) -> Tensor:
-    """The inference grid: by default B points, one denoiser call per block."""
-    return GRIDS[cfg.grid](cfg.noise, cfg.sample_steps or max(cfg.blocks, 2))
+    """The inference grid: by default B points, one denoiser call per block. One point is
+    σ_max alone: a single call, from pure noise."""
+    n = cfg.sample_steps or max(cfg.blocks, 2)
+    if n == 1:
+        return torch.tensor([cfg.noise.sigma_max], dtype=torch.float64)
+    return GRIDS[cfg.grid](cfg.noise, n)
 
 
 @torch.no_grad()
@@ -206,7 +210,7 @@ def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: tor
     ``context`` tokens; when it fills, it restarts from the last half (caches refilled)."""
     model.eval()
     ids, start = prompt, max(0, prompt.shape[1] - cfg.lm.context)
-    if isinstance(model, CausalLM):
+    if not isinstance(model, DiffusionBlocks):  # a next-token model (CausalLM, RecurrentLM)
         for _ in range(new):
             logits = model(ids[:, -cfg.lm.context :])[:, -1]
             ids = torch.cat([ids, pick(logits, temperature, gen)], dim=1)
@@ -239,8 +243,8 @@ def test_windows(ids: Tensor, context: int) -> list[Tensor]:
 
 @torch.no_grad()
 def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 64) -> dict:
-    """Next-character accuracy over every target of ``pieces``; for the end-to-end model also
-    bits per character. DiffusionBlocks' accuracy is teacher-forced: the argmax of the final
+    """Next-character accuracy over every target of ``pieces``; for a next-token model (end to
+    end) also bits per character. DiffusionBlocks' accuracy is teacher-forced: the argmax of the final
     denoise (σ_min) after the sampler, from the true prefix."""
     was_training = model.training
     model.eval()
@@ -250,12 +254,12 @@ def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 6
     for w in batched(pieces, batch):
         w = w.to(device)
         x, y = w[:, :-1], w[:, 1:]
-        logits = model(x) if isinstance(model, CausalLM) else predict(model, x, cfg, gen)
+        logits = predict(model, x, cfg, gen) if isinstance(model, DiffusionBlocks) else model(x)
         correct += (logits.argmax(-1) == y).sum().item()
         nats += next_token_loss(logits, y).item() * y.numel()
         count += y.numel()
     model.train(was_training)
-    if isinstance(model, CausalLM):
+    if not isinstance(model, DiffusionBlocks):
         return {"test_bpc": nats / count / LN2, "next_char_accuracy": correct / count}
     return {"teacher_forced_accuracy": correct / count}
 
@@ -353,7 +357,7 @@ def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
     result = scores(model, test_windows(data.test, cfg.lm.context), cfg)
     ids = samples(model, cfg, data)
     result["samples"] = write_samples(ids, cfg, data, out / "samples.txt")
-    judge = judge if judge is not None else model if isinstance(model, CausalLM) else None
+    judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model
     if judge is not None:
         result["judge_bpc"] = judge_bpc(judge, ids, cfg.prompt_length)
     return result

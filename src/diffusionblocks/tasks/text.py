@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +25,8 @@ LN2 = math.log(2)
 class TextConfig:
     """Fields every language-model run has. ``steps`` is the end-to-end budget; DiffusionBlocks
     gets the same number of layer evaluations (B× the steps) unless ``match='steps'``."""
+
+    MODES: ClassVar[tuple[str, ...]] = MODES
 
     mode: str = "dblocks"
     data: str = "tinyshakespeare"
@@ -43,7 +46,7 @@ class TextConfig:
     lm: LMConfig = field(default_factory=LMConfig)
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
+        check_choice("mode", self.mode, self.MODES)
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         check_choice("budget match", self.match, ("layers", "steps"))
         check_at_least_one(self, ("steps", "batch_size", "evals", "blocks"))

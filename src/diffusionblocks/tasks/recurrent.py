@@ -1,0 +1,372 @@
+"""Recurrent-depth language models: unrolled with truncated backprop vs one denoiser (METHOD §9.3).
+
+Both models are a prelude, a recurrent core and a coda of transformer layers on characters.
+
+The **baseline** (as Huginn trains) embeds the prompt with the prelude, starts a latent state at
+zero, applies the core a random number of times per step (Poisson-log-normal, mean
+``mean_depth``), each time injecting the prelude's output, backpropagates through the last
+``backprop_depth`` iterations only, and decodes with the coda. At inference the core runs K times.
+
+**DiffusionBlocks** reads the K iterations as K denoising steps. The model is the autoregressive
+denoiser of tasks/ar.py with one block, whose layers are the core (AdaLN-conditioned on σ): the
+prelude encodes the clean prefix, the core denoises the next token's embedding, the coda reads
+it out. It trains on σ from the whole training distribution, one pass per step and no unrolling;
+inference runs the core K times, as the Euler steps of a K-point σ grid.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import DiffusionBlocks, TokenSpace
+from ..data.text import TextData, Windows
+from ..memory import activation_bytes, run_layers
+from ..models.lm import LMConfig, TokenStem, causal_mask, denoising_mask, make_layers, next_token_loss
+from ..noise import GRIDS, NoiseConfig
+from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
+from ..sampling import SAMPLERS
+from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
+from . import ar
+from .text import TextConfig, load_data, resolved, write_comparison
+
+MODES = ("baseline", "dblocks")
+RESUMABLE = ar.RESUMABLE | {"depth_k", "k_sweep"}
+
+
+@dataclass
+class RecurrentConfig(TextConfig):
+    """One recurrent-depth run. ``steps`` is the run's own step count (``compare`` gives
+    DiffusionBlocks the steps that take the baseline's wall-clock time)."""
+
+    MODES: ClassVar[tuple[str, ...]] = MODES
+
+    mode: str = "dblocks"
+    blocks: int = 1  # one denoiser: the core, over the whole σ range
+    prelude: int = 2
+    core: int = 4
+    coda: int = 2
+    mean_depth: int = 8
+    backprop_depth: int = 4
+    depth_k: int = 8  # K: core iterations at inference (DiffusionBlocks: σ grid points)
+    k_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    sampler: str = "euler"
+    grid: str = "equiprob"
+    num_samples: int = 8
+    prompt_length: int = 32
+    sample_length: int = 128
+    temperature: float = 1.0
+    out: str = "runs/recurrent"
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.blocks != 1:
+            raise ValueError("a recurrent-depth model is one denoiser (--blocks 1); its depth at "
+                             "inference is --depth-k")
+        check_at_least_one(self, ("prelude", "core", "coda", "mean_depth", "backprop_depth", "depth_k",
+                                  "num_samples", "prompt_length", "sample_length"))
+        if self.mean_depth < 2:
+            raise ValueError(f"mean_depth must be at least 2 (one core pass plus the random rest), "
+                             f"got {self.mean_depth}")
+        if not self.k_sweep or min(self.k_sweep) < 1:
+            raise ValueError(f"k_sweep must list depths of at least 1, got {self.k_sweep}")
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("grid", self.grid, GRIDS)
+        if self.prompt_length > self.lm.context:
+            raise ValueError(f"prompt_length {self.prompt_length} exceeds the context {self.lm.context}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {self.temperature}")
+
+    @property
+    def sample_steps(self) -> int:
+        """σ grid points at inference: K, one core pass each (K = 1: one pass at σ_max)."""
+        return self.depth_k
+
+    @property
+    def layers_per_pass(self) -> int:
+        return self.prelude + self.core + self.coda
+
+    def to_dict(self) -> dict:
+        return {"task": "recurrent", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RecurrentConfig:
+        return config_from_dict(cls, d, {"lm": LMConfig, "noise": NoiseConfig, "optim": OptimConfig})
+
+
+def plain_layers(cfg: LMConfig, n: int) -> nn.ModuleList:
+    return nn.ModuleList(make_layers(LMConfig(**(asdict(cfg) | {"depth": n}))))
+
+
+# --- the baseline ------------------------------------------------------------------------------
+
+
+class RecurrentLM(nn.Module):
+    """Prelude → core × depth (state plus injected prelude output) → coda → next-token logits."""
+
+    def __init__(self, cfg: RecurrentConfig):
+        super().__init__()
+        lm = cfg.lm
+        self.cfg, self.depth = lm, cfg.depth_k
+        self.stem = TokenStem(lm.vocab_size, lm.width, lm.context)
+        self.prelude = plain_layers(lm, cfg.prelude)
+        self.inject = nn.Linear(2 * lm.width, lm.width)
+        self.core = plain_layers(lm, cfg.core)
+        self.coda = plain_layers(lm, cfg.coda)
+        self.norm = nn.LayerNorm(lm.width, eps=1e-6)
+        self.head = nn.Linear(lm.width, lm.vocab_size)
+
+    def forward(self, ids: Tensor, depth: int | None = None, backprop: int | None = None) -> Tensor:
+        """Logits (N, T, V). ``depth`` core iterations (default: K); gradients only through the
+        last ``backprop`` of them (default: all)."""
+        depth = depth or self.depth
+        mask = causal_mask(ids.shape[1], ids.device)
+        e = run_layers(self.prelude, self.stem(ids), None, mask)
+        s = torch.zeros_like(e)
+        for k in range(depth):
+            tracked = backprop is None or k >= depth - backprop
+            with torch.set_grad_enabled(torch.is_grad_enabled() and tracked):
+                s = run_layers(self.core, self.inject(torch.cat([s, e], dim=-1)), None, mask)
+        return self.head(self.norm(run_layers(self.coda, s, None, mask)))
+
+
+def draw_depth(mean: int, gen: torch.Generator) -> int:
+    """Huginn's recurrence depth: 1 + Poisson(λ), log λ ~ N(log(mean − 1) − ½·0.5², 0.5)."""
+    tau = torch.randn((), generator=gen) * 0.5 + torch.tensor(float(mean - 1)).log() - 0.125
+    return 1 + int(torch.poisson(tau.exp().reshape(1), generator=gen))
+
+
+class Unrolled(EndToEnd):
+    """One baseline step: a random depth, truncated backprop through the last iterations."""
+
+    def __init__(self, model: RecurrentLM, cfg: RecurrentConfig):
+        super().__init__(model, next_token_loss, cfg.optim, cfg.layers_per_pass)
+        self.run_cfg = cfg
+
+    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        c = self.run_cfg
+        depth = draw_depth(c.mean_depth, gen)
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss = next_token_loss(self.model(x, depth, c.backprop_depth), y)
+        loss.backward()
+        if self.cfg.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        opt.step()
+        return {"loss": loss.item(), "depth": depth, "layers": c.prelude + c.core * depth + c.coda}
+
+
+# --- DiffusionBlocks: one denoiser, the core as its layers --------------------------------------
+
+
+class RecurrentAdapter(ar.ARAdapter):
+    """The autoregressive adapter with a prelude on the clean tokens and a coda before read-out."""
+
+    def __init__(self, cfg: RecurrentConfig, embed_dim: int):
+        super().__init__(cfg.lm, embed_dim)
+        self.prelude = plain_layers(cfg.lm, cfg.prelude)
+        self.coda = plain_layers(cfg.lm, cfg.coda)
+
+    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
+        clean = run_layers(self.prelude, self.stem(x), None, causal_mask(x.shape[1], x.device))
+        return torch.cat([clean, self.slots(z_in, 1)], dim=1)
+
+    def decode(self, h: Tensor, c: Tensor) -> Tensor:
+        t = h.shape[1] // 2
+        h = run_layers(self.coda, h, None, denoising_mask(t, h.device))
+        return self.read(h[:, t:])
+
+
+class OnePass(Blockwise):
+    """Block-wise training of the single block, counting prelude and coda as layers too."""
+
+    def __init__(self, model: DiffusionBlocks, cfg: RecurrentConfig):
+        super().__init__(model, cfg.optim)
+        self.layers = cfg.layers_per_pass
+
+    def layers_per_step(self, block: int) -> int:
+        return self.layers
+
+
+def build(cfg: RecurrentConfig) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    if cfg.mode == "baseline":
+        return RecurrentLM(cfg)
+    width = cfg.lm.width
+    core = make_layers(LMConfig(**(asdict(cfg.lm) | {"depth": cfg.core})), cond_dim=width)
+    shared = TokenSpace(cfg.lm.vocab_size, width)
+    return DiffusionBlocks(core, shared, lambda: RecurrentAdapter(cfg, width), 1, cond_dim=width,
+                           noise=cfg.noise, checkpointing=cfg.checkpointing)
+
+
+def make_strategy(model: nn.Module, cfg: RecurrentConfig):
+    return Unrolled(model, cfg) if cfg.mode == "baseline" else OnePass(model, cfg)
+
+
+def with_depth(model: nn.Module, cfg: RecurrentConfig, k: int) -> RecurrentConfig:
+    """``cfg`` with K = k at inference (and the baseline model set to run k iterations)."""
+    if isinstance(model, RecurrentLM):
+        model.depth = k
+    return variant(cfg, depth_k=k)
+
+
+# --- training and evaluation -------------------------------------------------------------------
+
+
+def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
+          judge: nn.Module | None = None) -> dict:
+    """Train one mode (resuming from OUT/checkpoint), then score it, sweep K and sample."""
+    data = data or load_data(cfg)
+    cfg = RecurrentConfig.from_dict(resolved(cfg, data))
+    device = resolve_device(cfg.device)
+    model = build(cfg).to(device)
+    strategy = make_strategy(model, cfg)
+    parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
+    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, cfg.seed, device)
+    val = ar.test_windows(data.val, cfg.lm.context)[:64]
+
+    def batch_at(t: int) -> tuple[Tensor, Tensor]:
+        w = train_windows(t)
+        return w[:, :-1], w[:, 1:]
+
+    def on_eval(p) -> dict:
+        return {f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}
+
+    progress, history, step_times = train_run(cfg, strategy, parts, batch_at, cfg.steps, cfg.optim.warmup,
+                                              on_eval, RESUMABLE, show, desc=f"recurrent {cfg.mode}")
+    x, y = batch_at(0)
+    if isinstance(model, DiffusionBlocks):
+        act = activation_bytes(lambda: blockwise_loss(model, x, y, 0, torch.Generator()), model)
+    else:  # at the mean depth, as trained: the last backprop_depth iterations keep activations
+        depth, tracked = cfg.mean_depth, cfg.backprop_depth
+        act = activation_bytes(lambda: next_token_loss(model(x, depth, tracked), y), model)
+    result = {
+        "task": "recurrent", "mode": cfg.mode, "data": cfg.data, "steps": cfg.steps,
+        "layer_evals": progress.layer_evals, "layer_evals_per_step": progress.layer_evals / cfg.steps,
+        "train_seconds": round(progress.train_seconds, 3),
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "activation_bytes_per_step": act, "activation_mib": act / 2**20,
+        "depth_k": cfg.depth_k, "history": history, "device": str(device),
+    }
+    if evaluate:
+        result |= evaluate_model(model, cfg, data, Path(cfg.out), judge)
+    (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: Path,
+                   judge: nn.Module | None = None) -> dict:
+    """The autoregressive family's metrics at K = ``depth_k`` (every test character), the same
+    scores for each K of ``k_sweep`` on the first 16k test characters, samples and judge BPC."""
+    pieces = ar.test_windows(data.test, cfg.lm.context)
+    result = ar.scores(model, pieces, cfg)
+    sweep = {}
+    for k in cfg.k_sweep:
+        sweep[k] = ar.scores(model, pieces[:128], with_depth(model, cfg, k))
+    with_depth(model, cfg, cfg.depth_k)
+    result["k_sweep"] = sweep
+    gen = torch.Generator().manual_seed(cfg.seed + 2024)
+    prompts = ar.prompts(data, cfg).to(next(model.parameters()).device)
+    ids = ar.generate(model, cfg, prompts, cfg.sample_length, gen, cfg.temperature, cached=False).cpu()
+    result["samples"] = ar.write_samples(ids, cfg, data, out / "samples.txt")
+    judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model
+    if judge is not None:
+        result["judge_bpc"] = ar.judge_bpc(judge, ids, cfg.prompt_length)
+    return result
+
+
+def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, RecurrentConfig]:
+    from .. import checkpoint
+
+    path = checkpoint.resolve(path)
+    cfg = RecurrentConfig.from_dict(checkpoint.read_config(path))
+    model = build(cfg)
+    checkpoint.load_parts(path, model.parts() if isinstance(model, DiffusionBlocks) else {"model": model})
+    return model.to(resolve_device(device)).eval(), cfg
+
+
+def seconds_per_step(cfg: RecurrentConfig, data: TextData, steps: int = 12) -> float:
+    """Mean time of a training step of ``cfg.mode`` (a throwaway model, after 3 untimed)."""
+    cfg = RecurrentConfig.from_dict(resolved(cfg, data))
+    model = build(cfg).to(resolve_device(cfg.device))
+    strategy = make_strategy(model, cfg)
+    device = next(model.parameters()).device
+    windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, cfg.seed, device)
+    times = []
+    for t in range(steps + 3):
+        w = windows(t)
+        start = time.perf_counter()
+        strategy.step(w[:, :-1], w[:, 1:], step_generator(cfg.seed, t))
+        times.append(time.perf_counter() - start)
+    return statistics.mean(times[3:])  # the baseline's depth varies step to step
+
+
+def variant(cfg: RecurrentConfig, **changes) -> RecurrentConfig:
+    return RecurrentConfig.from_dict(cfg.to_dict() | changes)
+
+
+def compare(cfg: RecurrentConfig, out: Path, quick: bool = False, show: bool = True) -> str:
+    """The baseline for ``steps``, then DiffusionBlocks for the steps that take the same
+    wall-clock time (step times measured side by side first); the baseline judges samples."""
+    if quick:
+        cfg = variant(cfg, steps=20, evals=1, num_samples=2, sample_length=8, k_sweep=[1, 2])
+    data = load_data(cfg)
+    baseline_step, dblocks_step = (seconds_per_step(variant(cfg, mode=m), data) for m in MODES)
+    ratio = baseline_step / dblocks_step
+    base = variant(cfg, mode="baseline", out=str(out / "baseline"))
+    results = {"baseline": train(base, data, show=show)}
+    judge, _ = load(Path(base.out) / "checkpoint", base.device)
+    run = variant(cfg, mode="dblocks", steps=max(1, round(cfg.steps * ratio)), out=str(out / "dblocks"))
+    results["dblocks"] = train(run, data, show=show, judge=judge)
+    for r in results.values():
+        r["step_time_ratio"] = ratio
+    plot_sweep(results, out / "quality_vs_k.png")
+    return write_comparison(out, results, ROWS)
+
+
+def plot_sweep(results: dict[str, dict], path: Path) -> None:
+    """Accuracy against K at inference for both models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for mode, r in results.items():
+        sweep = {int(k): v for k, v in r.get("k_sweep", {}).items()}
+        key = "next_char_accuracy" if mode == "baseline" else "teacher_forced_accuracy"
+        ks = sorted(sweep)
+        ax.plot(ks, [sweep[k][key] for k in ks], marker="o", label=f"{mode} ({key.replace('_', ' ')})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("core iterations K at inference")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+ROWS = [  # (label, result key, format) of report.md
+    ("test BPC (baseline)", "test_bpc", ".3f"),
+    ("next-char accuracy (baseline)", "next_char_accuracy", ".4f"),
+    ("teacher-forced accuracy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("judge BPC of samples (baseline as judge)", "judge_bpc", ".3f"),
+    ("training steps", "steps", "d"),
+    ("layer evaluations per step", "layer_evals_per_step", ".1f"),
+    ("train seconds", "train_seconds", ".0f"),
+    ("seconds / step", "step_seconds", ".4f"),
+    ("activation MiB / step", "activation_mib", ".1f"),
+    ("parameters", "parameters", "d"),
+]
