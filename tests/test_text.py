@@ -282,7 +282,7 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
 def test_cli_refuses_text_flags_for_classify_and_bad_text_configs(capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", "--task", "classify", "--data", "x.txt", "--quick"])
-    assert "--data applies to --task mdm or ar" in capsys.readouterr().err
+    assert "--data applies to --task mdm, ar or recurrent" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cannot cut 4 layers into 5 blocks"):
         mdm.MDMConfig(blocks=5, lm=tiny_lm(10))
     with pytest.raises(ValueError, match="unknown tokenizer"):
