@@ -370,3 +370,24 @@ def test_cli_compare_recurrent_quick(text_file, tmp_path, capsys):
     cli.main(["generate", str(out / "dblocks" / "checkpoint"), "--prompt", "the ", "--length", "6",
               "--sample-steps", "3", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("the ")
+
+
+def test_rotary_attention_depends_on_relative_position_and_caches_exactly():
+    from diffusionblocks.models.lm import KVCache, causal_mask, make_layers, run_cached
+    from diffusionblocks.models.vit import rotary
+
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    dots = [(rotary(q, i) * rotary(k, i - 3)).sum().item() for i in (3, 7, 20)]
+    assert dots == pytest.approx([dots[0]] * 3, abs=1e-5)  # only the offset 3 matters
+    torch.manual_seed(0)
+    layers = make_layers(tiny_lm(11, rope=True), cond_dim=None)
+    h = torch.randn(2, 10, 32)
+    full = h
+    for layer in layers:
+        full = layer(full, None, causal_mask(10))
+    caches = [KVCache() for _ in layers]
+    parts = [run_cached(layers, h[:, :6], None, caches, keep=True)]
+    parts += [run_cached(layers, h[:, i : i + 1], None, caches, keep=True) for i in range(6, 10)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="rotary positions"):
+        ar.ARConfig(lm=LMConfig(depth=8, rope=True))

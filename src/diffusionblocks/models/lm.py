@@ -25,6 +25,7 @@ class LMConfig:
     depth: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
+    rope: bool = False  # rotary positions in attention, beside the learned ones
 
     def __post_init__(self) -> None:
         check_at_least_one(self, ("vocab_size", "context", "width", "depth", "heads"))
@@ -35,7 +36,8 @@ class LMConfig:
 
 
 def make_layers(cfg: LMConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
-    return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim) for _ in range(cfg.depth)]
+    return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim, cfg.rope)
+            for _ in range(cfg.depth)]
 
 
 class TokenStem(nn.Module):

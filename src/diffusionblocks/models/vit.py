@@ -45,10 +45,21 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+def rotary(x: Tensor, start: int = 0) -> Tensor:
+    """Rotary position embedding (RoPE) of queries or keys (N, heads, T, d) at positions
+    start, start + 1, …: each pair of channels rotated by position × its frequency."""
+    half = x.shape[-1] // 2
+    freqs = 10_000 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angle = torch.arange(start, start + x.shape[2], device=x.device, dtype=torch.float32)[:, None] * freqs
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
+
+
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, rope: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.rope = heads, rope
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
@@ -57,6 +68,9 @@ class Attention(nn.Module):
         models/lm.py) prepends a prefix's keys and values and supplies the mask."""
         n, t, w = h.shape
         q, k, v = self.qkv(h).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rope:  # token i at position i (after a cached prefix, at len(cache) + i)
+            start = len(cache) if cache is not None else 0
+            q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
             k, v, mask = cache.extend(k, v)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -70,10 +84,11 @@ class TransformerLayer(nn.Module):
     """Pre-norm transformer layer. With ``cond_dim`` it is AdaLN-Zero conditioned (DiT):
     shift/scale/gate of both branches come from the conditioning vector, gates start at 0."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
+                 rope: bool = False):
         super().__init__()
         hidden = int(width * mlp_ratio)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, rope)
         self.mlp = nn.Sequential(
             nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
         )

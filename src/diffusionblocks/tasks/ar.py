@@ -68,6 +68,9 @@ class ARConfig(TextConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.lm.rope:
+            raise ValueError("rotary positions (rope) are for masked diffusion: here noisy slots "
+                             "share their position with a clean token; leave rope off")
         check_choice("shared policy", self.shared_policy, SHARED_POLICIES)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("grid", self.grid, GRIDS)

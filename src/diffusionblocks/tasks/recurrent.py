@@ -69,6 +69,9 @@ class RecurrentConfig(TextConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.lm.rope:
+            raise ValueError("rotary positions (rope) are for masked diffusion: here noisy slots "
+                             "share their position with a clean token; leave rope off")
         if self.blocks != 1:
             raise ValueError("a recurrent-depth model is one denoiser (--blocks 1); its depth at "
                              "inference is --depth-k")
