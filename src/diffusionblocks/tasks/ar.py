@@ -220,6 +220,7 @@ def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: tor
         return ids
     sigmas, shared = sigma_grid(cfg), model.shared
     slot = NextSlot(model, sigmas, ids[:, start:], cached)
+
     def estimate(z: Tensor, sigma: Tensor) -> Tensor:
         return shared.estimate(slot.denoise(z, sigma))
 
