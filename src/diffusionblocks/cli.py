@@ -95,7 +95,7 @@ GENERATE_HELP = {
     "weight_decay": "AdamW weight decay (matrices only)",
 }
 
-# Language models (train mdm|ar, compare --task mdm|ar): their own fields and meanings.
+# Language models (train / compare --task mdm|ar|recurrent): their own fields and meanings.
 TEXT_HELP = {
     "data": "text to train on: a UTF-8 file path, tinyshakespeare (DATA/tinyshakespeare/input.txt "
     "under --data-dir), or hf:NAME[:CONFIG] (a Hugging Face `datasets` set with a text column); "
@@ -322,8 +322,11 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
     if args.data_dir:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     judge = None
-    if args.judge:
-        judge, _ = _text_module("ar").load(args.judge, device=args.device or "auto")
+    if args.judge:  # an end-to-end model of the autoregressive or recurrent family
+        from . import checkpoint
+
+        judge_task = checkpoint.read_config(args.judge).get("task")
+        judge, _ = _text_module(judge_task).load(args.judge, device=args.device or "auto")
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
     extra = {"judge": judge} if task != "mdm" else {}
     result = module.evaluate_model(model, cfg, load_data(cfg), out, **extra)
@@ -349,6 +352,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
              and v is not None}
     if task == "recurrent" and "sample_steps" in given:
         given["depth_k"] = given.pop("sample_steps")  # K: core iterations
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cfg)})
+    if unknown:
+        raise ValueError(f"--{unknown[0].replace('_', '-')} does not apply to {task} models")
     cfg = dataclasses.replace(cfg, **given)
     tok = Tokenizer(cfg.tokenizer, cfg.vocab)
     device = next(model.parameters()).device
