@@ -118,9 +118,6 @@ TEXT_HELP = {
     "every block's step updates it",
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay (matrices only)",
-}
-TEXT_TASKS = ("mdm", "ar", "recurrent")
-TEXT_HELP |= {
     "prelude": "recurrent: prelude layers (embed the prompt)",
     "core": "recurrent: layers of the recurrent core",
     "coda": "recurrent: coda layers (read out)",
@@ -129,6 +126,7 @@ TEXT_HELP |= {
     "depth_k": "recurrent: core iterations K at inference (DiffusionBlocks: a K-point σ grid)",
     "k_sweep": "recurrent: the K values at which test accuracy is also reported and plotted",
 }
+TEXT_TASKS = ("mdm", "ar", "recurrent")
 
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart

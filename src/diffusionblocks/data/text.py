@@ -127,7 +127,3 @@ class Windows:
         starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g)
         return torch.stack([self.ids[s : s + self.length] for s in starts.tolist()]).to(self.device)
 
-
-def chunks(ids: Tensor, length: int) -> list[Tensor]:
-    """Consecutive non-overlapping windows covering every token (the last may be shorter)."""
-    return [ids[i : i + length] for i in range(0, len(ids), length)]

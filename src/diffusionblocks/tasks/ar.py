@@ -40,7 +40,7 @@ from ..noise import GRIDS, NoiseConfig, scalings
 from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched_budget
-from .text import LN2, TextConfig, batched, load_data, resolved, windows, write_comparison
+from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "sampler", "grid",
@@ -68,19 +68,11 @@ class ARConfig(TextConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lm.rope:
-            raise ValueError("rotary positions (rope) are for masked diffusion: here noisy slots "
-                             "share their position with a clean token; leave rope off")
+        check_sampling(self, next_token=True)
         check_choice("shared policy", self.shared_policy, SHARED_POLICIES)
-        check_choice("sampler", self.sampler, SAMPLERS)
-        check_choice("grid", self.grid, GRIDS)
         check_at_least_one(self, ("num_samples", "prompt_length", "sample_length"))
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
-        if self.prompt_length > self.lm.context:
-            raise ValueError(f"prompt_length {self.prompt_length} exceeds the context {self.lm.context}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {self.temperature}")
 
     def to_dict(self) -> dict:
         return {"task": "ar", **asdict(self)}
@@ -314,11 +306,10 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
     cfg = ARConfig.from_dict(resolved(cfg, data))
     device = resolve_device(cfg.device)
     model = build(cfg).to(device)
+    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
     if cfg.mode == "dblocks":
-        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
         strategy = Blockwise(model, cfg.optim)
     else:
-        total, warmup = cfg.steps, cfg.optim.warmup
         strategy = EndToEnd(model, next_token_loss, cfg.optim, cfg.lm.depth)
     parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
     train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, cfg.seed, device)

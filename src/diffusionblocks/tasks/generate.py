@@ -317,10 +317,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     model = build(cfg).to(device)
-    if cfg.mode == "dblocks":
-        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
-    else:
-        total, warmup = cfg.steps, cfg.optim.warmup
+    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
     strategy = Blockwise(model, cfg.optim, offload=cfg.offload, offload_dir=str(out / "offload"))
     batch_at = training_batches(cfg, data, device)
     held_out = data.x_test[:1000], data.y_test[:1000]

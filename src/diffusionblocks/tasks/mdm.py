@@ -15,6 +15,7 @@ Sampling unmasks from t = 1 down to 0, each step with the block that owns its t.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..memory import activation_bytes
 from ..models.lm import LMConfig, TokenStem, make_layers
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, OptimConfig, matched_budget
-from .text import LN2, TextConfig, batched, load_data, resolved, windows, write_comparison
+from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "sample_steps",
@@ -61,8 +62,7 @@ class MDMConfig(TextConfig):
             raise ValueError(f"bound_passes must be at least 2 (for an error bar), got {self.bound_passes}")
         if self.sample_length > self.lm.context:
             raise ValueError(f"sample_length {self.sample_length} exceeds the context {self.lm.context}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {self.temperature}")
+        check_sampling(self)
 
     def to_dict(self) -> dict:
         return {"task": "mdm", **asdict(self)}
@@ -121,7 +121,7 @@ class MaskedDiffusion(nn.Module):
     def route(self, t: float) -> int:
         """The block owning t ∈ (lo, hi]; a boundary goes to the less-masked block below it."""
         b = self.num_blocks
-        ascending = min(max(int(torch.tensor(t * b).ceil()) - 1, 0), b - 1)
+        ascending = min(max(math.ceil(t * b) - 1, 0), b - 1)
         return b - 1 - ascending
 
     def logits(self, x_t: Tensor, t: Tensor, block: int) -> Tensor:
@@ -237,10 +237,7 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     cfg = MDMConfig.from_dict(resolved(cfg, data))
     device = resolve_device(cfg.device)
     model = build(cfg).to(device)
-    if cfg.mode == "dblocks":
-        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
-    else:
-        total, warmup = cfg.steps, cfg.optim.warmup
+    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
     strategy = Blockwise(model, cfg.optim, loss=masked_loss)
     train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context, cfg.seed, device)
     val = windows(data.val, cfg.lm.context)

@@ -30,12 +30,11 @@ from ..blocks import DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes, run_layers
 from ..models.lm import LMConfig, TokenStem, causal_mask, denoising_mask, make_layers, next_token_loss
-from ..noise import GRIDS, NoiseConfig
-from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
-from ..sampling import SAMPLERS
+from ..noise import NoiseConfig
+from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
 from . import ar
-from .text import TextConfig, load_data, resolved, write_comparison
+from .text import TextConfig, check_sampling, load_data, resolved, write_comparison
 
 MODES = ("baseline", "dblocks")
 RESUMABLE = ar.RESUMABLE | {"depth_k", "k_sweep"}
@@ -69,9 +68,7 @@ class RecurrentConfig(TextConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lm.rope:
-            raise ValueError("rotary positions (rope) are for masked diffusion: here noisy slots "
-                             "share their position with a clean token; leave rope off")
+        check_sampling(self, next_token=True)
         if self.blocks != 1:
             raise ValueError("a recurrent-depth model is one denoiser (--blocks 1); its depth at "
                              "inference is --depth-k")
@@ -82,12 +79,6 @@ class RecurrentConfig(TextConfig):
                              f"got {self.mean_depth}")
         if not self.k_sweep or min(self.k_sweep) < 1:
             raise ValueError(f"k_sweep must list depths of at least 1, got {self.k_sweep}")
-        check_choice("sampler", self.sampler, SAMPLERS)
-        check_choice("grid", self.grid, GRIDS)
-        if self.prompt_length > self.lm.context:
-            raise ValueError(f"prompt_length {self.prompt_length} exceeds the context {self.lm.context}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {self.temperature}")
 
     @property
     def sample_steps(self) -> int:

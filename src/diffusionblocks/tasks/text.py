@@ -15,7 +15,9 @@ from torch import Tensor
 from ..blocks import split_layers
 from ..data.text import TOKENIZERS, TextData, Tokenizer, load_text
 from ..models.lm import LMConfig
+from ..noise import GRIDS
 from ..runs import check_at_least_one, check_choice, check_device_name
+from ..sampling import SAMPLERS
 
 MODES = ("e2e", "dblocks")
 LN2 = math.log(2)
@@ -57,6 +59,22 @@ class TextConfig:
     @property
     def num_blocks(self) -> int:
         return self.blocks if self.mode == "dblocks" else 1
+
+
+def check_sampling(cfg, next_token: bool = False) -> None:
+    """The sampling fields the language models share: temperature; for next-token models
+    (ar, recurrent) also the sampler, grid, prompt, and learned positions only."""
+    if cfg.temperature < 0:
+        raise ValueError(f"temperature must be ≥ 0 (0: the most likely token), got {cfg.temperature}")
+    if not next_token:
+        return
+    if cfg.lm.rope:
+        raise ValueError("rotary positions (rope) are for masked diffusion: here noisy slots "
+                         "share their position with a clean token; leave rope off")
+    check_choice("sampler", cfg.sampler, SAMPLERS)
+    check_choice("grid", cfg.grid, GRIDS)
+    if cfg.prompt_length > cfg.lm.context:
+        raise ValueError(f"prompt_length {cfg.prompt_length} exceeds the context {cfg.lm.context}")
 
 
 def load_data(cfg: TextConfig) -> TextData:
