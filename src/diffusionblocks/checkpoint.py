@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -138,6 +138,22 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {directory} has no {path.name}")
         module.load_state_dict(load_file(str(path)), strict=True)
+
+
+def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The parts a model is stored as: per block and shared when it has ``parts()``, else one."""
+    return model.parts() if hasattr(model, "parts") else {"model": model}
+
+
+def load_model(directory: str | Path, from_dict: Callable[[dict], object],
+               build: Callable[[object], nn.Module], device: torch.device | str = "cpu"):
+    """(model, config) of a checkpoint: the stored config read through ``from_dict``, the model
+    ``build`` makes of it, every stored part loaded, in eval mode on ``device``."""
+    directory = resolve(directory)  # one directory for every read, even beside a concurrent save
+    cfg = from_dict(read_config(directory))
+    model = build(cfg)
+    load_parts(directory, stored_parts(model))
+    return model.to(device).eval(), cfg
 
 
 def read_progress(directory: str | Path) -> Progress:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .. import checkpoint
 from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
@@ -360,14 +361,7 @@ def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
 
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ARConfig]:
     """A trained model and its config from a checkpoint directory."""
-    from .. import checkpoint
-
-    path = checkpoint.resolve(path)
-    cfg = ARConfig.from_dict(checkpoint.read_config(path))
-    model = build(cfg)
-    parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
-    checkpoint.load_parts(path, parts)
-    return model.to(resolve_device(device)).eval(), cfg
+    return checkpoint.load_model(path, ARConfig.from_dict, build, resolve_device(device))
 
 
 def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) -> str:

@@ -475,9 +475,7 @@ def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConf
     if cfg.block is not None or cfg.parallel:
         raise ValueError(f"checkpoint {path} holds only part of a model (a --block or --parallel "
                          "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
-    model = build(cfg)
-    checkpoint.load_parts(path, parts(model))
-    return model.to(device).eval(), cfg
+    return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device)
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False) -> Path:

@@ -356,10 +356,7 @@ def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData,
 
 def load(path: str | Path, device: str = "cpu") -> tuple[DiffusionBlocks, GenerateConfig]:
     """A trained model and its config from a checkpoint directory."""
-    cfg = GenerateConfig.from_dict(checkpoint.read_config(path))
-    model = build(cfg)
-    checkpoint.load_parts(path, model.parts())
-    return model.to(resolve_device(device)).eval(), cfg
+    return checkpoint.load_model(path, GenerateConfig.from_dict, build, resolve_device(device))
 
 
 # --- side by side ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import checkpoint
 from ..blocks import Adapter, Block, split_layers
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
@@ -310,10 +311,4 @@ ROWS = [  # (label, result key, format) of report.md
 
 def load(path: str | Path, device: str = "cpu") -> tuple[MaskedDiffusion, MDMConfig]:
     """A trained model and its config from a checkpoint directory."""
-    from .. import checkpoint
-
-    path = checkpoint.resolve(path)
-    cfg = MDMConfig.from_dict(checkpoint.read_config(path))
-    model = build(cfg)
-    checkpoint.load_parts(path, model.parts())
-    return model.to(resolve_device(device)).eval(), cfg
+    return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device))

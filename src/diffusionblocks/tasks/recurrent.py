@@ -26,6 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import checkpoint
 from ..blocks import DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes, run_layers
@@ -280,13 +281,8 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
 
 
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, RecurrentConfig]:
-    from .. import checkpoint
-
-    path = checkpoint.resolve(path)
-    cfg = RecurrentConfig.from_dict(checkpoint.read_config(path))
-    model = build(cfg)
-    checkpoint.load_parts(path, model.parts() if isinstance(model, DiffusionBlocks) else {"model": model})
-    return model.to(resolve_device(device)).eval(), cfg
+    """A trained model and its config from a checkpoint directory."""
+    return checkpoint.load_model(path, RecurrentConfig.from_dict, build, resolve_device(device))
 
 
 def seconds_per_step(cfg: RecurrentConfig, data: TextData, steps: int = 12) -> float:
