@@ -9,7 +9,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
-from diffusionblocks import checkpoint, cli
+from diffusionblocks import bench, checkpoint, cli
 from diffusionblocks.conditioning import GatedResidual, gated_residual
 from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes
 from diffusionblocks.models.vit import TransformerLayer, ViTConfig
@@ -223,3 +223,20 @@ def test_bench_refuses_blocks_that_do_not_divide_the_depth(capsys):
     assert e.value.code == 2
     assert "blocks 5 must divide depth 12" in capsys.readouterr().err
 
+
+
+def test_bench_memory_measures_the_dit_with_task_generate(tmp_path):
+    cli.main(["bench", "memory", "--task", "generate", "--dataset", "digits", "--depth", "2",
+              "--width", "16", "--batch-size", "16", "--blocks", "2", "--steps", "1", "--warmup", "1",
+              "--threads", "1", "--quiet", "--out", str(tmp_path)])
+    by = {r["mode"]: r for r in json.loads((tmp_path / "memory.json").read_text())}
+    assert set(by) == {"e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload"}
+    assert {r["task"] for r in by.values()} == {"generate"}
+    assert by["e2e"]["activation_bytes"] > 1.5 * by["dblocks"]["activation_bytes"]
+    assert by["dblocks_offload"]["state_bytes"] < by["dblocks"]["state_bytes"]
+    assert "generate on digits: DiT depth 2" in (tmp_path / "memory.md").read_text()
+
+
+def test_bench_parallel_refuses_a_task_it_does_not_measure():
+    with pytest.raises(ValueError, match="bench parallel measures the classification task"):
+        bench.run("parallel", bench.BenchConfig(task="generate", dataset="digits"))

@@ -24,19 +24,20 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import stored_parts
 from .memory import PeakMemory, state_bytes
 from .report import human_bytes, markdown_table
 from .runs import resolve_device
 from .training import step_generator
 
 VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
-TASKS = ("classify",)
+TASKS = ("classify", "generate")  # ViT classification, DiT image generation
 
 
 @dataclass
 class BenchConfig:
     """What to measure. The default is the paper's ViT shape (12 layers, divisible by every B)
-    on MNIST."""
+    on MNIST; ``task="generate"`` measures a DiT of the same depth and width instead."""
 
     task: str = "classify"
     dataset: str = "mnist"
@@ -66,29 +67,41 @@ def _device(cfg: BenchConfig) -> torch.device:
     return resolve_device(cfg.device)
 
 
-def _run_config(cfg: BenchConfig, variant: str, blocks: int, data):
-    from .models.vit import ViTConfig
-    from .tasks.classify import ClassifyConfig, resolve_config
+def _task(run):
+    """The task module (``tasks.classify`` or ``tasks.generate``) of a run config."""
+    from importlib import import_module
 
+    return import_module(f".tasks.{run.to_dict()['task']}", __package__)
+
+
+def _run_config(cfg: BenchConfig, variant: str, blocks: int, data):
     device = _device(cfg)
     offload = None
     if variant.endswith("offload"):
         offload = cfg.offload or ("cpu" if device.type == "cuda" else "disk")
-    run = ClassifyConfig(
-        mode=variant.split("_")[0], dataset=cfg.dataset, blocks=blocks, batch_size=cfg.batch_size,
-        vit=ViTConfig(width=cfg.width, depth=cfg.depth), checkpointing=variant.endswith("ckpt"),
-        offload=offload, device=str(device),
-    )
-    return resolve_config(run, data)
+    common = {"mode": variant.split("_")[0], "dataset": cfg.dataset, "blocks": blocks,
+              "batch_size": cfg.batch_size, "checkpointing": variant.endswith("ckpt"),
+              "offload": offload, "device": str(device)}
+    if cfg.task == "generate":
+        from .models.dit import DiTConfig
+        from .tasks.generate import GenerateConfig, resolve_config
+
+        return resolve_config(GenerateConfig(**common, dit=DiTConfig(width=cfg.width, depth=cfg.depth)), data)
+    from .models.vit import ViTConfig
+    from .tasks.classify import ClassifyConfig, resolve_config
+
+    return resolve_config(ClassifyConfig(**common, vit=ViTConfig(width=cfg.width, depth=cfg.depth)), data)
 
 
 def _batches(cfg: BenchConfig, n: int, device: torch.device):
-    """n training batches, then the dataset is released (it must not count in peak memory)."""
+    """n training batches, then the dataset is released (it must not count in peak memory).
+    Classification trains on (images, labels); generation on (labels, images in [-1, 1])."""
     from .data.images import Batches, load_images
 
-    data = load_images(cfg.dataset, cfg.data_dir)
+    generate = cfg.task == "generate"
+    data = load_images(cfg.dataset, cfg.data_dir, scaling="symmetric" if generate else "standard")
     batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0, device)
-    batches = [batch_at(t) for t in range(n)]
+    batches = [batch_at(t)[:: -1 if generate else 1] for t in range(n)]
     batches = [(x.clone(), y.clone()) for x, y in batches]  # own storage, not the dataset's
     meta = replace(data, x_train=data.x_train[:1].clone(), y_train=data.y_train[:1].clone(),
                    x_test=data.x_test[:1].clone(), y_test=data.y_test[:1].clone())
@@ -99,9 +112,7 @@ def _batches(cfg: BenchConfig, n: int, device: torch.device):
 
 def _resident(strategy, model, device) -> int:
     """Parameter, gradient and optimizer-state bytes on the training device right now."""
-    from .tasks.classify import parts
-
-    per_part = state_bytes(parts(model), strategy.optimizers, device)
+    per_part = state_bytes(stored_parts(model), strategy.optimizers, device)
     return sum(sum(v.values()) for v in per_part.values())
 
 
@@ -120,10 +131,9 @@ def _close(strategy) -> None:
 
 def _build(run, device: torch.device, blocks: list[int] | None = None):
     """The model of ``run`` on ``device`` and its training strategy (for ``blocks`` only)."""
-    from .tasks.classify import build, make_strategy
-
-    model = build(run).to(device)
-    return model, make_strategy(run, model, blocks=blocks)[0]
+    task = _task(run)
+    model = task.build(run).to(device)
+    return model, task.make_strategy(run, model, blocks=blocks)[0]
 
 
 def _timed_step(strategy, x, y, t: int, device: torch.device) -> tuple[float, dict]:
@@ -164,8 +174,6 @@ def measure_memory(cfg: BenchConfig, variant: str, blocks: int, part: str) -> di
     steps (every block visited) inside :class:`PeakMemory`, on CPU with :func:`_exact_heap`,
     after a throw-away run (lazy initialization of kernels and optimizer code must not count).
     The baseline of the peak is the idle process with the batches loaded."""
-    from .tasks.classify import measure_activations
-
     device = _device(cfg)
     exact = device.type == "cuda" or (part == "peak" and _exact_heap())
     if cfg.threads:
@@ -176,7 +184,7 @@ def measure_memory(cfg: BenchConfig, variant: str, blocks: int, part: str) -> di
         timed = _steps(run, batches, cfg.warmup, device)
         model, strategy = timed["model"], timed["strategy"]
         with strategy.gathered():
-            activations = measure_activations(model, batches[0], run)["activation_bytes_per_step"]
+            activations = _task(run).measure_activations(model, batches[0], run)["activation_bytes_per_step"]
             parameters = sum(p.numel() for p in model.parameters())
         _close(strategy)
         step = statistics.median(timed["times"])
@@ -327,7 +335,8 @@ def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{kind}.json").write_text(json.dumps(records, indent=2))
     table = memory_table(records) if kind == "memory" else speed_table(records)
-    header = (f"{cfg.task} on {cfg.dataset}: ViT depth {cfg.depth}, width {cfg.width}, batch "
+    backbone = "DiT" if cfg.task == "generate" else "ViT"
+    header = (f"{cfg.task} on {cfg.dataset}: {backbone} depth {cfg.depth}, width {cfg.width}, batch "
               f"{cfg.batch_size}; {records[0]['device_name']} ({records[0]['device']}, "
               f"{records[0]['threads']} threads), torch {records[0]['torch']}\n\n")
     (out / f"{kind}.md").write_text(header + table)
@@ -449,6 +458,8 @@ def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
         train_steps: int | None = None, repeats: int = 3) -> str:
     """Measure and write ``kind`` (memory, speed or parallel) under ``cfg.out``; return a summary."""
     if kind == "parallel":
+        if cfg.task != "classify":
+            raise ValueError(f"bench parallel measures the classification task; drop --task {cfg.task}")
         record = bench_parallel(cfg, processes, train_steps, show, repeats)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -309,6 +309,29 @@ def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig
 # --- training ----------------------------------------------------------------------------------
 
 
+def make_strategy(cfg: GenerateConfig, model: DiffusionBlocks, offload_dir: str | Path | None = None,
+                  blocks: list[int] | None = None) -> tuple[Blockwise, int, int]:
+    """The training strategy (end to end is one block over the whole noise range), its total
+    steps and warm-up steps. ``blocks``: train only these."""
+    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)
+    return Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir), total, warmup
+
+
+def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
+                        cfg: GenerateConfig | None = None, blocks: list[int] | None = None) -> dict:
+    """Activation bytes saved for backward in one training step: the mean over the (trained)
+    blocks, each sampled with equal probability. ``cfg`` is unused (the classify signature)."""
+    x, y = batch
+
+    def loss(b: int) -> Tensor:
+        return blockwise_loss(model, x, y, b, torch.Generator().manual_seed(0))
+
+    per_block = [activation_bytes(lambda b=b: loss(b), model)
+                 for b in (range(model.num_blocks) if blocks is None else blocks)]
+    return {"activation_bytes_per_step": round(statistics.mean(per_block)),
+            "activation_bytes_per_block": per_block}
+
+
 def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
           evaluate: bool = True) -> dict:
     """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality."""
@@ -317,8 +340,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     model = build(cfg).to(device)
-    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
-    strategy = Blockwise(model, cfg.optim, offload=cfg.offload, offload_dir=str(out / "offload"))
+    strategy, total, warmup = make_strategy(cfg, model, offload_dir=out / "offload")
     batch_at = training_batches(cfg, data, device)
     held_out = data.x_test[:1000], data.y_test[:1000]
 
@@ -327,15 +349,13 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
 
     progress, history, step_times = train_run(cfg, strategy, model.parts(), batch_at, total, warmup,
                                               on_eval, RESUMABLE, show, desc=f"{cfg.mode} {cfg.dataset}")
-    x, y = batch_at(0)
-    per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
-                 for b in range(model.num_blocks)]
+    activations = measure_activations(model, batch_at(0))
     result = {
         "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "steps": total,
         "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
         "step_seconds": statistics.median(step_times) if step_times else None,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "activation_bytes_per_step": round(statistics.mean(per_block)),
+        "activation_bytes_per_step": activations["activation_bytes_per_step"],
         "history": history, "device": str(device),
         "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
         "guidance": cfg.guidance,
