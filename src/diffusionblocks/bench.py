@@ -101,8 +101,9 @@ def _batches(cfg: BenchConfig, n: int, device: torch.device):
     generate = cfg.task == "generate"
     data = load_images(cfg.dataset, cfg.data_dir, scaling="symmetric" if generate else "standard")
     batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0, device)
-    batches = [batch_at(t)[:: -1 if generate else 1] for t in range(n)]
-    batches = [(x.clone(), y.clone()) for x, y in batches]  # own storage, not the dataset's
+    batches = [(x.clone(), y.clone()) for x, y in map(batch_at, range(n))]  # own storage, not the dataset's
+    if generate:
+        batches = [(labels, images) for images, labels in batches]
     meta = replace(data, x_train=data.x_train[:1].clone(), y_train=data.y_train[:1].clone(),
                    x_test=data.x_test[:1].clone(), y_test=data.y_test[:1].clone())
     del data, batch_at
