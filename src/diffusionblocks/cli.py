@@ -80,7 +80,7 @@ GENERATE_HELP = {
     "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
     "patch_size": "DiT patch size (default: 2 for digits, 4 otherwise)",
     "steps": "end-to-end training steps, the budget (default per dataset: digits 1500, mnist and "
-    "fashion_mnist 4000, cifar10 20000, cifar10_exact 4000)",
+    "fashion_mnist 12000, cifar10 20000, cifar10_exact 4000)",
     "sample_steps": "sampler steps from σ_max to σ_min (the σ grid has one point more)",
     "grid": "inference σ grid: karras (ρ = 7) or equiprob (equal training mass)",
     "guidance": "classifier-free guidance scale (1: conditional only, 0: unconditional)",

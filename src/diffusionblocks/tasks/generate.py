@@ -46,8 +46,8 @@ MODES = ("e2e", "dblocks")
 # Per-dataset defaults: patch size and end-to-end training steps at batch 64.
 DATASET_DEFAULTS = {
     "digits": {"patch_size": 2, "steps": 1500},
-    "mnist": {"patch_size": 4, "steps": 4000},
-    "fashion_mnist": {"patch_size": 4, "steps": 4000},
+    "mnist": {"patch_size": 4, "steps": 12000},
+    "fashion_mnist": {"patch_size": 4, "steps": 12000},
     "cifar10": {"patch_size": 4, "steps": 20000},
     "cifar10_exact": {"patch_size": 4, "steps": 4000},
 }
