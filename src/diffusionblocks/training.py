@@ -9,6 +9,7 @@ exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .blocks import DiffusionBlocks
+from .memory import activation_bytes
 from .noise import loss_weight
 from .offload import Offload
 
@@ -137,6 +139,19 @@ def blockwise_loss(
     denoised = model.denoise(z, sigma, x, block)
     weight = loss_weight(sigma, model.noise.sigma_data, model.noise.max_weight)
     return (weight * model.shared.example_loss(denoised, y)).mean()
+
+
+def blockwise_activation_bytes(model: DiffusionBlocks, x: Tensor, y: Tensor,
+                               blocks: list[int] | None = None) -> dict:
+    """Activation bytes one block-wise step saves for backward: the mean over ``blocks`` (all by
+    default), each sampled with equal probability, and each block's own figure."""
+    def step_loss(b: int) -> Tensor:
+        return blockwise_loss(model, x, y, b, torch.Generator().manual_seed(0))
+
+    per_block = [activation_bytes(lambda b=b: step_loss(b), model)
+                 for b in (range(model.num_blocks) if blocks is None else blocks)]
+    return {"activation_bytes_per_step": round(statistics.mean(per_block)),
+            "activation_bytes_per_block": per_block}
 
 
 class EndToEnd:

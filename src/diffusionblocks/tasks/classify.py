@@ -41,7 +41,7 @@ from ..training import (
     EndToEnd,
     OptimConfig,
     Progress,
-    blockwise_loss,
+    blockwise_activation_bytes,
     fit,
     matched_budget,
 )
@@ -294,13 +294,7 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
     x, y = batch
     if not isinstance(model, DiffusionBlocks):
         return {"activation_bytes_per_step": activation_bytes(lambda: F.cross_entropy(model(x), y), model)}
-    gen = torch.Generator().manual_seed(0)
-    per_block = [
-        activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, gen), model)
-        for b in (range(model.num_blocks) if blocks is None else blocks)
-    ]
-    return {"activation_bytes_per_step": round(statistics.mean(per_block)),
-            "activation_bytes_per_block": per_block}
+    return blockwise_activation_bytes(model, x, y, blocks)
 
 
 def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:

@@ -27,7 +27,6 @@ from torch import Tensor
 from .. import checkpoint
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
 from ..data.images import DATASETS, Batches, ImageData, load_images
-from ..memory import activation_bytes
 from ..models.dit import DiTAdapter, DiTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
 from ..offload import OFFLOAD_TARGETS
@@ -40,7 +39,7 @@ from ..runs import (
     train_run,
 )
 from ..sampling import SAMPLERS, Denoiser, initial_noise
-from ..training import Blockwise, OptimConfig, blockwise_loss, matched_budget
+from ..training import Blockwise, OptimConfig, blockwise_activation_bytes, matched_budget
 
 MODES = ("e2e", "dblocks")
 # Per-dataset defaults: patch size and end-to-end training steps at batch 64.
@@ -319,17 +318,9 @@ def make_strategy(cfg: GenerateConfig, model: DiffusionBlocks, offload_dir: str 
 
 def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
                         cfg: GenerateConfig | None = None, blocks: list[int] | None = None) -> dict:
-    """Activation bytes saved for backward in one training step: the mean over the (trained)
-    blocks, each sampled with equal probability. ``cfg`` is unused (the classify signature)."""
-    x, y = batch
-
-    def loss(b: int) -> Tensor:
-        return blockwise_loss(model, x, y, b, torch.Generator().manual_seed(0))
-
-    per_block = [activation_bytes(lambda b=b: loss(b), model)
-                 for b in (range(model.num_blocks) if blocks is None else blocks)]
-    return {"activation_bytes_per_step": round(statistics.mean(per_block)),
-            "activation_bytes_per_block": per_block}
+    """Activation bytes saved for backward in one training step (mean over the trained blocks).
+    ``cfg`` is unused: the signature is classify's, so that ``bench`` can call either."""
+    return blockwise_activation_bytes(model, *batch, blocks)
 
 
 def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
