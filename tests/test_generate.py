@@ -7,7 +7,8 @@ import torch
 
 from diffusionblocks import cli
 from diffusionblocks.data.images import load_images
-from diffusionblocks.models.dit import DiTConfig, patchify, unpatchify
+from diffusionblocks.models.dit import DiTConfig
+from diffusionblocks.models.vit import patchify, unpatchify
 from diffusionblocks.noise import loss_weight
 from diffusionblocks.tasks import generate
 from diffusionblocks.tasks.generate import GenerateConfig

@@ -53,30 +53,34 @@ class AdaLNZero(nn.Module):
 
 
 class ModulatedNorm(torch.autograd.Function):
-    """LayerNorm (no affine) then ``x̂·(1 + scale) + shift``, saving only the input
-    and its per-token statistics.
+    """LayerNorm (no affine) then ``x̂·(1 + scale) + shift``, saving only x̂ and 1/std.
 
-    Plain autograd would also keep x̂ for the scale's gradient; recomputing it in backward is
-    cheap, and makes an AdaLN layer save no more than a plain pre-norm layer does here.
+    That is what a plain LayerNorm saves (its input and per-token statistics): plain autograd
+    would keep both the input and x̂. Backward is LayerNorm's own, run on x̂ (mean 0, 1/std 1)
+    and scaled by the true 1/std.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
-        xhat, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)
-        ctx.save_for_backward(x, mean, rstd, scale)
+        # A unit affine: PyTorch's CPU kernel without one is about 2× slower (torch 2.13).
+        ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+        xhat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], ones, torch.zeros_like(ones), eps)
+        ctx.save_for_backward(xhat, rstd, scale)
         ctx.shift_shape = shift.shape
         return torch.addcmul(shift, xhat, 1 + scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, mean, rstd, scale = ctx.saved_tensors
-        shape = x.shape[-1:]
-        dx = torch.ops.aten.native_layer_norm_backward(
-            grad * (1 + scale), x, shape, mean, rstd, None, None, [True, False, False]
-        )[0]
-        xhat = (x - mean).mul_(rstd)
-        return dx, grad.sum_to_size(ctx.shift_shape), (grad * xhat).sum_to_size(scale.shape), None
+        xhat, rstd, scale = ctx.saved_tensors
+        grad_xhat = grad * (1 + scale)
+        grad_x = torch.ops.aten.native_layer_norm_backward(
+            grad_xhat, xhat, xhat.shape[-1:], torch.zeros_like(rstd), torch.ones_like(rstd),
+            None, None, [True, False, False],
+        )[0].mul_(rstd)
+        # One (N, T, width) buffer fewer: fresh buffers cost page faults on CPU.
+        grad_scale = torch.mul(grad, xhat, out=grad_xhat).sum_to_size(scale.shape)
+        return grad_x, grad.sum_to_size(ctx.shift_shape), grad_scale, None
 
 
 def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
@@ -85,29 +89,34 @@ def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -
 
 
 class GatedResidual(torch.autograd.Function):
-    """``h + gate·(a Wᵀ + b)``: AdaLN-Zero's gated branch output, saving only ``a`` and the gate.
+    """``h + gate·(a Wᵀ + b)``: AdaLN-Zero's gated branch output.
 
-    Plain autograd keeps the branch output u = a Wᵀ + b for the gate's gradient, one extra
-    (N, T, width) tensor per branch beside the ``a`` the projection keeps anyway; backward
-    recomputes u from ``a`` instead (one matmul).
+    The gate's gradient needs the branch output u = a Wᵀ + b, one (N, T, width) tensor beside
+    the ``a`` the projection keeps anyway. With ``keep`` it is saved; without, backward
+    recomputes it from ``a`` (one more matmul, and no more saved than a plain residual).
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, gate: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(gate, a, weight, bias)
-        return torch.addcmul(h, gate, F.linear(a, weight, bias))
+    def forward(ctx, h: Tensor, gate: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None,
+                keep: bool) -> Tensor:
+        u = F.linear(a, weight, bias)
+        ctx.save_for_backward(gate, a, weight, bias, u if keep else None)
+        return torch.addcmul(h, gate, u)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        gate, a, weight, bias = ctx.saved_tensors
-        grad_u = grad * gate
-        grad_gate = (grad * F.linear(a, weight, bias)).sum_to_size(gate.shape)
-        flat_u, flat_a = grad_u.reshape(-1, grad_u.shape[-1]), a.reshape(-1, a.shape[-1])
-        grad_bias = flat_u.sum(0) if bias is not None else None
-        return grad, grad_gate, grad_u @ weight, flat_u.T @ flat_a, grad_bias
+        gate, a, weight, bias, u = ctx.saved_tensors
+        # grad·u, in the recomputed u's own buffer where there is one
+        grad_times_u = grad * u if u is not None else F.linear(a, weight, bias).mul_(grad)
+        grad_gate = grad_times_u.sum_to_size(gate.shape)
+        grad_u = torch.mul(grad, gate, out=grad_times_u).flatten(0, -2)  # (N·T, width)
+        grad_bias = grad_u.sum(0) if bias is not None else None
+        return grad, grad_gate, (grad_u @ weight).view_as(a), grad_u.T @ a.flatten(0, -2), grad_bias, None
 
 
-def gated_residual(h: Tensor, gate: Tensor, a: Tensor, proj: nn.Linear) -> Tensor:
-    """h + gate·proj(a), with ``gate`` broadcast over tokens (AdaLN-Zero's residual update)."""
-    return GatedResidual.apply(h, gate, a, proj.weight, proj.bias)
+def gated_residual(h: Tensor, gate: Tensor, a: Tensor, proj: nn.Linear, keep: bool = False) -> Tensor:
+    """h + gate·proj(a), with ``gate`` broadcast over tokens (AdaLN-Zero's residual update).
+    ``keep`` saves proj(a) for backward instead of recomputing it: worth it where ``a`` is
+    wider than the output (the MLP's hidden layer), when recomputing costs most."""
+    return GatedResidual.apply(h, gate, a, proj.weight, proj.bias, keep)

@@ -8,7 +8,6 @@ so DiffusionBlocks' blocks share no parameters at all; end to end is the same mo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from ..blocks import Adapter
 from ..conditioning import AdaLNZero, modulated_norm
 from ..runs import check_at_least_one
-from .vit import SHAPE_FIELDS, TransformerLayer
+from .vit import SHAPE_FIELDS, TransformerLayer, patchify, unpatchify
 
 
 @dataclass
@@ -51,20 +50,6 @@ class DiTConfig:
     def null_class(self) -> int:
         """The label index meaning "no class" (dropped labels; the unconditional branch)."""
         return self.num_classes
-
-
-def patchify(x: Tensor, p: int) -> Tensor:
-    """(N, C, H, W) -> (N, (H/p)(W/p), C·p·p), patches in row-major order."""
-    n, c, h, w = x.shape
-    patches = x.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-    return patches.reshape(n, (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens: Tensor, p: int, channels: int) -> Tensor:
-    """Inverse of :func:`patchify` for square images."""
-    n, t, _ = tokens.shape
-    g = math.isqrt(t)
-    return tokens.view(n, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, channels, g * p, g * p)
 
 
 def sincos_positions(grid: int, width: int) -> Tensor:

