@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config
+from torch import nn
 
 from diffusionblocks.blocks import DiffusionBlocks, split_layers
-from diffusionblocks.conditioning import modulated_norm
+from diffusionblocks.conditioning import ModulatedLinear, modulated_linear
 from diffusionblocks.models.vit import ViTConfig, make_layers
 from diffusionblocks.noise import NoiseConfig, loss_weight, scalings, sigmas_equiprob
 from diffusionblocks.sampling import sample_euler, sample_heun
@@ -118,14 +119,16 @@ def test_fresh_block_is_identity_on_its_residual_stream(tiny_model):
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8), (2, 1, 8)])
-def test_modulated_norm_gradcheck_and_value(shape):
+def test_modulated_linear_gradcheck_and_value(shape):
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     shift = torch.randn(shape[0], 1, shape[2], dtype=torch.float64, requires_grad=True)
     scale = torch.randn(shape[0], 1, shape[2], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, c: modulated_norm(a, b, c), (x, shift, scale))
-    expected = F.layer_norm(x, shape[-1:], eps=1e-6) * (1 + scale) + shift
-    assert torch.allclose(modulated_norm(x, shift, scale), expected, rtol=1e-12, atol=1e-12)
+    linear = nn.Linear(shape[2], 6, dtype=torch.float64)
+    args = (x, shift, scale, linear.weight, linear.bias)
+    assert torch.autograd.gradcheck(lambda *a: ModulatedLinear.apply(*a, 1e-6), args)
+    expected = linear(F.layer_norm(x, shape[-1:], eps=1e-6) * (1 + scale) + shift)
+    assert torch.allclose(modulated_linear(x, shift, scale, linear), expected, rtol=1e-12, atol=1e-12)
 
 
 # --- training one block -----------------------------------------------------------------------

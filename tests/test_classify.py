@@ -9,7 +9,7 @@ from torch import nn
 from diffusionblocks import cli
 from diffusionblocks.data.images import load_images
 from diffusionblocks.memory import SavedTensors, activation_bytes
-from diffusionblocks.models.vit import ViTConfig
+from diffusionblocks.models.vit import PatchStem, ViTConfig
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import ClassifyConfig
 from diffusionblocks.training import OptimConfig
@@ -112,6 +112,17 @@ def test_evaluate_counts_every_example(digits, batch):
     wrong = y.clone()
     wrong[-1] = (wrong[-1] + 1) % 10  # only the last example, in the last (partial) batch
     assert classify.evaluate(Oracle(x, y), x, wrong, cfg, batch=batch) == pytest.approx(359 / 360)
+
+
+def test_patch_stem_is_a_strided_convolution_and_reads_conv_checkpoints():
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=8, channels=3, patch_size=2, width=16)
+    stem, conv = PatchStem(cfg), nn.Conv2d(3, 16, kernel_size=2, stride=2)
+    state = {**stem.state_dict(), "proj.weight": conv.weight.detach(), "proj.bias": conv.bias.detach()}
+    stem.load_state_dict(state)  # a checkpoint of the earlier nn.Conv2d stem
+    x, first = torch.randn(5, 3, 8, 8), torch.zeros(5, 16)
+    expected = conv(x).flatten(2).transpose(1, 2) + stem.pos
+    assert torch.allclose(stem(x, first)[:, 1:], expected, atol=1e-6)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from diffusionblocks import bench, checkpoint, cli
-from diffusionblocks.conditioning import GatedResidual, gated_residual
+from diffusionblocks.conditioning import modulated_linear
 from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes
 from diffusionblocks.models.vit import TransformerLayer, ViTConfig
 from diffusionblocks.offload import Offload
@@ -49,21 +49,17 @@ def test_checkpointed_layers_keep_only_their_inputs():
     assert x.grad is not None and all(p.grad is not None for p in params)
 
 
-@pytest.mark.parametrize("keep", [False, True])
-def test_gated_residual_matches_autograd_and_saves_the_branch_output_only_if_kept(keep):
-    torch.manual_seed(0)
-    args = [torch.randn(s, dtype=torch.float64, requires_grad=True)
-            for s in [(2, 3, 4), (2, 1, 4), (2, 3, 5), (4, 5), (4,)]]
-    assert torch.autograd.gradcheck(lambda *a: GatedResidual.apply(*a, keep), args)
-    proj = nn.Linear(5, 4)
-    h, gate, a = torch.randn(2, 3, 4), torch.randn(2, 1, 4, requires_grad=True), torch.randn(2, 3, 5)
-    with SavedTensors(exclude=proj.parameters()) as saved:
-        gated_residual(h, gate, a, proj, keep=keep)
-    # the gate and a, and with ``keep`` the branch output (2, 3, 4)
-    assert saved.bytes == (2 * 1 * 4 + 2 * 3 * 5 + keep * 2 * 3 * 4) * 4
+def test_modulated_linear_keeps_only_the_normalized_input_and_its_statistics():
+    linear = nn.Linear(4, 5)
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    shift, scale = torch.randn(2, 1, 4, requires_grad=True), torch.randn(2, 1, 4, requires_grad=True)
+    with SavedTensors(exclude=linear.parameters()) as saved:
+        modulated_linear(x, shift, scale, linear)
+    # x̂ (2, 3, 4), 1/std (2, 3, 1), shift and scale (2, 1, 4); not x, nor the modulated input
+    assert saved.bytes == (2 * 3 * 4 + 2 * 3 + 2 * 2 * 4) * 4
 
 
-def test_an_adaln_layer_saves_a_plain_ones_tensors_plus_its_modulation_and_mlp_output():
+def test_an_adaln_layer_saves_no_more_than_a_plain_one_plus_its_modulation():
     torch.manual_seed(0)
     n, t, w = 4, 10, 16
     h, c = torch.randn(n, t, w, requires_grad=True), torch.randn(n, w)
@@ -73,9 +69,8 @@ def test_an_adaln_layer_saves_a_plain_ones_tensors_plus_its_modulation_and_mlp_o
     with SavedTensors(exclude=adaln.parameters()) as b:
         adaln(h, c)
     # extra: the conditioning c and its SiLU output (n·w each), the chunked (n, 1, 6w)
-    # modulation rows the branches keep (scales, gates), and the MLP's output (n, t, w)
-    # kept for its gate's gradient
-    assert n * t * w * 4 <= b.bytes - a.bytes <= (2 * n * w + n * 6 * w + n * t * w) * 4
+    # modulation rows the branches keep (shifts, scales, gates)
+    assert b.bytes - a.bytes <= (2 * n * w + n * 6 * w) * 4
 
 
 # --- offload ----------------------------------------------------------------------------------

@@ -52,71 +52,44 @@ class AdaLNZero(nn.Module):
         return self.proj(c)[:, None].chunk(self.chunks, dim=-1)
 
 
-class ModulatedNorm(torch.autograd.Function):
-    """LayerNorm (no affine) then ``x̂·(1 + scale) + shift``, saving only x̂ and 1/std.
+class ModulatedLinear(torch.autograd.Function):
+    """``(x̂·(1 + scale) + shift) Wᵀ + b`` with x̂ = LayerNorm(x) (no affine): AdaLN's modulated
+    norm and the linear map it feeds, saving only x̂ and 1/std.
 
-    That is what a plain LayerNorm saves (its input and per-token statistics): plain autograd
-    would keep both the input and x̂. Backward is LayerNorm's own, run on x̂ (mean 0, 1/std 1)
-    and scaled by the true 1/std.
+    That is what a plain LayerNorm saves. Apart, the two would also keep the modulated input for
+    the weight's gradient (plain autograd: the input and x̂ too); backward recomputes it in one
+    elementwise pass instead. LayerNorm's backward runs on x̂ (mean 0, 1/std 1), then is scaled
+    by the true 1/std.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
+    def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None,
+                eps: float) -> Tensor:
         # A unit affine: PyTorch's CPU kernel without one is about 2× slower (torch 2.13).
         ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
         xhat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], ones, torch.zeros_like(ones), eps)
-        ctx.save_for_backward(xhat, rstd, scale)
-        ctx.shift_shape = shift.shape
-        return torch.addcmul(shift, xhat, 1 + scale)
+        ctx.save_for_backward(xhat, rstd, shift, scale, weight, bias)
+        return F.linear(torch.addcmul(shift, xhat, 1 + scale), weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        xhat, rstd, scale = ctx.saved_tensors
-        grad_xhat = grad * (1 + scale)
+        xhat, rstd, shift, scale, weight, bias = ctx.saved_tensors
+        flat_grad = grad.flatten(0, -2)
+        modulated = torch.addcmul(shift, xhat, 1 + scale)
+        grad_weight = flat_grad.T @ modulated.flatten(0, -2)
+        grad_bias = flat_grad.sum(0) if bias is not None else None
+        grad_modulated = (flat_grad @ weight).view_as(xhat)
+        grad_shift = grad_modulated.sum_to_size(shift.shape)
+        grad_scale = torch.mul(grad_modulated, xhat, out=modulated).sum_to_size(scale.shape)
+        grad_xhat = grad_modulated * (1 + scale)  # not in place: grad_shift may be grad_modulated
         grad_x = torch.ops.aten.native_layer_norm_backward(
-            grad_xhat, xhat, xhat.shape[-1:], torch.zeros_like(rstd), torch.ones_like(rstd),
-            None, None, [True, False, False],
+            grad_xhat, xhat, xhat.shape[-1:], torch.zeros_like(rstd),
+            torch.ones_like(rstd), None, None, [True, False, False],
         )[0].mul_(rstd)
-        # One (N, T, width) buffer fewer: fresh buffers cost page faults on CPU.
-        grad_scale = torch.mul(grad, xhat, out=grad_xhat).sum_to_size(scale.shape)
-        return grad_x, grad.sum_to_size(ctx.shift_shape), grad_scale, None
+        return grad_x, grad_shift, grad_scale, grad_weight, grad_bias, None
 
 
-def modulated_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
-    """AdaLN: LayerNorm(x)·(1 + scale) + shift, with shift/scale broadcast over tokens."""
-    return ModulatedNorm.apply(x, shift, scale, eps)
-
-
-class GatedResidual(torch.autograd.Function):
-    """``h + gate·(a Wᵀ + b)``: AdaLN-Zero's gated branch output.
-
-    The gate's gradient needs the branch output u = a Wᵀ + b, one (N, T, width) tensor beside
-    the ``a`` the projection keeps anyway. With ``keep`` it is saved; without, backward
-    recomputes it from ``a`` (one more matmul, and no more saved than a plain residual).
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor, gate: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None,
-                keep: bool) -> Tensor:
-        u = F.linear(a, weight, bias)
-        ctx.save_for_backward(gate, a, weight, bias, u if keep else None)
-        return torch.addcmul(h, gate, u)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        gate, a, weight, bias, u = ctx.saved_tensors
-        # grad·u, in the recomputed u's own buffer where there is one
-        grad_times_u = grad * u if u is not None else F.linear(a, weight, bias).mul_(grad)
-        grad_gate = grad_times_u.sum_to_size(gate.shape)
-        grad_u = torch.mul(grad, gate, out=grad_times_u).flatten(0, -2)  # (N·T, width)
-        grad_bias = grad_u.sum(0) if bias is not None else None
-        return grad, grad_gate, (grad_u @ weight).view_as(a), grad_u.T @ a.flatten(0, -2), grad_bias, None
-
-
-def gated_residual(h: Tensor, gate: Tensor, a: Tensor, proj: nn.Linear, keep: bool = False) -> Tensor:
-    """h + gate·proj(a), with ``gate`` broadcast over tokens (AdaLN-Zero's residual update).
-    ``keep`` saves proj(a) for backward instead of recomputing it: worth it where ``a`` is
-    wider than the output (the MLP's hidden layer), when recomputing costs most."""
-    return GatedResidual.apply(h, gate, a, proj.weight, proj.bias, keep)
+def modulated_linear(x: Tensor, shift: Tensor, scale: Tensor, linear: nn.Linear, eps: float = 1e-6) -> Tensor:
+    """linear(LayerNorm(x)·(1 + scale) + shift), shift and scale broadcast over tokens (AdaLN)."""
+    return ModulatedLinear.apply(x, shift, scale, linear.weight, linear.bias, eps)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import Adapter
-from ..conditioning import AdaLNZero, modulated_norm
+from ..conditioning import AdaLNZero, modulated_linear
 from ..runs import check_at_least_one
 from .vit import SHAPE_FIELDS, TransformerLayer, patchify, unpatchify
 
@@ -87,7 +87,7 @@ class DiTAdapter(Adapter):
 
     def decode(self, h: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.ada(c)
-        return unpatchify(self.out(modulated_norm(h, shift, scale)), self.cfg.patch_size, self.cfg.channels)
+        return unpatchify(modulated_linear(h, shift, scale, self.out), self.cfg.patch_size, self.cfg.channels)
 
 
 def make_layers(cfg: DiTConfig) -> list[TransformerLayer]:

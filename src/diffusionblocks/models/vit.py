@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..conditioning import AdaLNZero, gated_residual, modulated_norm
+from ..conditioning import AdaLNZero, modulated_linear
 from ..memory import run_layers
 from ..runs import check_at_least_one
 
@@ -64,11 +64,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def mix(self, h: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
-        """Multi-head attention before the output projection. ``cache`` (a KV cache, see
-        models/lm.py) prepends a prefix's keys and values and supplies the mask."""
-        n, t, w = h.shape
-        q, k, v = self.qkv(h).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+    def mix(self, qkv: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+        """Multi-head attention of projected queries, keys and values (N, T, 3·width), before
+        the output projection. ``cache`` (a KV cache, see models/lm.py) prepends a prefix's keys
+        and values and supplies the mask."""
+        n, t, w = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if self.rope:  # token i at position i (after a cached prefix, at len(cache) + i)
             start = len(cache) if cache is not None else 0
             q, k = rotary(q, start), rotary(k, start)
@@ -78,12 +79,14 @@ class Attention(nn.Module):
         return a.transpose(1, 2).reshape(n, t, w)
 
     def forward(self, h: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
-        return self.out(self.mix(h, mask, cache))
+        return self.out(self.mix(self.qkv(h), mask, cache))
 
 
 class TransformerLayer(nn.Module):
     """Pre-norm transformer layer. With ``cond_dim`` it is AdaLN-Zero conditioned (DiT):
-    shift/scale/gate of both branches come from the conditioning vector, gates start at 0."""
+    shift/scale/gate of both branches come from the conditioning vector, gates start at 0.
+    Through :func:`modulated_linear` it saves for backward what the plain layer saves, plus the
+    (N, 6·width) modulation rows."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None,
                  rope: bool = False):
@@ -106,10 +109,10 @@ class TransformerLayer(nn.Module):
             h = h + self.attn(self.norm1(h), mask, cache)
             return h + self.mlp(self.norm2(h))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
-        mixed = self.attn.mix(modulated_norm(h, shift1, scale1), mask, cache)
-        h = gated_residual(h, gate1, mixed, self.attn.out)
-        hidden = self.mlp[1](self.mlp[0](modulated_norm(h, shift2, scale2)))
-        return gated_residual(h, gate2, hidden, self.mlp[2], keep=True)
+        mixed = self.attn.mix(modulated_linear(h, shift1, scale1, self.attn.qkv), mask, cache)
+        h = torch.addcmul(h, gate1, self.attn.out(mixed))
+        hidden = self.mlp[1](modulated_linear(h, shift2, scale2, self.mlp[0]))
+        return torch.addcmul(h, gate2, self.mlp[2](hidden))
 
 
 def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
@@ -119,7 +122,7 @@ def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[Transformer
 def patchify(x: Tensor, p: int) -> Tensor:
     """(N, C, H, W) -> (N, (H/p)(W/p), C·p·p), patches in row-major order."""
     n, c, h, w = x.shape
-    patches = x.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    patches = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
     return patches.reshape(n, (h // p) * (w // p), c * p * p)
 
 
@@ -128,6 +131,14 @@ def unpatchify(tokens: Tensor, p: int, channels: int) -> Tensor:
     n, t, _ = tokens.shape
     g = math.isqrt(t)
     return tokens.view(n, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, channels, g * p, g * p)
+
+
+def _conv_stem_weights(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """Read checkpoints of the earlier ``nn.Conv2d`` stem: its (width, C, p, p) weight is the
+    linear stem's (width, C·p·p)."""
+    weight = state_dict.get(prefix + "proj.weight")
+    if weight is not None and weight.dim() == 4:
+        state_dict[prefix + "proj.weight"] = weight.flatten(1)
 
 
 class PatchStem(nn.Module):
@@ -142,6 +153,7 @@ class PatchStem(nn.Module):
         self.proj = nn.Linear(cfg.channels * p * p, cfg.width)
         self.pos = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.width) * 0.02)
         self.slot = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
+        self.register_load_state_dict_pre_hook(_conv_stem_weights)
 
     def forward(self, x: Tensor, first: Tensor) -> Tensor:
         """Prepend ``first`` (N, width) — the [CLS] token or the noisy target — to the patches."""
