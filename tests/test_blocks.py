@@ -156,6 +156,17 @@ def test_blockwise_step_touches_only_the_sampled_block(digits, policy):
             assert all(p.grad is None for p in part.parameters()), f"{name} has a gradient"
 
 
+def test_only_the_last_sampled_block_holds_gradients(tiny_model, batch):
+    strategy = Blockwise(tiny_model, OptimConfig())
+    sampled = []
+    for t in range(12):
+        sampled.append(b := strategy.step(*batch, step_generator(0, t))["block"])
+        holding = {name for name, part in tiny_model.parts().items()
+                   if any(p.grad is not None for p in part.parameters())}
+        assert holding <= {f"block_{b}", "shared"}, (t, b, holding)
+    assert len(set(sampled)) > 1
+
+
 def test_blockwise_steps_visit_every_block(tiny_model, batch):
     strategy = Blockwise(tiny_model, OptimConfig())
     seen = {strategy.step(*batch, step_generator(0, t))["block"] for t in range(12)}

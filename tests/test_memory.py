@@ -212,6 +212,9 @@ def test_bench_memory_and_speed_write_their_records(tmp_path, capsys):
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert {r["mode"] for r in speed} == {"e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload"}
     assert all(r["step_seconds"] > 0 for r in speed)
+    for r in speed:  # the round-by-round ratio: quartiles in order; e2e against itself is 1
+        q1, q2, q3 = r["relative_paired_quartiles"]
+        assert q1 <= q2 <= q3 and (r["mode"] != "e2e" or q1 == q3 == 1.0)
     assert "dblocks_offload" in capsys.readouterr().out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import platform
 import queue
 import shutil
@@ -265,11 +266,15 @@ def bench_speed(cfg: BenchConfig, show: bool = True) -> list[dict]:
         med = {v: statistics.median(ts) for v, ts in times.items()}
         for v in variants:
             blocks = b if v.startswith("dblocks") else 1
+            # the same ratio round by round (steps next to each other in time), its quartiles
+            ratios = [t * blocks / e for t, e in zip(times[v], times["e2e"])]
+            paired = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
             records.append({
                 "mode": v, "blocks": blocks, "for_blocks": b, "step_seconds": med[v],
                 "layer_evals_per_second": statistics.mean(layers[v]) / med[v],
                 # cost of the whole network's worth of layers, relative to one end-to-end step
-                "relative_to_e2e": med[v] * (b if v.startswith("dblocks") else 1) / med["e2e"],
+                "relative_to_e2e": med[v] * blocks / med["e2e"],
+                "relative_paired_quartiles": paired,
                 "rounds": cfg.steps, **_machine(cfg, device),
             })
         if show:
@@ -297,10 +302,13 @@ def memory_table(records: list[dict]) -> str:
 def speed_table(records: list[dict]) -> str:
     rows = []
     for r in records:
+        q1, q2, q3 = r.get("relative_paired_quartiles") or (math.nan,) * 3
         rows.append([str(r["for_blocks"]), r["mode"], f"{r['step_seconds'] * 1e3:.1f} ms",
-                     f"{r['relative_to_e2e']:.3f}", f"{r['layer_evals_per_second']:.1f}"])
+                     f"{r['relative_to_e2e']:.3f}", f"{q2:.3f} ({q1:.3f}–{q3:.3f})",
+                     f"{r['layer_evals_per_second']:.1f}"])
     return markdown_table(rows, ["B", "variant", "s / step (median)",
-                                 "× B / e2e step (dblocks) or / e2e step", "layer evals / s"])
+                                 "× B / e2e step (dblocks) or / e2e step",
+                                 "the same, round by round: median (quartiles)", "layer evals / s"])
 
 
 def plot_memory(records: list[dict], path: Path) -> None:
