@@ -103,7 +103,7 @@ class Blockwise:
         self.optimizers = {n: o for n in names if (o := make_optimizer(parts[n], cfg)) is not None}
         blocks_only = {n: m for n, m in parts.items() if n != "shared"}
         self.offload = Offload(blocks_only, self.optimizers, offload, offload_dir) if offload else None
-        self.stale = list(self.optimizers.values())  # those whose parameters may hold gradients
+        self._stale = list(self.optimizers.values())  # those whose parameters may hold gradients
 
     def gathered(self) -> AbstractContextManager:
         """The whole model resident (evaluation, checkpoints), whether or not blocks offload."""
@@ -120,9 +120,9 @@ class Blockwise:
             self.offload.fetch(f"block_{b}")
         loss = self.loss(model, x, y, b, gen)
         active = [o for n, o in self.optimizers.items() if n in ("shared", f"block_{b}")]
-        for opt in self.stale:  # the last step's gradients; no other part has any
+        for opt in self._stale:  # the last step's gradients; no other part has any
             opt.zero_grad(set_to_none=True)
-        self.stale = active
+        self._stale = active
         loss.backward()
         if self.cfg.clip:
             params = [p for o in active for g in o.param_groups for p in g["params"]]
