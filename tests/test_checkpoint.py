@@ -103,6 +103,15 @@ def final_weights(out):
     return {f.name: load_file(str(f)) for f in sorted(ckpt.glob("*.safetensors"))}
 
 
+def test_rerunning_a_finished_run_says_it_reuses_it(digits, tmp_path, capsys):
+    first = classify.train(resume_config(tmp_path), digits, show=False)
+    assert "resuming" not in capsys.readouterr().err
+    again = classify.train(resume_config(tmp_path), digits, show=True)
+    err = capsys.readouterr().err
+    assert "at step 60 of 60" in err and "already finished" in err and "fresh --out" in err
+    assert again["history"] == first["history"]
+
+
 def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatch):
     straight = classify.train(resume_config(tmp_path / "straight"), digits, show=False)
     assert straight["steps"] == 60  # 20 end-to-end steps × B=3, equal layer evaluations

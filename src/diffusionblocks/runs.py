@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -62,6 +63,15 @@ def config_from_dict(cls, d: dict, nested: dict[str, type]):
     return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
+def announce_resume(where: Path, step: int, total: int, show: bool = True) -> None:
+    """Say on stderr that a run continues from a checkpoint, and when it has nothing left to do
+    (a finished run is reused as it is, whatever changed in the code since)."""
+    if show:
+        left = ("already finished: its results are reused; train into a fresh --out to train again"
+                if step >= total else f"{total - step} steps to go")
+        print(f"resuming from {where} at step {step} of {total} ({left})", file=sys.stderr, flush=True)
+
+
 def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
               resumable: set[str], show: bool = True, desc: str = "train"):
     """The training run every task shares: lock ``cfg.out``, resume from its checkpoint (same
@@ -85,6 +95,7 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
             check_resumable(checkpoint.read_config(where), cfg.to_dict(), resumable, where)
             checkpoint.load_parts(where, parts)
             progress = checkpoint.load_training_state(where, strategy.optimizers)
+            announce_resume(where, progress.step, total, show)
             kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
                     if r["step"] <= progress.step] if metrics_path.exists() else []
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -28,6 +28,7 @@ from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
+    announce_resume,
     check_at_least_one,
     check_choice,
     check_device_name,
@@ -338,6 +339,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
             checkpoint.load_parts(where, stored)
             progress = checkpoint.load_training_state(where, strategy.optimizers)
+            if writer:
+                announce_resume(where, progress.step, total, show)
             if writer and metrics_path.exists():  # keep only what the checkpoint had seen
                 kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
                         if r["step"] <= progress.step]
