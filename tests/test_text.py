@@ -10,6 +10,7 @@ import torch
 from diffusionblocks import cli
 from diffusionblocks.data.text import Tokenizer, Windows, load_text
 from diffusionblocks.models.lm import LMConfig, denoising_mask
+from diffusionblocks.sampling import sample_euler
 from diffusionblocks.tasks import ar, mdm
 from diffusionblocks.tasks.text import windows
 from diffusionblocks.training import Blockwise, OptimConfig, step_generator
@@ -215,6 +216,29 @@ def test_cached_generation_equals_uncached(sampler):
     assert a.shape == (2, 25) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
 
 
+def test_greedy_prediction_starts_from_the_noise_mean_and_draws_start_from_noise():
+    model, cfg = ar_model(blocks=2)
+    x = torch.randint(11, (3, 6))
+    greedy = ar.predict(model, x, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, ar.predict(model, x, cfg, torch.Generator().manual_seed(1)))
+    sigmas = ar.sigma_grid(cfg)
+    z = sample_euler(model.denoiser(x), torch.zeros(3, 6, model.shared.embed_dim), sigmas)
+    assert torch.equal(greedy, model.shared.logits(model.denoise(z, float(sigmas[-1]), x)))
+    draw = [ar.predict(model, x, cfg, torch.Generator().manual_seed(s), temperature=1.0) for s in (0, 1)]
+    assert not torch.allclose(draw[0], draw[1]) and not torch.allclose(draw[0], greedy)
+
+
+def test_sampled_accuracy_of_a_next_token_model_is_the_mean_probability_of_the_answer():
+    from diffusionblocks.models.lm import CausalLM
+
+    model = CausalLM(tiny_lm(11))
+    w = torch.randint(11, (4, 9))
+    result = ar.scores(model, list(w), ar.ARConfig(prompt_length=4, lm=tiny_lm(11)))
+    with torch.no_grad():
+        p = model(w[:, :-1]).softmax(-1).gather(-1, w[:, 1:, None])
+    assert result["sampled_accuracy"] == pytest.approx(p.mean().item(), rel=1e-5)
+
+
 def test_generation_runs_one_block_per_grid_point():
     model, cfg = ar_model(blocks=2)
     calls = []
@@ -336,6 +360,29 @@ def test_recurrent_dblocks_trains_one_core_pass_and_infers_with_k():
         calls.clear()
         ar.predict(model, x, recurrent.with_depth(model, cfg, k))
         assert len(calls) == k
+
+
+def test_recurrent_state_at_i_never_sees_token_i_plus_1():
+    """DiffusionBlocks' state i (denoising token i + 1) may see clean tokens ≤ i and the states
+    before it (noisy copies of tokens ≤ i), never a later token or state."""
+    recurrent, cfg, model, _ = recurrent_model("dblocks")
+    torch.manual_seed(0)
+    with torch.no_grad():  # leave the zero-initialized (identity) start: every path must carry
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, z, i = torch.randint(11, (1, 12)), torch.randn(1, 12, cfg.lm.width), 6
+
+    def out(x, z):
+        return model.denoise(z, 1.0, x)[0, i]
+
+    ref = out(x, z)
+    later_x, later_z, earlier_x, earlier_z = x.clone(), z.clone(), x.clone(), z.clone()
+    later_x[0, i + 1 :] = (x[0, i + 1 :] + 1) % 11
+    later_z[0, i + 1 :] = torch.randn(5, cfg.lm.width)
+    earlier_x[0, i] = (x[0, i] + 1) % 11
+    earlier_z[0, i - 1] = torch.randn(cfg.lm.width)
+    assert torch.equal(out(later_x, z), ref) and torch.equal(out(x, later_z), ref)
+    assert not torch.allclose(out(earlier_x, z), ref) and not torch.allclose(out(x, earlier_z), ref)
 
 
 def test_recurrent_baseline_unrolls_a_random_depth_and_truncates_backprop():

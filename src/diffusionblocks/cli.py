@@ -110,7 +110,7 @@ TEXT_HELP = {
     "sample_length": "characters per sample (ar: generated after the prompt)",
     "prompt_length": "ar: prompt characters taken from the test split",
     "sample_steps": "mdm: unmasking steps; ar: σ grid points per token (default B: one per block)",
-    "temperature": "sampling temperature (0: always the most likely character)",
+    "temperature": "sampling temperature (0: greedy; DiffusionBlocks also scales its start noise by it)",
     "grid": "ar: σ grid per token: equiprob (equal training mass, default) or karras (ρ = 7)",
     "partition": "ar: uniform: equal log σ widths (default); equiprob: equal training mass",
     "gamma": "ar: overlap γ of the blocks' σ ranges (default 0.1, the paper's for text)",
@@ -362,11 +362,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not len(prompt):
             raise ValueError("an autoregressive model needs a prompt of at least one character")
         if task == "recurrent":
-            from .tasks.recurrent import with_depth
-
-            with_depth(model, cfg, cfg.depth_k)
-        ids = _text_module("ar").generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen,
-                                          cfg.temperature, cached=task == "ar")
+            module.with_depth(model, cfg, cfg.depth_k)
+        ids = module.generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen, cfg.temperature)
     else:
         if args.length > cfg.lm.context or len(prompt) >= args.length:
             raise ValueError(f"a masked-diffusion sample has at most {cfg.lm.context} characters "

@@ -10,7 +10,9 @@ position index k + 1, the place its token will occupy. The answer never leaks th
 (tests pin this). Each block has its own token stem and read-in/read-out; the token table is the
 shared target space. To generate, every new token runs the B-step sampler of METHOD §8 on one
 noisy slot against the clean prefix, whose keys and values are cached per σ of the grid (the
-clean tokens are conditioned on σ too, so each grid point has its own cache).
+clean tokens are conditioned on σ too, so each grid point has its own cache). Started from
+pure noise the sampler draws a token; started from the noise's mean it decodes greedily, which
+is how teacher-forced accuracy is read (:func:`initial_state`).
 """
 
 from __future__ import annotations
@@ -137,11 +139,24 @@ def sigma_grid(cfg: ARConfig) -> Tensor:
     return GRIDS[cfg.grid](cfg.noise, n)
 
 
+def initial_state(shape: tuple[int, ...], cfg: ARConfig, temperature: float, generator=None,
+                  device=None) -> Tensor:
+    """The sampler's start at σ_max: N(0, (temperature·σ_max)² I).
+
+    At temperature 1 the deterministic sampler turns the noise into a *draw* from the model
+    (its argmax is right with the probability the model gives the right token, as a
+    temperature-1 sample of a next-token model). At 0 it starts from the noise's mean and
+    follows one deterministic path: greedy decoding, the counterpart of an argmax.
+    """
+    return temperature * initial_noise(shape, cfg.noise.sigma_max, generator, device)
+
+
 @torch.no_grad()
-def predict(model: DiffusionBlocks, x: Tensor, cfg: ARConfig, generator=None) -> Tensor:
+def predict(model: DiffusionBlocks, x: Tensor, cfg: ARConfig, generator=None,
+            temperature: float = 0.0) -> Tensor:
     """Teacher-forced logits (N, T, V) for the token after each position of ``x``: every slot
-    runs the sampler from noise against its own clean prefix (slots cannot see each other)."""
-    z = initial_noise((*x.shape, model.shared.embed_dim), cfg.noise.sigma_max, generator, x.device)
+    runs the sampler against its own clean prefix, greedy by default (see :func:`initial_state`)."""
+    z = initial_state((*x.shape, model.shared.embed_dim), cfg, temperature, generator, x.device)
     sigmas = sigma_grid(cfg)
     z = SAMPLERS[cfg.sampler](model.denoiser(x), z, sigmas)
     return model.shared.logits(model.denoise(z, float(sigmas[-1]), x))
@@ -203,7 +218,9 @@ class NextSlot:
 def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: torch.Generator,
              temperature: float = 1.0, cached: bool = True) -> Tensor:
     """``prompt`` (N, P) followed by ``new`` generated tokens. The context is the last
-    ``context`` tokens; when it fills, it restarts from the last half (caches refilled)."""
+    ``context`` tokens; when it fills, it restarts from the last half (caches refilled).
+    DiffusionBlocks scales the sampler's start by ``temperature`` (0: greedy, :func:`initial_state`)
+    and picks from the final denoise's logits at the same temperature."""
     model.eval()
     ids, start = prompt, max(0, prompt.shape[1] - cfg.lm.context)
     if not isinstance(model, DiffusionBlocks):  # a next-token model (CausalLM, RecurrentLM)
@@ -218,7 +235,7 @@ def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: tor
         return shared.estimate(slot.denoise(z, sigma))
 
     for _ in range(new):
-        z = initial_noise((ids.shape[0], 1, shared.embed_dim), cfg.noise.sigma_max, gen, ids.device)
+        z = initial_state((ids.shape[0], 1, shared.embed_dim), cfg, temperature, gen, ids.device)
         z = SAMPLERS[cfg.sampler](estimate, z, sigmas)
         token = pick(shared.logits(slot.denoise(z, sigmas[-1]))[:, -1], temperature, gen)
         ids = torch.cat([ids, token], dim=1)
@@ -240,25 +257,36 @@ def test_windows(ids: Tensor, context: int) -> list[Tensor]:
 
 @torch.no_grad()
 def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 64) -> dict:
-    """Next-character accuracy over every target of ``pieces``; for a next-token model (end to
-    end) also bits per character. DiffusionBlocks' accuracy is teacher-forced: the argmax of the final
-    denoise (σ_min) after the sampler, from the true prefix."""
+    """Accuracy over every target of ``pieces``, of the mode and of a draw.
+
+    A next-token model (end to end): ``next_char_accuracy`` of the argmax, ``sampled_accuracy``
+    = the mean probability of the right token (how often a temperature-1 draw is right), and
+    bits per character. DiffusionBlocks, teacher-forced from the true prefix:
+    ``teacher_forced_accuracy`` of the greedy sampler's final denoise (the argmax's counterpart)
+    and ``sampled_accuracy`` of one temperature-1 run of the sampler per target.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed + 777)
-    correct = nats = count = 0.0
+    correct = drawn = nats = count = 0.0
     for w in batched(pieces, batch):
         w = w.to(device)
         x, y = w[:, :-1], w[:, 1:]
-        logits = predict(model, x, cfg, gen) if isinstance(model, DiffusionBlocks) else model(x)
+        if isinstance(model, DiffusionBlocks):
+            logits = predict(model, x, cfg)
+            drawn += (predict(model, x, cfg, gen, temperature=1.0).argmax(-1) == y).sum().item()
+        else:
+            logits = model(x)
+            drawn += logits.softmax(-1).gather(-1, y[..., None]).sum().item()
         correct += (logits.argmax(-1) == y).sum().item()
         nats += next_token_loss(logits, y).item() * y.numel()
         count += y.numel()
     model.train(was_training)
+    result = {"sampled_accuracy": drawn / count}
     if not isinstance(model, DiffusionBlocks):
-        return {"test_bpc": nats / count / LN2, "next_char_accuracy": correct / count}
-    return {"teacher_forced_accuracy": correct / count}
+        return {"test_bpc": nats / count / LN2, "next_char_accuracy": correct / count, **result}
+    return {"teacher_forced_accuracy": correct / count, **result}
 
 
 @torch.no_grad()
@@ -381,7 +409,8 @@ def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) ->
 ROWS = [  # (label, result key, format) of report.md
     ("test BPC", "test_bpc", ".3f"),
     ("next-char accuracy", "next_char_accuracy", ".4f"),
-    ("teacher-forced accuracy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
     ("judge BPC of samples (e2e model as judge)", "judge_bpc", ".3f"),
     ("blocks", "blocks", "d"),
     ("training steps", "steps", "d"),

@@ -7,11 +7,12 @@ zero, applies the core a random number of times per step (Poisson-log-normal, me
 ``mean_depth``), each time injecting the prelude's output, backpropagates through the last
 ``backprop_depth`` iterations only, and decodes with the coda. At inference the core runs K times.
 
-**DiffusionBlocks** reads the K iterations as K denoising steps. The model is the autoregressive
-denoiser of tasks/ar.py with one block, whose layers are the core (AdaLN-conditioned on σ): the
-prelude encodes the clean prefix, the core denoises the next token's embedding, the coda reads
-it out. It trains on σ from the whole training distribution, one pass per step and no unrolling;
-inference runs the core K times, as the Euler steps of a K-point σ grid.
+**DiffusionBlocks** reads the K iterations as K denoising steps: the latent state becomes the
+noisy embedding of the next token, and the model one denoiser D(z, σ; prompt) of the same shape
+(:class:`LatentAdapter`): prelude on the clean tokens, the core (AdaLN-conditioned on σ) on the
+injected state, coda and read-out. It trains on σ from the whole training distribution, one
+pass per step and no unrolling; inference runs the core K times, as the Euler steps of a K-point
+σ grid, every position's state at once, as the baseline iterates its states.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..blocks import DiffusionBlocks, TokenSpace
+from ..blocks import Adapter, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes, run_layers
-from ..models.lm import LMConfig, TokenStem, causal_mask, denoising_mask, make_layers, next_token_loss
+from ..models.lm import LMConfig, TokenStem, causal_mask, make_layers, next_token_loss
 from ..noise import NoiseConfig
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
@@ -163,22 +164,37 @@ class Unrolled(EndToEnd):
 # --- DiffusionBlocks: one denoiser, the core as its layers --------------------------------------
 
 
-class RecurrentAdapter(ar.ARAdapter):
-    """The autoregressive adapter with a prelude on the clean tokens and a coda before read-out."""
+class LatentAdapter(Adapter):
+    """The baseline's shape with its latent state in target space.
+
+    The prelude encodes the clean prefix (e, causal); the core's input at position i is
+    ``inject([z_i, e_i])``, where z_i is the c_in-scaled noisy embedding of token i + 1, exactly
+    where the baseline injects its state s_i; the coda and a read-out give F in target space.
+    Attention is causal over one sequence of T positions, as the baseline's: position i sees
+    z_j for j ≤ i, and z_j (j < i) is a noisy copy of token j + 1 ≤ i, already in the clean
+    prefix, so nothing about token i + 1 leaks (a test pins this). One σ per sequence.
+    """
 
     def __init__(self, cfg: RecurrentConfig, embed_dim: int):
-        super().__init__(cfg.lm, embed_dim)
-        self.prelude = plain_layers(cfg.lm, cfg.prelude)
-        self.coda = plain_layers(cfg.lm, cfg.coda)
+        super().__init__()
+        lm = cfg.lm
+        self.stem = TokenStem(lm.vocab_size, lm.width, lm.context)
+        self.prelude = plain_layers(lm, cfg.prelude)
+        self.inject = nn.Linear(embed_dim + lm.width, lm.width)
+        self.coda = plain_layers(lm, cfg.coda)
+        self.norm = nn.LayerNorm(lm.width, eps=1e-6)
+        self.read_out = nn.Linear(lm.width, embed_dim)
+
+    def attention_mask(self, x: Tensor) -> Tensor:
+        return causal_mask(x.shape[1], x.device)
 
     def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
-        clean = run_layers(self.prelude, self.stem(x), None, causal_mask(x.shape[1], x.device))
-        return torch.cat([clean, self.slots(z_in, 1)], dim=1)
+        e = run_layers(self.prelude, self.stem(x), None, self.attention_mask(x))
+        return self.inject(torch.cat([z_in, e], dim=-1))
 
     def decode(self, h: Tensor, c: Tensor) -> Tensor:
-        t = h.shape[1] // 2
-        h = run_layers(self.coda, h, None, denoising_mask(t, h.device))
-        return self.read(h[:, t:])
+        h = run_layers(self.coda, h, None, causal_mask(h.shape[1], h.device))
+        return self.read_out(self.norm(h))
 
 
 class OnePass(Blockwise):
@@ -199,7 +215,7 @@ def build(cfg: RecurrentConfig) -> nn.Module:
     width = cfg.lm.width
     core = make_layers(LMConfig(**(asdict(cfg.lm) | {"depth": cfg.core})), cond_dim=width)
     shared = TokenSpace(cfg.lm.vocab_size, width)
-    return DiffusionBlocks(core, shared, lambda: RecurrentAdapter(cfg, width), 1, cond_dim=width,
+    return DiffusionBlocks(core, shared, lambda: LatentAdapter(cfg, width), 1, cond_dim=width,
                            noise=cfg.noise, checkpointing=cfg.checkpointing)
 
 
@@ -272,12 +288,27 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
     result["k_sweep"] = sweep
     gen = torch.Generator().manual_seed(cfg.seed + 2024)
     prompts = ar.prompts(data, cfg).to(next(model.parameters()).device)
-    ids = ar.generate(model, cfg, prompts, cfg.sample_length, gen, cfg.temperature, cached=False).cpu()
+    ids = generate(model, cfg, prompts, cfg.sample_length, gen, cfg.temperature).cpu()
     result["samples"] = ar.write_samples(ids, cfg, data, out / "samples.txt")
     judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model
     if judge is not None:
         result["judge_bpc"] = ar.judge_bpc(judge, ids, cfg.prompt_length)
     return result
+
+
+@torch.no_grad()
+def generate(model: nn.Module, cfg: RecurrentConfig, prompt: Tensor, new: int, gen: torch.Generator,
+             temperature: float = 1.0) -> Tensor:
+    """``prompt`` (N, P) followed by ``new`` tokens, each read at the last position of the
+    window (the last ``context`` tokens) after K core iterations over the whole window."""
+    if not isinstance(model, DiffusionBlocks):
+        return ar.generate(model, cfg, prompt, new, gen, temperature)
+    model.eval()
+    ids = prompt
+    for _ in range(new):
+        logits = ar.predict(model, ids[:, -cfg.lm.context :], cfg, gen, temperature)[:, -1]
+        ids = torch.cat([ids, ar.pick(logits, temperature, gen)], dim=1)
+    return ids
 
 
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, RecurrentConfig]:
@@ -325,7 +356,7 @@ def compare(cfg: RecurrentConfig, out: Path, quick: bool = False, show: bool = T
 
 
 def plot_sweep(results: dict[str, dict], path: Path) -> None:
-    """Accuracy against K at inference for both models."""
+    """Accuracy against K at inference for both models: greedy (solid) and of a draw (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,7 +367,10 @@ def plot_sweep(results: dict[str, dict], path: Path) -> None:
         sweep = {int(k): v for k, v in r.get("k_sweep", {}).items()}
         key = "next_char_accuracy" if mode == "baseline" else "teacher_forced_accuracy"
         ks = sorted(sweep)
-        ax.plot(ks, [sweep[k][key] for k in ks], marker="o", label=f"{mode} ({key.replace('_', ' ')})")
+        label = f"{mode} ({key.replace('_', ' ')})"
+        (line,) = ax.plot(ks, [sweep[k][key] for k in ks], marker="o", label=label)
+        ax.plot(ks, [sweep[k]["sampled_accuracy"] for k in ks], marker="o", linestyle="--",
+                color=line.get_color(), label=f"{mode} (sampled accuracy)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("core iterations K at inference")
     ax.set_ylabel("test accuracy")
@@ -351,7 +385,8 @@ def plot_sweep(results: dict[str, dict], path: Path) -> None:
 ROWS = [  # (label, result key, format) of report.md
     ("test BPC (baseline)", "test_bpc", ".3f"),
     ("next-char accuracy (baseline)", "next_char_accuracy", ".4f"),
-    ("teacher-forced accuracy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
+    ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
     ("judge BPC of samples (baseline as judge)", "judge_bpc", ".3f"),
     ("training steps", "steps", "d"),
     ("layer evaluations per step", "layer_evals_per_step", ".1f"),
