@@ -1,5 +1,6 @@
 """The block-wise model: layer split, preconditioning, AdaLN-Zero, one training step, samplers."""
 
+import dataclasses
 import math
 
 import pytest
@@ -129,6 +130,31 @@ def test_modulated_linear_gradcheck_and_value(shape):
     assert torch.autograd.gradcheck(lambda *a: ModulatedLinear.apply(*a, 1e-6), args)
     expected = linear(F.layer_norm(x, shape[-1:], eps=1e-6) * (1 + scale) + shift)
     assert torch.allclose(modulated_linear(x, shift, scale, linear), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cond_dim", [None, 8])
+def test_a_layer_computing_only_the_first_token_equals_the_full_layer(cond_dim):
+    torch.manual_seed(0)
+    layer = make_layers(ViTConfig(width=8, heads=2, depth=1), cond_dim)[0].double()
+    for p in layer.parameters():  # off the zero init, so every branch counts
+        nn.init.normal_(p, std=0.3)
+    h = torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True)
+    c = None if cond_dim is None else torch.randn(3, 8, dtype=torch.float64)
+    full, first = layer(h, c)[:, :1], layer(h, c, queries=1)
+    assert first.shape == (3, 1, 8) and torch.allclose(first, full, atol=1e-12)
+    grads = [torch.autograd.grad(out.pow(2).sum(), h)[0] for out in (full, first)]
+    assert torch.allclose(*grads, atol=1e-12)
+
+
+def test_vit_last_layers_compute_only_the_cls_token(tiny_model, tiny_cfg, digits):
+    e2e = classify.build(dataclasses.replace(tiny_cfg, mode="e2e"))
+    tokens = []
+    for layer in (tiny_model.blocks[0].layers[0], tiny_model.blocks[0].layers[-1], e2e.layers[-1]):
+        layer.register_forward_hook(lambda m, args, out: tokens.append(out.shape[1]))
+    x = digits.x_test[:2]
+    tiny_model.denoise(torch.randn(2, tiny_model.shared.embed_dim), 1.0, x, block=0)
+    e2e(x)
+    assert tokens[0] == 1 + tiny_model.blocks[0].adapter.stem.pos.shape[1] and tokens[1:] == [1, 1]
 
 
 # --- training one block -----------------------------------------------------------------------

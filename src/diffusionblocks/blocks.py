@@ -90,7 +90,13 @@ class TokenSpace(SharedParts):
 
 
 class Adapter(nn.Module):
-    """A block's own way in and out of its layers; subclasses give ``encode`` and ``decode``."""
+    """A block's own way in and out of its layers; subclasses give ``encode`` and ``decode``.
+
+    ``queries``: when ``decode`` reads only the first that many tokens (a [CLS] read-out), the
+    block's last layer computes only those; None: every token.
+    """
+
+    queries: int | None = None
 
     def condition(self, x: Tensor) -> Tensor | None:
         """This block's conditioning from ``x``, added to its noise embedding; none by default."""
@@ -154,7 +160,8 @@ class Block(nn.Module):
                 c = c + extra
         mask = self.adapter.attention_mask(x)
         args = (c,) if mask is None else (c, mask)
-        h = run_layers(self.layers, self.adapter.encode(x, z_in), *args, checkpointing=self.checkpointing)
+        h = run_layers(self.layers, self.adapter.encode(x, z_in), *args, checkpointing=self.checkpointing,
+                       queries=self.adapter.queries)
         return self.adapter.decode(h, c)
 
 

@@ -48,12 +48,19 @@ def activation_bytes(loss_fn: Callable[[], Tensor], model: nn.Module) -> int:
     return saved.bytes
 
 
-def run_layers(layers: Iterable[nn.Module], h: Tensor, *args, checkpointing: bool = False) -> Tensor:
+def run_layers(layers: Iterable[nn.Module], h: Tensor, *args, checkpointing: bool = False,
+               queries: int | None = None) -> Tensor:
     """``h = layer(h, *args)`` for each layer; with ``checkpointing`` each layer keeps only its
-    input for backward and recomputes the rest (``torch.utils.checkpoint``)."""
+    input for backward and recomputes the rest (``torch.utils.checkpoint``). ``queries``: the
+    last layer computes only the first that many tokens (a read-out that needs no others)."""
     recompute = checkpointing and torch.is_grad_enabled()
-    for layer in layers:
-        h = checkpoint(layer, h, *args, use_reentrant=False) if recompute else layer(h, *args)
+    layers = list(layers)
+    for i, layer in enumerate(layers):
+        last = {"queries": queries} if queries is not None and i == len(layers) - 1 else {}
+        if recompute:
+            h = checkpoint(layer, h, *args, use_reentrant=False, **last)
+        else:
+            h = layer(h, *args, **last)
     return h
 
 

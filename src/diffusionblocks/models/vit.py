@@ -64,10 +64,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def mix(self, qkv: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
+    def mix(self, qkv: Tensor, mask: Tensor | None = None, cache=None,
+            queries: int | None = None) -> Tensor:
         """Multi-head attention of projected queries, keys and values (N, T, 3·width), before
         the output projection. ``cache`` (a KV cache, see models/lm.py) prepends a prefix's keys
-        and values and supplies the mask."""
+        and values and supplies the mask. ``queries``: only the first that many tokens attend."""
         n, t, w = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if self.rope:  # token i at position i (after a cached prefix, at len(cache) + i)
@@ -75,11 +76,15 @@ class Attention(nn.Module):
             q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
             k, v, mask = cache.extend(k, v)
+        if queries is not None:
+            q, t = q[:, :, :queries], min(queries, t)
+            mask = None if mask is None else mask[:queries]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return a.transpose(1, 2).reshape(n, t, w)
 
-    def forward(self, h: Tensor, mask: Tensor | None = None, cache=None) -> Tensor:
-        return self.out(self.mix(self.qkv(h), mask, cache))
+    def forward(self, h: Tensor, mask: Tensor | None = None, cache=None,
+                queries: int | None = None) -> Tensor:
+        return self.out(self.mix(self.qkv(h), mask, cache, queries))
 
 
 class TransformerLayer(nn.Module):
@@ -102,15 +107,19 @@ class TransformerLayer(nn.Module):
             self.norm1 = nn.LayerNorm(width, eps=1e-6)
             self.norm2 = nn.LayerNorm(width, eps=1e-6)
 
-    def forward(self, h: Tensor, c: Tensor | None = None, mask: Tensor | None = None, cache=None) -> Tensor:
+    def forward(self, h: Tensor, c: Tensor | None = None, mask: Tensor | None = None, cache=None,
+                queries: int | None = None) -> Tensor:
         """``mask`` (T, T), True where a query may attend to a key; None: every token.
-        ``cache``: attend to a cached prefix too (generation; see models/lm.py)."""
+        ``cache``: attend to a cached prefix too (generation; see models/lm.py). ``queries``:
+        compute only the first that many output tokens (all tokens still serve as keys and
+        values), for a last layer whose read-out needs only those."""
+        first = h if queries is None else h[:, :queries]
         if c is None:
-            h = h + self.attn(self.norm1(h), mask, cache)
+            h = first + self.attn(self.norm1(h), mask, cache, queries)
             return h + self.mlp(self.norm2(h))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)
-        mixed = self.attn.mix(modulated_linear(h, shift1, scale1, self.attn.qkv), mask, cache)
-        h = torch.addcmul(h, gate1, self.attn.out(mixed))
+        mixed = self.attn.mix(modulated_linear(h, shift1, scale1, self.attn.qkv), mask, cache, queries)
+        h = torch.addcmul(first, gate1, self.attn.out(mixed))
         hidden = self.mlp[1](modulated_linear(h, shift2, scale2, self.mlp[0]))
         return torch.addcmul(h, gate2, self.mlp[2](hidden))
 
@@ -175,5 +184,5 @@ class ViTClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stem(x, self.cls.expand(x.shape[0], -1))
-        h = run_layers(self.layers, h, checkpointing=self.checkpointing)
+        h = run_layers(self.layers, h, checkpointing=self.checkpointing, queries=1)
         return self.head(self.norm(h[:, 0]))
