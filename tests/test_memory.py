@@ -13,7 +13,7 @@ from diffusionblocks import bench, checkpoint, cli
 from diffusionblocks.conditioning import modulated_linear
 from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes
 from diffusionblocks.models.vit import TransformerLayer, ViTConfig
-from diffusionblocks.offload import Offload
+from diffusionblocks.offload import Offload, pack, unpack
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import ClassifyConfig, build
 from diffusionblocks.training import Blockwise, blockwise_loss, step_generator
@@ -81,6 +81,18 @@ def snapshot(model, strategy):
     optim = {n: {k: v.clone() for s in o.state.values() for k, v in s.items() if torch.is_tensor(v)}
              for n, o in strategy.optimizers.items()}
     return params, [sorted((k, v.tolist()) for k, v in d.items()) for d in optim.values()]
+
+
+def test_pack_keeps_every_tensor_bit_exactly_in_one_flat_tensor_per_dtype():
+    tensors = {"w": torch.randn(3, 4), "step": torch.tensor(7.0), "ids": torch.arange(5),
+               "b": torch.randn(2, 1, 3), "half": torch.randn(4).half()}
+    flat, layout = pack(tensors)
+    assert {k: v.shape for k, v in flat.items()} == {
+        "torch.float32": (12 + 1 + 6,), "torch.int64": (5,), "torch.float16": (4,)}
+    back = unpack(flat, layout)
+    assert list(back) == list(tensors)
+    assert all(back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t)
+               for k, t in tensors.items())
 
 
 @pytest.mark.parametrize("to", ["cpu", "disk"])

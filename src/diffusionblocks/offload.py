@@ -25,6 +25,28 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 OFFLOAD_TARGETS = ("cpu", "disk")
+Layout = list[tuple[str, torch.dtype, torch.Size]]
+
+
+def pack(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], Layout]:
+    """One flat tensor per dtype, and where each tensor lies in it. A block has a few hundred
+    small tensors, and safetensors' per-tensor work dominated writing them one by one (11 of
+    14 ms per swap, 12-layer ViT at B = 4)."""
+    flat: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors.values():
+        flat.setdefault(t.dtype, []).append(t.reshape(-1))
+    layout = [(key, t.dtype, t.shape) for key, t in tensors.items()]
+    return {str(dtype): torch.cat(parts) for dtype, parts in flat.items()}, layout
+
+
+def unpack(flat: dict[str, Tensor], layout: Layout) -> dict[str, Tensor]:
+    """The inverse of :func:`pack`: views into the flat tensors."""
+    out, offset = {}, dict.fromkeys(flat, 0)
+    for key, dtype, shape in layout:
+        start, n = offset[str(dtype)], shape.numel()
+        out[key] = flat[str(dtype)][start : start + n].view(shape)
+        offset[str(dtype)] = start + n
+    return out
 
 
 class Offload:
@@ -53,6 +75,7 @@ class Offload:
             self.directory.mkdir(parents=True, exist_ok=True)
         self.host: dict[str, dict[str, Tensor]] = {}  # evicted parts (empty dicts for "disk")
         self.where: dict[str, dict[str, torch.device]] = {}  # each tensor's device when resident
+        self.layout: dict[str, Layout] = {}  # how a part's tensors lie in its "disk" file
 
     def _tensors(self, name: str) -> Iterator[tuple[str, Tensor, dict | None, str | None]]:
         """(key, tensor, owner, attr) for every parameter, buffer and optimizer-state tensor of a
@@ -81,14 +104,15 @@ class Offload:
         for owner, attr in slots:
             owner[attr] = torch.empty(0)  # placeholder until the part comes back
         if self.to == "disk":
-            save_file(stored, str(self.directory / f"{name}.safetensors"))
+            flat, self.layout[name] = pack(stored)
+            save_file(flat, str(self.directory / f"{name}.safetensors"))
             stored = {}
         self.host[name], self.where[name] = stored, where
 
     def _bring(self, name: str) -> None:
         stored = self.host.pop(name)
         if self.to == "disk":
-            stored = load_file(str(self.directory / f"{name}.safetensors"))
+            stored = unpack(load_file(str(self.directory / f"{name}.safetensors")), self.layout.pop(name))
         where = self.where.pop(name)
         for key, t, owner, attr in list(self._tensors(name)):
             value = stored[key].to(where[key])  # AdamW's ``step`` counter stays on the host
