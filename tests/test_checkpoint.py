@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from diffusionblocks import checkpoint, training
 from diffusionblocks.data.images import load_images
@@ -56,6 +56,15 @@ def test_round_trip_is_bit_exact_one_file_per_part(digits, tmp_path):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
     assert checkpoint.read_config(where) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def test_weights_of_another_model_version_get_one_readable_error(tiny_model, tiny_cfg, tmp_path):
+    where = checkpoint.save(tmp_path / "ckpt", tiny_model.parts(), tiny_cfg.to_dict())
+    path = str(where / "block_0.safetensors")
+    save_file({k.replace("read_out", "head"): v for k, v in load_file(path).items()}, path)
+    with pytest.raises(ValueError, match=r"missing \['adapter.read_out.bias', 'adapter.read_out.weight'\], "
+                                         r"unexpected \['adapter.head.bias'.*different version"):
+        checkpoint.load_parts(where, tiny_model.parts())
 
 
 def test_save_leaves_no_temporary_or_old_directories(tiny_model, tiny_cfg, tmp_path):

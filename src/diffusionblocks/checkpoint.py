@@ -137,7 +137,16 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
         path = directory / f"{name}.safetensors"
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {directory} has no {path.name}")
-        module.load_state_dict(load_file(str(path)), strict=True)
+        stored, expected = load_file(str(path)), module.state_dict()
+        missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match this model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}{', …' if len(missing) + len(unexpected) > 6 else ''}): it was "
+                "written by a different version of the model; load it with the version that "
+                "wrote it, or train anew"
+            )
+        module.load_state_dict(stored, strict=True)
 
 
 def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
