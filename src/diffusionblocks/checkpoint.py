@@ -142,7 +142,7 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
         if missing or unexpected:
             raise ValueError(
                 f"{path} does not match this model (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}{', …' if len(missing) + len(unexpected) > 6 else ''}): it was "
+                f"{unexpected[:3]}{', …' if max(len(missing), len(unexpected)) > 3 else ''}): it was "
                 "written by a different version of the model; load it with the version that "
                 "wrote it, or train anew"
             )

@@ -276,11 +276,11 @@ def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 6
         if isinstance(model, DiffusionBlocks):
             logits = predict(model, x, cfg)
             drawn += (predict(model, x, cfg, gen, temperature=1.0).argmax(-1) == y).sum().item()
-        else:
+        else:  # a likelihood only a next-token model has
             logits = model(x)
             drawn += logits.softmax(-1).gather(-1, y[..., None]).sum().item()
+            nats += next_token_loss(logits, y).item() * y.numel()
         correct += (logits.argmax(-1) == y).sum().item()
-        nats += next_token_loss(logits, y).item() * y.numel()
         count += y.numel()
     model.train(was_training)
     result = {"sampled_accuracy": drawn / count}
