@@ -171,4 +171,15 @@ def sigmas_karras(noise: NoiseConfig, n: int, rho: float = 7.0) -> Tensor:
     return (a + ramp * (b - a)) ** rho
 
 
-GRIDS = {"equiprob": sigmas_equiprob, "karras": sigmas_karras}
+def sigmas_uniform(noise: NoiseConfig, n: int) -> Tensor:
+    """n σ from σ_max down to σ_min, equally spaced in log σ: under the uniform partition, each
+    block gets an equal share of the steps."""
+    if n < 2:
+        raise ValueError(f"a σ grid needs at least 2 points, got {n}")
+    lo, hi = math.log(noise.sigma_min), math.log(noise.sigma_max)
+    grid = torch.linspace(hi, lo, n, dtype=torch.float64).exp()
+    grid[0], grid[-1] = noise.sigma_max, noise.sigma_min
+    return grid
+
+
+GRIDS = {"equiprob": sigmas_equiprob, "karras": sigmas_karras, "uniform": sigmas_uniform}

@@ -37,6 +37,9 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
             f"{r['layer_evals']:,}", human_bytes(r["activation_bytes_per_step"]),
         ])
     table = markdown_table(rows, header)
+    for mode, r in results.items():
+        if r.get("chain"):
+            table += f"\n{mode}, what each block contributes: {chain_line(r['chain'])}.\n"
     if {"e2e", "dblocks"} <= results.keys():
         e, d = results["e2e"], results["dblocks"]
         b = d.get("blocks", 1)
@@ -48,6 +51,21 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
     return table
 
 
+def chain_line(chain: list[dict]) -> str:
+    """'block 0 alone 53.90%, block 1 given the chain so far 53.48% (chain after it 53.48%), …'
+    from :func:`diffusionblocks.tasks.classify.chain_accuracy`."""
+    parts = []
+    for c in chain:
+        if c["given_previous"] is None:
+            parts.append(f"block {c['block']} not called")
+        elif c["block"] == 0:
+            parts.append(f"block 0 alone {100 * c['chain_after']:.2f}%")
+        else:
+            parts.append(f"block {c['block']} given the chain so far {100 * c['given_previous']:.2f}% "
+                         f"(chain after it {100 * c['chain_after']:.2f}%)")
+    return ", ".join(parts)
+
+
 def plot_history(results: dict[str, dict], path: Path, metric: str = "test_accuracy") -> None:
     import matplotlib
 
@@ -56,7 +74,7 @@ def plot_history(results: dict[str, dict], path: Path, metric: str = "test_accur
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for mode, r in results.items():
-        h = r.get("history", [])
+        h = [p for p in r.get("history", []) if metric in p]
         if h:
             ax.plot([p["layer_evals"] for p in h], [p[metric] for p in h], marker="o", ms=3,
                     label=f"{mode} (B={r.get('blocks', 1)})")
@@ -74,5 +92,7 @@ def write_report(out: Path, results: dict[str, dict], metric: str = "test_accura
     (out / "report.json").write_text(json.dumps(results, indent=2))
     table = comparison_table(results, metric)
     (out / "report.md").write_text((f"# {title}\n\n" if title else "") + table)
-    plot_history(results, out / f"{metric}.png", metric)
+    watched = "val_accuracy" if any("val_accuracy" in p for r in results.values()
+                                   for p in r.get("history", [])) else metric
+    plot_history(results, out / f"{watched}.png", watched)
     return table

@@ -29,17 +29,31 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact")
 
 @dataclass
 class ImageData:
-    """Normalized float images (N, C, H, W) and integer labels, split into train and test."""
+    """Normalized float images (N, C, H, W) and integer labels, split into train and test, and
+    a validation split held out of train when asked for (:meth:`holdout`)."""
 
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
+
+    def holdout(self, n: int, seed: int = 0) -> ImageData:
+        """The same data with ``n`` training examples (a fixed random choice of ``seed``) moved
+        to a validation split, to choose settings on without looking at test."""
+        if not 0 < n < len(self.y_train):
+            raise ValueError(f"a validation split needs 0 < n < {len(self.y_train)} training "
+                             f"examples, got {n}")
+        perm = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))
+        keep, held = perm[:-n], perm[-n:]
+        return ImageData(self.x_train[keep], self.y_train[keep], self.x_test, self.y_test,
+                         self.num_classes, self.x_train[held], self.y_train[held])
 
 
 def data_dir(path: str | Path | None = None) -> Path:
@@ -152,17 +166,51 @@ def load_images(name: str, root: str | Path | None = None, scaling: str = "stand
     return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
 
 
+AUGMENTATIONS = ("flip", "crop")
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    """``"flip,crop"`` -> ("flip", "crop"); ``""`` or ``"none"``: no augmentation."""
+    names = tuple(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENTATIONS)} "
+                         "(comma-separated, e.g. flip,crop) or none")
+    return names
+
+
+def augment(x: Tensor, ops: tuple[str, ...], generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random horizontal flip and random crop of a batch (N, C, H, W), one draw per image, on the
+    batch's device. The crop pads ``pad`` zeros on every side (the mean pixel, for standardized
+    images) and cuts an H×W window at a random offset, as torchvision's RandomCrop(padding=4)."""
+    n, _, h, w = x.shape
+    if "flip" in ops:
+        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if "crop" in ops:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * pad)).gather(
+            3, cols.expand(n, x.shape[1], h, w))
+    return x
+
+
 class Batches:
     """Shuffled training batches addressed by step: batch t of epoch t // (N // batch_size).
 
-    Each epoch's order comes from (seed, epoch), so any step's batch can be rebuilt on resume.
-    The last partial batch of an epoch is dropped in training only.
+    Each epoch's order comes from (seed, epoch), and batch t's augmentation from (seed, t), so
+    any step's batch can be rebuilt on resume. The last partial batch of an epoch is dropped in
+    training only.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device="cpu"):
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device="cpu",
+                 augment: tuple[str, ...] = ()):
         if batch_size > len(y):
             raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
         self.x, self.y, self.batch_size, self.seed, self.device = x, y, batch_size, seed, device
+        self.augment = augment
         self.per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
 
@@ -172,4 +220,8 @@ class Batches:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(len(self.y), generator=g)
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.x[idx].to(self.device), self.y[idx].to(self.device)
+        x, y = self.x[idx].to(self.device), self.y[idx].to(self.device)
+        if self.augment:
+            g = torch.Generator(x.device).manual_seed(self.seed * 1_000_033 + step)
+            x = augment(x, self.augment, g)
+        return x, y

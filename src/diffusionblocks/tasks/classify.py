@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .. import checkpoint, parallel
 from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace, split_layers
-from ..data.images import DATASETS, Batches, ImageData, load_images
+from ..data.images import DATASETS, Batches, ImageData, load_images, parse_augment
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
@@ -48,6 +48,8 @@ from ..training import (
 )
 
 MODES = ("e2e", "dblocks")
+# How the label is decoded: greedy starts the sampler at the noise mean, draw from noise.
+DECODES = ("greedy", "draw")
 # Peak learning rate per mode, each the better of {3e-3, 5e-3} on MNIST at 600 steps (e2e
 # 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
 # the identity and open their gates faster with the larger rate.
@@ -82,8 +84,11 @@ class ClassifyConfig:
     steps: int | None = None
     match: str = "layers"
     batch_size: int = 128
+    augment: str = ""
+    val_size: int = 0
     seed: int = 0
     sampler: str = "euler"
+    decode: str = "greedy"
     grid: str = "equiprob"
     sample_steps: int | None = None
     evals: int = 10
@@ -101,6 +106,8 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASETS)
         check_at_least_one(self, ("steps", "batch_size", "evals"))
+        if self.val_size < 0:
+            raise ValueError(f"val_size must be 0 (no validation split) or more, got {self.val_size}")
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         check_device_name(self.device)
@@ -113,6 +120,8 @@ class ClassifyConfig:
             )
         check_choice("mode", self.mode, MODES)
         check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("decode", self.decode, DECODES)
+        parse_augment(self.augment)
         check_choice("grid", self.grid, GRIDS)
         check_choice("budget match", self.match, ("layers", "steps"))
         if self.offload is not None:
@@ -140,7 +149,7 @@ class ClassifyConfig:
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "decode", "grid", "sample_steps",
              "checkpointing", "offload"}
 # Fields block jobs may differ in and still be merged into one model.
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
@@ -243,17 +252,41 @@ def sigma_grid(cfg: ClassifyConfig) -> Tensor:
     return GRIDS[cfg.grid](cfg.noise, n)
 
 
+def initial_state(shape: tuple[int, ...], cfg: ClassifyConfig, generator=None, device=None) -> Tensor:
+    """The sampler's start at σ_max. ``greedy``: the noise's mean (z = 0), one deterministic
+    path, the counterpart of an argmax. ``draw``: z ~ N(0, σ_max² I), which the deterministic
+    sampler turns into a draw from the model: its argmax is right about as often as the model
+    gives the right label probability mass (CIFAR-10, one checkpoint: 61.1% greedy, 55.3% draw)."""
+    if cfg.decode == "greedy":
+        return torch.zeros(shape, device=device)
+    return initial_noise(shape, cfg.noise.sigma_max, generator, device)
+
+
+@torch.no_grad()
+def trace(model: DiffusionBlocks, x: Tensor, cfg: ClassifyConfig, generator=None) -> list[tuple[int, Tensor]]:
+    """Every denoiser call of the inference chain, in order: (block, logits read out of its D).
+    The last is the final call at σ_min, whose logits are the prediction."""
+    shared, calls = model.shared, []
+
+    def denoiser(z: Tensor, sigma) -> Tensor:
+        logits = shared.logits(model.denoise(z, float(sigma), x))
+        calls.append((model.route(sigma), logits))
+        return logits.softmax(-1) @ shared.embeddings()  # shared.estimate of the same D
+
+    sigmas = sigma_grid(cfg)
+    z = initial_state((x.shape[0], shared.embed_dim), cfg, generator, x.device)
+    denoiser(SAMPLERS[cfg.sampler](denoiser, z, sigmas), sigmas[-1])
+    return calls
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) -> Tensor:
-    """Logits for a batch. DiffusionBlocks: sample the label embedding from noise, block by
-    block, then read logits from the last denoiser call at σ_min."""
+    """Logits for a batch. DiffusionBlocks: run the label embedding from σ_max to σ_min, block
+    by block (greedy by default, see :func:`initial_state`), then read the logits of the last
+    denoiser call at σ_min."""
     if not isinstance(model, DiffusionBlocks):
         return model(x)
-    shared = model.shared
-    z = initial_noise((x.shape[0], shared.embed_dim), cfg.noise.sigma_max, generator, x.device)
-    sigmas = sigma_grid(cfg)
-    z = SAMPLERS[cfg.sampler](model.denoiser(x), z, sigmas)
-    return shared.logits(model.denoise(z, float(sigmas[-1]), x))
+    return trace(model, x, cfg, generator)[-1][1]
 
 
 @torch.no_grad()
@@ -277,10 +310,41 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: ClassifyConfig, batch:
     return _accuracy(model, x, y, lambda xb, yb, gen: predict(model, xb, cfg, gen), cfg.seed + 12345, batch)
 
 
+@torch.no_grad()
+def chain_accuracy(model: DiffusionBlocks, x: Tensor, y: Tensor, cfg: ClassifyConfig,
+                   batch: int = 1000) -> list[dict]:
+    """What each block contributes to the inference chain, over every example of (x, y).
+
+    Per block: ``given_previous``, the accuracy of its first call on the state the chain hands
+    it (the previous blocks' estimate, never the true label), and ``chain_after``, the chain's
+    accuracy after its last call (for the last block, the prediction). None for a block the σ
+    grid never calls.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    device = next(model.parameters()).device
+    first, last = torch.zeros(model.num_blocks), torch.zeros(model.num_blocks)
+    called = set()
+    for i in range(0, len(y), batch):
+        xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
+        calls = trace(model, xb, cfg, gen)
+        for b in {b for b, _ in calls}:
+            mine = [logits for c, logits in calls if c == b]
+            first[b] += (mine[0].argmax(-1) == yb).sum().item()
+            last[b] += (mine[-1].argmax(-1) == yb).sum().item()
+            called.add(b)
+    model.train(was_training)
+    return [{"block": b, "given_previous": first[b].item() / len(y) if b in called else None,
+             "chain_after": last[b].item() / len(y) if b in called else None}
+            for b in range(model.num_blocks)]
+
+
 def block_accuracy(model: DiffusionBlocks, x: Tensor, y: Tensor, cfg: ClassifyConfig, block: int,
                    batch: int = 1000) -> float:
-    """One block on its own: accuracy of the logits read from D_b(y + σε, σ) with σ drawn from
-    the block's training range (what a block job can measure before the blocks are merged)."""
+    """One block on its own, given the *true* label: accuracy of the logits read from
+    D_b(y + σε, σ) with σ drawn from the block's training range (what a block job can measure
+    before the blocks are merged; blocks whose range shows the label read it off the input)."""
 
     def logits_of(xb: Tensor, yb: Tensor, gen: torch.Generator) -> Tensor:
         target = model.shared.target(yb)
@@ -309,6 +373,10 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     (its group writes ``OUT/group_g``; rank 0 merges them into ``OUT/checkpoint`` at the end).
     """
     data = data or load_images(cfg.dataset, cfg.data_dir)
+    if cfg.val_size:
+        data = data.holdout(cfg.val_size)
+    split = "val" if cfg.val_size else "test"  # what the curve watches; test is scored once at the end
+    x_watch, y_watch = (data.x_val, data.y_val) if cfg.val_size else (data.x_test, data.y_test)
     cfg = resolve_config(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
@@ -324,7 +392,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             model.blocks[b] = parallel.data_parallel(model.blocks[b], group_pg, device)
     stored = parts(model, mine)
     seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device, parse_augment(cfg.augment))
     syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
     if syncing:
         parallel.sync_shared(strategy, model.shared, cfg.sync_every, placement, group_pg)
@@ -348,7 +416,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                 kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
                         if r["step"] <= progress.step]
                 metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-                history = [r for r in kept if "test_accuracy" in r or "block_accuracy" in r]
+                history = [r for r in kept if f"{split}_accuracy" in r or "block_accuracy" in r]
         elif writer and metrics_path.exists():
             metrics_path.unlink()
         if syncing:
@@ -372,10 +440,10 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
                           "train_seconds": round(p.train_seconds, 3)}
                 if mine is None:
-                    record["test_accuracy"] = evaluate(model, data.x_test, data.y_test, cfg)
+                    record[f"{split}_accuracy"] = evaluate(model, x_watch, y_watch, cfg)
                 else:
                     record["block_accuracy"] = {
-                        b: block_accuracy(model, data.x_test, data.y_test, cfg, b) for b in mine}
+                        b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
@@ -408,8 +476,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             **measure_activations(model, batches(0), cfg, mine),
         }
         if mine is None:
-            acc = history[-1]["test_accuracy"] if history else evaluate(model, data.x_test, data.y_test, cfg)
-            result |= {"test_accuracy": acc, "test_examples": len(data.y_test)}
+            result |= score(model, data, cfg)
+            if cfg.val_size:
+                result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
         elif history:
             result["block_accuracy"] = history[-1]["block_accuracy"]
         if writer:
@@ -417,6 +486,16 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if cfg.parallel:
         result = _finish_parallel(cfg, placement, data, result, device)
     return result
+
+
+def score(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
+    """Test accuracy over the whole test split, and for DiffusionBlocks what each block of the
+    chain contributes (:func:`chain_accuracy`)."""
+    if not isinstance(model, DiffusionBlocks):
+        return {"test_accuracy": evaluate(model, data.x_test, data.y_test, cfg),
+                "test_examples": len(data.y_test)}
+    chain = chain_accuracy(model, data.x_test, data.y_test, cfg)
+    return {"test_accuracy": chain[-1]["chain_after"], "test_examples": len(data.y_test), "chain": chain}
 
 
 def _place(cfg: ClassifyConfig, device: torch.device):
@@ -450,12 +529,12 @@ def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: I
         groups = [out / f"group_{g}" / "checkpoint" for g in range(placement.groups)]
         merge(groups, out, average_shared=cfg.shared_policy == "cotrained")
         model, merged_cfg = load(out / "checkpoint", device=str(device))
-        acc = evaluate(model, data.x_test, data.y_test, merged_cfg)
+        scored = score(model, data, merged_cfg)
         totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
         result = {
             "mode": "dblocks", "dataset": cfg.dataset, "blocks": cfg.blocks, "parallel": True,
             "processes": placement.world, "groups": placement.groups,
-            "test_accuracy": acc, "test_examples": len(data.y_test),
+            **scored,
             "layer_evals": sum(r["layer_evals"] for r in totals),
             "train_seconds": max(r["train_seconds"] for r in totals),  # wall time: groups overlap
             "steps": sum(r["steps"] for r in totals),
