@@ -12,7 +12,7 @@ from torch import nn
 from diffusionblocks.blocks import DiffusionBlocks, split_layers
 from diffusionblocks.conditioning import ModulatedLinear, modulated_linear
 from diffusionblocks.models.vit import ViTConfig, make_layers
-from diffusionblocks.noise import NoiseConfig, loss_weight, scalings, sigmas_equiprob
+from diffusionblocks.noise import NoiseConfig, loss_weight, scalings, sigmas_equiprob, sigmas_uniform
 from diffusionblocks.sampling import sample_euler, sample_heun
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter, build
@@ -200,9 +200,10 @@ def test_blockwise_steps_visit_every_block(tiny_model, batch):
 
 
 @pytest.mark.parametrize("max_weight", [None, 50.0])
-def test_blockwise_loss_weights_each_example(tiny_model, batch, max_weight):
+def test_blockwise_loss_weights_each_example(digits, batch, max_weight):
     x, y = batch
-    tiny_model.noise.max_weight = max_weight
+    # EDM's whole range (the classification default starts at σ = 1, where λ is nearly flat)
+    tiny_model = build(tiny_config(digits, noise=NoiseConfig(partition="uniform", max_weight=max_weight)))
     with torch.no_grad():  # break the symmetry of a fresh model so ℓ varies across examples
         for p in tiny_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -275,9 +276,9 @@ def test_routed_sampling_uses_each_block_once_in_order(tiny_model, tiny_cfg, dig
     log = block_call_log(tiny_model)
     x = digits.x_test[:4]
     z = 80 * torch.randn(4, 16)
-    sigmas = sigmas_equiprob(tiny_model.noise, 3)
+    sigmas = sigmas_uniform(tiny_model.noise, 3)  # the default grid of the default partition
     sample_euler(tiny_model.denoiser(x), z, sigmas)
-    assert log == [0, 1]  # steps at σ = 80 and 0.3012; the final call at σ_min is the caller's
+    assert log == [0, 1]  # steps at σ = 80 and √80 ≈ 8.94; the final call at σ_min = 1 is the caller's
     log.clear()
     logits = classify.predict(tiny_model, x, tiny_cfg, torch.Generator().manual_seed(0))
     assert logits.shape == (4, 10)
@@ -287,7 +288,7 @@ def test_routed_sampling_uses_each_block_once_in_order(tiny_model, tiny_cfg, dig
 def test_routed_heun_calls_two_blocks_per_step(tiny_model, digits):
     log = block_call_log(tiny_model)
     x = digits.x_test[:4]
-    sample_heun(tiny_model.denoiser(x), 80 * torch.randn(4, 16), sigmas_equiprob(tiny_model.noise, 3))
+    sample_heun(tiny_model.denoiser(x), 80 * torch.randn(4, 16), sigmas_uniform(tiny_model.noise, 3))
     assert log == [0, 1, 1, 2]
 
 

@@ -42,11 +42,19 @@ def test_chain_report_reads_each_block_and_ends_at_the_prediction(digits, tiny_m
     calls = classify.trace(tiny_model, x, tiny_cfg)
     assert [b for b, _ in calls] == [0, 1, 2]  # B grid points, then the final call at σ_min
     chain = classify.chain_accuracy(tiny_model, x, y, tiny_cfg, batch=16)
+    def accuracy(logits):
+        return (logits.argmax(-1) == y).float().mean().item()
+
     for b, (block, logits) in enumerate(calls):
-        acc = (logits.argmax(-1) == y).float().mean().item()
+        mean = torch.stack([lg.log_softmax(-1) for _, lg in calls[: b + 1]]).mean(0)
         assert chain[b]["block"] == block
-        assert chain[b]["given_previous"] == pytest.approx(acc) == pytest.approx(chain[b]["chain_after"])
+        assert chain[b]["given_previous"] == pytest.approx(accuracy(logits))
+        assert chain[b]["chain_after"] == pytest.approx(accuracy(mean))  # the default read-out
     assert chain[-1]["chain_after"] == pytest.approx(classify.evaluate(tiny_model, x, y, tiny_cfg))
+    last = classify.replace(tiny_cfg, readout="last")
+    assert torch.equal(classify.predict(tiny_model, x, last), calls[-1][1])
+    after_1 = classify.chain_accuracy(tiny_model, x, y, last)[1]["chain_after"]
+    assert after_1 == pytest.approx(accuracy(calls[1][1]))
     # with more steps a block's first and last calls differ, and every block is still read
     longer = classify.chain_accuracy(tiny_model, x, y, classify.replace(tiny_cfg, sample_steps=12))
     assert all(c["given_previous"] is not None for c in longer)

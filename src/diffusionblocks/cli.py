@@ -19,7 +19,7 @@ from .models.vit import ViTConfig
 from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
 from .sampling import SAMPLERS
-from .tasks.classify import DECODES, MODES
+from .tasks.classify import DECODES, MODES, READOUTS
 from .training import OptimConfig
 
 HELP = {
@@ -42,9 +42,12 @@ HELP = {
     "augment": "training augmentation for both modes, comma-separated: flip (random horizontal "
     "flip), crop (random crop after 4 pixels of zero padding); drawn on the device, seeded per step",
     "sampler": "ODE sampler at inference: euler (paper) or heun",
+    "readout": "mean: the prediction averages the log-probabilities of every denoiser call of the "
+    "chain (each block's estimate alike); last: the final call's, at σ_min (the ODE's answer)",
     "decode": "greedy: start the sampler at the noise mean, one deterministic path (a prediction); "
     "draw: start from noise, which returns a draw from the model",
-    "grid": "inference σ grid: equiprob (equal training mass) or karras (ρ = 7)",
+    "grid": "inference σ grid: uniform (equal log σ steps, as the default partition), equiprob (equal "
+    "training mass) or karras (ρ = 7)",
     "sample_steps": "points on the inference σ grid (default: B, one denoiser call per block)",
     "evals": "test-set evaluations (and checkpoints) during training",
     "device": "auto (cuda when available), cpu or cuda",
@@ -137,7 +140,7 @@ TEXT_TASKS = ("mdm", "ar", "recurrent")
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
-    "decode": DECODES,
+    "decode": DECODES, "readout": READOUTS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
     "offload": OFFLOAD_TARGETS, "tokenizer": TOKENIZERS,
 }
@@ -293,7 +296,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError("--guidance, --num-samples and --inception-weights apply to image "
                          "generation checkpoints")
     model, cfg = classify.load(args.checkpoint)
-    names = ("sampler", "grid", "sample_steps", "decode")
+    names = ("sampler", "grid", "sample_steps", "decode", "readout")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))  # validated like any config
     data = load_images(cfg.dataset, args.data_dir or cfg.data_dir)
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
@@ -514,7 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--data-dir", default=None, help=HELP["data_dir"])
     ev.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help=HELP["sampler"])
     ev.add_argument("--grid", default=None, choices=CHOICES["grid"], help=HELP["grid"])
-    ev.add_argument("--decode", default=None, choices=CHOICES["decode"], help="classify: " + HELP["decode"])
+    for name in ("decode", "readout"):
+        ev.add_argument(f"--{name}", default=None, choices=CHOICES[name], help="classify: " + HELP[name])
     ev.add_argument("--sample-steps", type=int, default=None, help="classify: " + HELP["sample_steps"]
                     + "; generate: " + GENERATE_HELP["sample_steps"])
     ev.add_argument("--guidance", type=float, default=None, help=GENERATE_HELP["guidance"])
