@@ -278,7 +278,7 @@ def test_routed_sampling_uses_each_block_once_in_order(tiny_model, tiny_cfg, dig
     z = 80 * torch.randn(4, 16)
     sigmas = sigmas_uniform(tiny_model.noise, 3)  # the default grid of the default partition
     sample_euler(tiny_model.denoiser(x), z, sigmas)
-    assert log == [0, 1]  # steps at σ = 80 and √80 ≈ 8.94; the final call at σ_min = 1 is the caller's
+    assert log == [0, 1]  # steps at σ = 80 and √160 ≈ 12.6; the final call at σ_min = 2 is the caller's
     log.clear()
     logits = classify.predict(tiny_model, x, tiny_cfg, torch.Generator().manual_seed(0))
     assert logits.shape == (4, 10)
