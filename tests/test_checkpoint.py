@@ -121,6 +121,18 @@ def test_rerunning_a_finished_run_says_it_reuses_it(digits, tmp_path, capsys):
     assert again["history"] == first["history"]
 
 
+def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(digits, tmp_path, capsys):
+    first = classify.train(resume_config(tmp_path), digits, show=False)
+    config_file = tmp_path / "checkpoint" / "config.json"
+    older = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in ("augment", "val_size")}
+    config_file.write_text(json.dumps(older))  # as written before those fields existed
+    again = classify.train(resume_config(tmp_path), digits, show=True)
+    assert "already finished" in capsys.readouterr().err
+    assert again["history"] == first["history"]
+    with pytest.raises(ValueError, match="augment: checkpoint '' vs now 'flip'"):
+        classify.train(classify.replace(resume_config(tmp_path), augment="flip"), digits, show=False)
+
+
 def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatch):
     straight = classify.train(resume_config(tmp_path / "straight"), digits, show=False)
     assert straight["steps"] == 60  # 20 end-to-end steps × B=3, equal layer evaluations

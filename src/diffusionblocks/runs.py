@@ -25,7 +25,7 @@ def check_device_name(name: str) -> None:
 
 def check_resumable(saved: dict, config: dict, resumable: set[str], where: Path) -> None:
     """Refuse to resume from a checkpoint whose config differs outside ``resumable`` fields."""
-    now = json.loads(json.dumps(config))
+    saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(config))  # tuples as lists
     diff = [k for k in now if k not in resumable and saved.get(k) != now[k]]
     if diff:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)

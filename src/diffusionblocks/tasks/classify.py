@@ -424,7 +424,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         except FileNotFoundError:
             where = None
         if where is not None:
-            check_resumable(checkpoint.read_config(where), cfg.to_dict(), RESUMABLE, where)
+            # a field the checkpoint predates counts as its default (augment "", val_size 0, …)
+            saved = ClassifyConfig.from_dict(checkpoint.read_config(where)).to_dict()
+            check_resumable(saved, cfg.to_dict(), RESUMABLE, where)
             checkpoint.load_parts(where, stored)
             progress = checkpoint.load_training_state(where, strategy.optimizers)
             if writer:
