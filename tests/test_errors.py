@@ -19,6 +19,10 @@ from diffusionblocks.tasks.classify import ClassifyConfig
     ({"match": "flops"}, "unknown budget match 'flops'"),
     ({"shared_policy": "synced"}, "unknown shared policy 'synced'; choose one of cotrained, frozen"),
     ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+    ({"decode": "sample"}, "unknown decode 'sample'; choose one of greedy, draw"),
+    ({"readout": "vote"}, "unknown readout 'vote'; choose one of mean, last"),
+    ({"augment": "flip,mixup"}, "unknown augmentation 'mixup'; choose from flip, crop"),
+    ({"val_size": -1}, "val_size must be 0 \\(no validation split\\) or more, got -1"),
 ])
 def test_bad_classify_config(kwargs, words):
     with pytest.raises(ValueError, match=words):
