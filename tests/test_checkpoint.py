@@ -1,6 +1,7 @@
 """Checkpoints: per-part safetensors, atomic swaps, exact resume, config checks; data errors."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,10 @@ def test_round_trip_is_bit_exact_one_file_per_part(digits, tmp_path):
     names = sorted(p.name for p in where.iterdir())
     parts = ["shared", "block_0", "block_1", "block_2"]
     assert names == sorted([f"{p}.safetensors" for p in parts] + [f"{p}.optim.pt" for p in parts]
-                           + ["config.json", "progress.json"])
+                           + ["config.json", "progress.json", "manifest.json"])
+    manifest = json.loads((where / "manifest.json").read_text())["files"]
+    assert set(manifest) == set(names) - {"manifest.json"}
+    assert manifest["config.json"]["bytes"] == (where / "config.json").stat().st_size
     # each safetensors file holds exactly its part
     assert set(load_file(str(where / "block_1.safetensors"))) == set(model.blocks[1].state_dict())
 
@@ -60,6 +64,7 @@ def test_round_trip_is_bit_exact_one_file_per_part(digits, tmp_path):
 
 def test_weights_of_another_model_version_get_one_readable_error(tiny_model, tiny_cfg, tmp_path):
     where = checkpoint.save(tmp_path / "ckpt", tiny_model.parts(), tiny_cfg.to_dict())
+    (where / "manifest.json").unlink()  # as written by a version before manifests
     path = str(where / "block_0.safetensors")
     save_file({k.replace("read_out", "head"): v for k, v in load_file(path).items()}, path)
     with pytest.raises(ValueError, match=r"missing \['adapter.read_out.bias', 'adapter.read_out.weight'\], "
@@ -125,7 +130,8 @@ def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(digits,
     first = classify.train(resume_config(tmp_path), digits, show=False)
     config_file = tmp_path / "checkpoint" / "config.json"
     older = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in ("augment", "val_size")}
-    config_file.write_text(json.dumps(older))  # as written before those fields existed
+    config_file.write_text(json.dumps(older))  # as written before those fields (and manifests) existed
+    (tmp_path / "checkpoint" / "manifest.json").unlink()
     again = classify.train(resume_config(tmp_path), digits, show=True)
     assert "already finished" in capsys.readouterr().err
     assert again["history"] == first["history"]
@@ -198,14 +204,53 @@ def test_a_second_run_into_the_same_folder_is_refused(digits, tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+              "f.write(str(os.getpid())); f.flush(); print('held', flush=True); time.sleep(60)")
+    sleeper = subprocess.Popen([sys.executable, "-c", holder, str(out / ".lock")], stdout=subprocess.PIPE,
+                               text=True)
     try:
-        (out / ".lock").write_text(str(sleeper.pid))  # a live run holds the folder
+        assert sleeper.stdout.readline().strip() == "held"  # a live run holds the folder
         with pytest.raises(ValueError, match=rf"in use by another run \(pid {sleeper.pid}\)"):
             classify.train(resume_config(out), digits, show=False)
     finally:
         sleeper.kill()
         sleeper.wait()
-    # the holder is gone: its lock is stale, taken over, and released at the end
+    # the holder is gone and the kernel dropped its lock: the file it left is no obstacle, nor is
+    # a pid that now belongs to an unrelated live process (after a reboot)
+    assert (out / ".lock").exists()
+    (out / ".lock").write_text(str(os.getppid()))
     result = classify.train(resume_config(out), digits, show=False)
     assert result["steps"] == 60 and not (out / ".lock").exists()
+
+
+def test_two_runs_racing_for_a_dead_runs_lock_never_both_hold_it(tmp_path):
+    # flock belongs to an open file description, so threads opening the lock race as processes do
+    import threading
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for _ in range(40):
+        (out / ".lock").write_text("999999")  # a dead run's lock
+        start, guard, count = threading.Barrier(4), threading.Lock(), {"inside": 0, "most": 0}
+        threads = [threading.Thread(target=_hold_briefly, args=(out, start, guard, count)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert count["most"] == 1  # somebody got it, and never two at once
+
+
+def _hold_briefly(out, start, guard, count):
+    import time
+
+    start.wait()
+    try:
+        with checkpoint.exclusive(out):
+            with guard:
+                count["inside"] += 1
+                count["most"] = max(count["most"], count["inside"])
+            time.sleep(0.005)
+            with guard:
+                count["inside"] -= 1
+    except ValueError:
+        pass  # refused: another holds it

@@ -96,7 +96,7 @@ def test_merged_block_jobs_make_a_working_classifier(jobs, digits, tmp_path, cap
     assert checkpoint.read_progress(tmp_path / "checkpoint").layer_evals == 3 * 150
     with pytest.raises(ValueError, match="assemble the blocks first with `diffusionblocks merge`"):
         classify.load(root / "b0" / "checkpoint")  # one block alone is not a classifier
-    with pytest.raises(FileNotFoundError, match="can be evaluated, not resumed"):
+    with pytest.raises(ValueError, match="can be evaluated, not resumed"):
         classify.train(ClassifyConfig(out=str(tmp_path), **JOB), digits, show=False)
 
 

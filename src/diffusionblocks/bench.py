@@ -17,6 +17,7 @@ import platform
 import queue
 import shutil
 import statistics
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ import torch
 from .checkpoint import stored_parts
 from .memory import PeakMemory, state_bytes
 from .report import human_bytes, markdown_table
-from .runs import resolve_device
+from .runs import check_at_least_one, check_numbers, resolve_device
 from .training import step_generator
 
 VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
@@ -55,6 +56,8 @@ class BenchConfig:
     out: str = "docs/bench"
 
     def __post_init__(self) -> None:
+        check_numbers(self)
+        check_at_least_one(self, ("depth", "width", "batch_size", "threads"))
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r} for bench; choose one of {', '.join(TASKS)}")
         for b in self.blocks:
@@ -356,18 +359,24 @@ def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
 
 def _block_steps(cfg: BenchConfig, blocks: int, mine: list[int], threads: int, start, times) -> None:
     """A worker: train ``mine`` of ``blocks`` blocks for warmup + steps steps; report the time of
-    the timed steps (all workers start them together, at ``start``)."""
-    torch.set_num_threads(threads)
-    device = _device(cfg)
-    batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
-    _, strategy = _build(_run_config(cfg, "dblocks", blocks, meta), device, mine)
-    for t, (x, y) in enumerate(batches[: cfg.warmup]):
-        strategy.step(x, y, step_generator(0, t))
-    start.wait()
-    begin = time.perf_counter()
-    for t, (x, y) in enumerate(batches[cfg.warmup :], cfg.warmup):
-        strategy.step(x, y, step_generator(0, t))
-    times.put(time.perf_counter() - begin)
+    the timed steps (all workers start them together, at ``start``), or its error as a string."""
+    try:
+        torch.set_num_threads(threads)
+        device = _device(cfg)
+        batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
+        _, strategy = _build(_run_config(cfg, "dblocks", blocks, meta), device, mine)
+        for t, (x, y) in enumerate(batches[: cfg.warmup]):
+            strategy.step(x, y, step_generator(0, t))
+        start.wait()
+        begin = time.perf_counter()
+        for t, (x, y) in enumerate(batches[cfg.warmup :], cfg.warmup):
+            strategy.step(x, y, step_generator(0, t))
+        times.put(time.perf_counter() - begin)
+    except threading.BrokenBarrierError:
+        pass  # another worker failed and says why
+    except Exception as e:  # the parent reports it: a spawned worker's traceback reaches no one
+        start.abort()
+        times.put(str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}")
 
 
 def _timed(cfg: BenchConfig, blocks: int, assignment: list[list[int]], threads: int) -> float:
@@ -381,12 +390,16 @@ def _timed(cfg: BenchConfig, blocks: int, assignment: list[list[int]], threads: 
     seconds = []
     while len(seconds) < len(workers):
         try:
-            seconds.append(times.get(timeout=5))
+            got = times.get(timeout=5)
         except queue.Empty:
-            if any(w.exitcode not in (None, 0) for w in workers):
-                for w in workers:
-                    w.kill()
-                raise RuntimeError("a benchmark worker failed; run it alone to see its error") from None
+            got = "died without a word (killed, or out of memory?)" if any(
+                w.exitcode not in (None, 0) for w in workers) else None
+        if isinstance(got, str):
+            for w in workers:
+                w.kill()
+            raise ValueError(f"a benchmark worker failed: {got}")
+        if got is not None:
+            seconds.append(got)
     for w in workers:
         w.join()
     return max(seconds)
@@ -400,8 +413,11 @@ def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None
     ``--parallel``, and one process) and compare the merged model's test accuracy."""
     from .parallel import place
 
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if repeats < 1 or processes < 1:
+        raise ValueError(f"repeats and processes must be at least 1, got {repeats} and {processes}")
+    from .data.images import load_images
+
+    load_images(cfg.dataset, cfg.data_dir)  # a missing dataset is said here, before any worker
     blocks = cfg.blocks[0]
     assignment = [place(blocks, r, processes).blocks for r in range(processes)]
     runs = []

@@ -2,27 +2,40 @@
 config, and training state (optimizer per part, progress) readable with ``weights_only=True``.
 
 A checkpoint is a directory written whole to a temporary sibling and then swapped in, so a
-kill at any moment leaves either the old or the new checkpoint, never a mix.
+kill at any moment leaves either the old or the new checkpoint, never a mix. Its last file,
+``manifest.json``, holds the size and SHA-256 of every other file: a read checks what it read
+against it, so a damaged file is named instead of loaded, and a read that overlapped a save
+(files of two checkpoints) is retried instead of mixed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 from torch import nn
 
 from .training import Progress
 
+try:  # advisory locks die with their process: no stale lock can outlive a run
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 CONFIG = "config.json"
 PROGRESS = "progress.json"
+MANIFEST = "manifest.json"
 
 
 def _previous(directory: Path) -> Path:
@@ -32,14 +45,23 @@ def _previous(directory: Path) -> Path:
 def resolve(directory: str | Path) -> Path:
     """The checkpoint directory to read, recovering from a kill between the two renames."""
     directory = Path(directory)
-    if (directory / CONFIG).exists():
+    if (directory / CONFIG).is_file():
         return directory
-    if (_previous(directory) / CONFIG).exists():
+    if (_previous(directory) / CONFIG).is_file():
         return _previous(directory)
     raise FileNotFoundError(
         f"no checkpoint at {directory} (expected {directory / CONFIG}); "
         "pass the checkpoint directory a training run wrote (OUT/checkpoint)"
     )
+
+
+def exists(directory: str | Path) -> bool:
+    """Whether anything stands where a checkpoint would be (a damaged one counts)."""
+    directory = Path(directory)
+    return directory.exists() or _previous(directory).exists()
+
+
+# --- writing ---------------------------------------------------------------------------------
 
 
 def save(
@@ -49,25 +71,34 @@ def save(
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Write a checkpoint atomically: temp dir, then rename over the old one."""
+    """Write a checkpoint atomically: temp dir (manifest last), then rename over the old one.
+    A failed write (a full disk) removes its temp dir and leaves the old checkpoint."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by killed writers
         if not _alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name, module in parts.items():
-        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(tensors, str(tmp / f"{name}.safetensors"))
-    for name, opt in (optimizers or {}).items():
-        torch.save(opt.state_dict(), tmp / f"{name}.optim.pt")
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    if progress is not None:
-        (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
-    for f in tmp.iterdir():  # make the files durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        for name, module in parts.items():
+            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
+        for name, opt in (optimizers or {}).items():
+            torch.save(opt.state_dict(), tmp / f"{name}.optim.pt")
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        if progress is not None:
+            (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
+        files = {f.name: _digest(f.read_bytes()) for f in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+        for f in tmp.iterdir():  # make the files durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(e.errno, f"could not write checkpoint {directory} ({e.strerror}); free space "
+                      "or give another --out", str(directory)) from None
     old = _previous(directory)
     if directory.exists():  # otherwise .old may be the only checkpoint left: keep it until now
         shutil.rmtree(old, ignore_errors=True)
@@ -78,29 +109,83 @@ def save(
     return directory
 
 
+def _digest(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 @contextmanager
 def exclusive(directory: str | Path) -> Iterator[None]:
     """Hold ``directory/.lock`` for the duration: a second run writing into the same folder (two
-    block jobs given one --out) is refused instead of overwriting the first. A lock left by a
-    dead process is taken over."""
+    block jobs given one --out) is refused instead of overwriting the first. The lock is an
+    advisory ``flock``, released by the kernel when its process dies, so a dead run's lock (or
+    one whose pid a reboot gave to another process) never blocks. Also refuses a ``directory``
+    that is a file, a checkpoint itself (``RUN/checkpoint`` given as ``--out``) or unwritable."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(directory)
     lock = directory / ".lock"
-    holder = lock.read_text().strip() if lock.exists() else ""
-    if holder and not _alive(holder):
-        lock.unlink(missing_ok=True)  # stale: its writer is gone
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = lock.read_text().strip() if lock.exists() else "?"
-        raise ValueError(f"{directory} is in use by another run (pid {holder}); give this run "
-                         "its own --out") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    fd = _acquire(lock)
     try:
         yield
     finally:
+        lock.unlink(missing_ok=True)  # while still holding it: a waiter then retries on a new file
+        os.close(fd)
+
+
+def check_writable_folder(directory: Path) -> None:
+    """Refuse an output folder that cannot hold a run: a file, a checkpoint, unwritable."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"--out {directory} is a file; give a folder")
+    if (directory / CONFIG).is_file() and any(directory.glob("*.safetensors")):
+        raise ValueError(f"--out {directory} is a checkpoint (it holds {CONFIG} and weights), not a "
+                         f"run folder; to resume that run give its folder ({directory.parent}), "
+                         "otherwise a fresh folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to --out {directory} ({e.strerror or e}); give a writable "
+                         "folder") from None
+
+
+def _acquire(lock: Path) -> int:
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        if fcntl is None:  # pragma: no cover - Windows: exclusive creation, stale pids taken over
+            os.close(fd)
+            return _acquire_by_pid(lock)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"{lock.parent} is in use by another run (pid {holder}); give this run "
+                             "its own --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file its last holder unlinked while we opened it
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def _acquire_by_pid(lock: Path) -> int:  # pragma: no cover - Windows
+    holder = lock.read_text().strip() if lock.exists() else ""
+    if holder and not _alive(holder):
         lock.unlink(missing_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise ValueError(f"{lock.parent} is in use by another run (pid {holder or '?'}); give this "
+                         "run its own --out") from None
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def _alive(pid: str) -> bool:
@@ -125,28 +210,140 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# --- reading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Files of one checkpoint, read together and checked against its manifest."""
+
+    path: Path
+    files: dict[str, bytes]
+
+    @property
+    def config(self) -> dict:
+        return _json(self, CONFIG, dict)
+
+    @property
+    def progress(self) -> Progress | None:
+        if PROGRESS not in self.files:
+            return None
+        d = _json(self, PROGRESS, dict)
+        names = {f.name for f in fields(Progress)}
+        if set(d) != names or not all(isinstance(v, (int, float)) for v in d.values()):
+            raise ValueError(f"{self.path / PROGRESS} is damaged (expected the numbers "
+                             f"{', '.join(sorted(names))}); restore it or train into a fresh --out")
+        return Progress(**d)
+
+    def tensors(self, part: str) -> dict[str, torch.Tensor]:
+        """The stored weights of ``part``."""
+        path = self.path / f"{part}.safetensors"
+        if path.name not in self.files:
+            raise FileNotFoundError(f"checkpoint {self.path} has no {path.name}")
+        try:
+            return load_tensors(self.files[path.name])
+        except Exception as e:  # safetensors raises its own error types on a bad file
+            raise ValueError(f"{path} is damaged ({e}); restore it or train anew") from None
+
+    def load_parts(self, parts: dict[str, nn.Module]) -> None:
+        """Load each part's weights; every part must be present and match exactly."""
+        for name, module in parts.items():
+            path = self.path / f"{name}.safetensors"
+            stored, expected = self.tensors(name), module.state_dict()
+            missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path} does not match this model (missing {missing[:3]}, unexpected "
+                    f"{unexpected[:3]}{', …' if max(len(missing), len(unexpected)) > 3 else ''}): it "
+                    "was written by a different version of the model; load it with the version that "
+                    "wrote it, or train anew"
+                )
+            try:
+                module.load_state_dict(stored, strict=True)
+            except RuntimeError as e:
+                raise ValueError(f"{path} does not fit this model ({str(e).splitlines()[-1].strip()}); "
+                                 "it was written with another config") from None
+
+    def load_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        for name, opt in optimizers.items():
+            path = self.path / f"{name}.optim.pt"
+            try:
+                opt.load_state_dict(torch.load(io.BytesIO(self.files[path.name]), weights_only=True))
+            except (RuntimeError, ValueError, KeyError, EOFError) as e:
+                raise ValueError(f"{path} is damaged or belongs to another model ({e}); restore "
+                                 "it or train into a fresh --out") from None
+
+
+def _json(snapshot: Snapshot, name: str, kind: type):
+    path = snapshot.path / name
+    try:
+        value = json.loads(snapshot.files[name])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it or train anew") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} is damaged (a JSON {kind.__name__} expected)")
+    return value
+
+
+def read(directory: str | Path, parts: Iterable[str] | None = (), optimizers: Iterable[str] = (),
+         attempts: int = 5) -> Snapshot:
+    """Read the config, progress and the named parts' weights (``parts=None``: every part) and
+    optimizer states of the checkpoint at ``directory`` in one go, through one directory handle,
+    and check them against the manifest. All files so come from one checkpoint even beside a
+    concurrent save (a read whose directory a save removed under it is retried); a file that
+    disagrees with the manifest is an error naming it."""
+    for attempt in range(attempts):
+        try:
+            where = resolve(directory)
+            files = _read_files(where, parts, optimizers)
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise  # really missing, not just removed under us by a concurrent save
+            continue
+        manifest = files.pop(MANIFEST, None)
+        if manifest is None:  # written before manifests: nothing to check against
+            return Snapshot(where, files)
+        try:
+            listed = json.loads(manifest)["files"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{where / MANIFEST} is damaged; restore the checkpoint or train "
+                             "anew") from None
+        bad = [n for n, data in files.items() if listed.get(n) != _digest(data)]
+        if bad:
+            raise ValueError(f"checkpoint {where} is damaged: {', '.join(bad)} "
+                             f"{'does' if len(bad) == 1 else 'do'} not match its manifest (size or "
+                             "SHA-256); restore it or train anew")
+        return Snapshot(where, files)
+    raise AssertionError("unreachable")
+
+
+def _read_files(where: Path, parts: Iterable[str] | None, optimizers: Iterable[str]) -> dict[str, bytes]:
+    dfd = os.open(where, os.O_RDONLY)
+    try:
+        present = set(os.listdir(dfd))
+        weights = (sorted(n for n in present if n.endswith(".safetensors")) if parts is None
+                   else [f"{p}.safetensors" for p in parts])
+        wanted = [CONFIG, *weights, *(f"{o}.optim.pt" for o in optimizers)]
+        missing = [n for n in wanted if n not in present]
+        if missing:
+            raise FileNotFoundError(errno.ENOENT, f"checkpoint {where} has no {missing[0]}", missing[0])
+        files = {}
+        for name in [*wanted, *(n for n in (PROGRESS, MANIFEST) if n in present)]:
+            with os.fdopen(os.open(name, os.O_RDONLY, dir_fd=dfd), "rb") as f:
+                files[name] = f.read()
+        return files
+    finally:
+        os.close(dfd)
+
+
 def read_config(directory: str | Path) -> dict:
     """The run config stored with a checkpoint."""
-    return json.loads((resolve(directory) / CONFIG).read_text())
+    return read(directory).config
 
 
 def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
     """Load each part's weights; every part must be present and match exactly."""
-    directory = resolve(directory)
-    for name, module in parts.items():
-        path = directory / f"{name}.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {directory} has no {path.name}")
-        stored, expected = load_file(str(path)), module.state_dict()
-        missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match this model (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}{', …' if max(len(missing), len(unexpected)) > 3 else ''}): it was "
-                "written by a different version of the model; load it with the version that "
-                "wrote it, or train anew"
-            )
-        module.load_state_dict(stored, strict=True)
+    read(directory, parts=parts).load_parts(parts)
 
 
 def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -157,29 +354,41 @@ def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
 def load_model(directory: str | Path, from_dict: Callable[[dict], object],
                build: Callable[[object], nn.Module], device: torch.device | str = "cpu"):
     """(model, config) of a checkpoint: the stored config read through ``from_dict``, the model
-    ``build`` makes of it, every stored part loaded, in eval mode on ``device``."""
-    directory = resolve(directory)  # one directory for every read, even beside a concurrent save
-    cfg = from_dict(read_config(directory))
+    ``build`` makes of it, every stored part loaded (config and weights from one read), in eval
+    mode on ``device``."""
+    snapshot = read(directory, parts=None)
+    cfg = config_of(snapshot, from_dict)
     model = build(cfg)
-    load_parts(directory, stored_parts(model))
+    snapshot.load_parts(stored_parts(model))
     return model.to(device).eval(), cfg
+
+
+def config_of(snapshot: Snapshot, from_dict: Callable[[dict], object]):
+    """``from_dict`` of a snapshot's config; a config of the wrong shape is one error naming it."""
+    try:
+        return from_dict(snapshot.config)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise ValueError(f"{snapshot.path / CONFIG} is damaged or of another version ({e}); restore "
+                         "it or train anew") from None
 
 
 def read_progress(directory: str | Path) -> Progress:
     """The progress stored with a checkpoint (zero when it has none)."""
-    path = resolve(directory) / PROGRESS
-    return Progress(**json.loads(path.read_text())) if path.exists() else Progress()
+    return read(directory).progress or Progress()
 
 
 def load_training_state(
     directory: str | Path, optimizers: dict[str, torch.optim.Optimizer]
 ) -> Progress:
-    """Load each optimizer's state and return the run's progress."""
-    directory = resolve(directory)
-    for name, opt in optimizers.items():
-        path = directory / f"{name}.optim.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {directory} has no optimizer state {path.name} (a merged "
-                                    "model can be evaluated, not resumed); train into a fresh --out")
-        opt.load_state_dict(torch.load(path, weights_only=True))
-    return read_progress(directory)
+    """Load each optimizer's state and return the run's progress; a checkpoint without either
+    cannot be resumed (a merged model can be evaluated, not resumed)."""
+    try:
+        snapshot = read(directory, optimizers=optimizers)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e.strerror}: no optimizer state (a merged model can be evaluated, "
+                                "not resumed); train into a fresh --out") from None
+    snapshot.load_optimizers(optimizers)
+    if snapshot.progress is None:
+        raise ValueError(f"checkpoint {snapshot.path} has no {PROGRESS}: it cannot be resumed "
+                         "(its learning-rate schedule would restart); train into a fresh --out")
+    return snapshot.progress

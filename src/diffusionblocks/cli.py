@@ -136,6 +136,7 @@ TEXT_HELP = {
     "k_sweep": "recurrent: the K values at which test accuracy is also reported and plotted",
 }
 TEXT_TASKS = ("mdm", "ar", "recurrent")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out` can write
 
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
@@ -282,12 +283,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .tasks import classify
 
     words = args.checkpoint
-    if len(words) == 2 and words[0] == "fid":
-        words = words[1:]
-    if len(words) != 1:
+    fid = len(words) == 2 and words[0] == "fid"
+    if len(words) != 1 + fid:
         raise ValueError("usage: diffusionblocks eval [fid] CHECKPOINT")
-    args.checkpoint = words[0]
+    args.checkpoint = words[-1]
     task = checkpoint.read_config(args.checkpoint).get("task")
+    if fid and task != "generate":
+        raise ValueError(f"{args.checkpoint} is a {task} checkpoint; FID scores image generators "
+                         "(`train generate`)")
     if task == "generate":
         return _eval_generate(args)
     if task in TEXT_TASKS:
@@ -304,6 +307,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _eval_generate(args: argparse.Namespace) -> None:
+    from . import checkpoint
     from .tasks import generate
 
     model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
@@ -312,6 +316,7 @@ def _eval_generate(args: argparse.Namespace) -> None:
     if args.data_dir:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    checkpoint.check_writable_folder(out)  # before minutes of sampling
     result = generate.evaluate_model(model, cfg, generate.load_data(cfg), out, show=True,
                                      inception_weights=args.inception_weights)
     result |= {"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
@@ -334,8 +339,12 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
         from . import checkpoint
 
         judge_task = checkpoint.read_config(args.judge).get("task")
+        if judge_task not in ("ar", "recurrent"):
+            raise ValueError(f"--judge {args.judge} is a {judge_task} checkpoint; a judge is a "
+                             "next-token model (`train ar|recurrent --mode e2e`)")
         judge, _ = _text_module(judge_task).load(args.judge, device=args.device or "auto")
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
+    checkpoint.check_writable_folder(out)
     extra = {"judge": judge} if task != "mdm" else {}
     result = module.evaluate_model(model, cfg, load_data(cfg), out, **extra)
     result |= {"checkpoint": str(args.checkpoint), "task": task, "mode": cfg.mode, "data": cfg.data}
@@ -350,6 +359,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from . import checkpoint
     from .data.text import Tokenizer
 
+    if args.length < 1 or args.num < 1:
+        raise ValueError(f"--length and --num must be at least 1, got {args.length} and {args.num}")
     task = checkpoint.read_config(args.checkpoint).get("task")
     if task not in TEXT_TASKS:
         raise ValueError(f"{args.checkpoint} is a {task} checkpoint; `generate` continues text from "
@@ -387,8 +398,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
+    from . import checkpoint
     from .tasks import generate
 
+    out = Path(args.out)
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out}: give an image file name ending in {', '.join(IMAGE_SUFFIXES)}")
+    task = checkpoint.read_config(args.checkpoint).get("task")
+    if task != "generate":
+        raise ValueError(f"{args.checkpoint} is a {task} checkpoint; `sample` draws images from "
+                         "`train generate` checkpoints" + (" (text: `diffusionblocks generate`)"
+                                                          if task in TEXT_TASKS else ""))
+    checkpoint.check_writable_folder(out.parent)  # before the sampling
     model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
     names = ("sampler", "grid", "sample_steps", "guidance", "seed")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))
@@ -397,7 +420,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     images = generate.sample(model, labels.to(device), cfg, gen).cpu()
-    out = Path(args.out)
     generate.save_grid(images, out, rows=classes)
     print(json.dumps({"checkpoint": args.checkpoint, "png": str(out), "rows": "one per class",
                       "per_class": args.per_class, "sampler": cfg.sampler, "grid": cfg.grid,
@@ -445,6 +467,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.kind == "parallel" and args.blocks is None:
         given["blocks"] = [args.processes]  # one block per process
+    if args.kind == "parallel" and args.dataset is None:
+        given["dataset"] = "digits"  # embedded: runs anywhere (memory and speed keep MNIST)
     cfg = BenchConfig(**given)
     print(run(args.kind, cfg, show=not args.quiet, processes=args.processes,
               train_steps=args.train_steps, repeats=args.repeats))
@@ -460,7 +484,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         "parallel: block-parallel throughput vs one process (B: the first --blocks "
                         "value, default one block per process)")
     parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help=f"default: {d.dataset}")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help=f"default: {d.dataset} (parallel: digits)")
     parser.add_argument("--data-dir", default=None, help=HELP["data_dir"])
     parser.add_argument("--blocks", type=int, nargs="+", default=None,
                         help=f"block counts B to measure (default: {' '.join(map(str, d.blocks))})")
@@ -600,7 +625,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, missing or unwritable files: one line
         print(f"diffusionblocks: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -13,6 +13,8 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
+from .runs import check_numbers
+
 _N = NormalDist()
 PARTITIONS = ("equiprob", "uniform")
 
@@ -31,6 +33,7 @@ class NoiseConfig:
     max_weight: float | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -35,6 +38,16 @@ def check_resumable(saved: dict, config: dict, resumable: set[str], where: Path)
         )
 
 
+def check_numbers(obj) -> None:
+    """Refuse NaN or infinity in any number field of the config dataclass ``obj`` (its own
+    fields; nested configs check theirs)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (value if isinstance(value, (tuple, list)) else (value,))):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Refuse ``value`` outside ``choices``, listing them: "unknown sampler 'x'; choose one of …"."""
     if value not in choices:
@@ -50,17 +63,21 @@ def check_at_least_one(obj, names) -> None:
 
 
 def config_from_dict(cls, d: dict, nested: dict[str, type]):
-    """A run config dataclass from its JSON form (``to_dict``), sub-configs rebuilt, unknown
-    keys ignored."""
-    from dataclasses import fields
-
-    d = {k: v for k, v in d.items() if k != "task"}
+    """A run config dataclass from its JSON form (``to_dict``), sub-configs rebuilt; keys the
+    dataclasses do not have (a later version's fields) are ignored, missing ones default."""
+    d = dict(d)
     for key, kind in nested.items():
-        sub = dict(d.get(key, {}))
+        sub = _known(kind, d.get(key) or {})
         if "betas" in sub:
             sub["betas"] = tuple(sub["betas"])  # JSON turns the AdamW tuple into a list
         d[key] = kind(**sub)
-    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    return cls(**_known(cls, d))
+
+
+def _known(cls, d) -> dict:
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a JSON object for {cls.__name__}, got {d!r}")
+    return {f.name: d[f.name] for f in fields(cls) if f.name in d}
 
 
 def announce_resume(where: Path, step: int, total: int, show: bool = True) -> None:
@@ -70,6 +87,57 @@ def announce_resume(where: Path, step: int, total: int, show: bool = True) -> No
         left = ("already finished: its results are reused; train into a fresh --out to train again"
                 if step >= total else f"{total - step} steps to go")
         print(f"resuming from {where} at step {step} of {total} ({left})", file=sys.stderr, flush=True)
+
+
+def restore(ckpt: Path, cfg, resumable: set[str], parts: dict, optimizers: dict):
+    """Load a run's checkpoint at ``ckpt`` into ``parts`` and ``optimizers`` and return (its
+    path, its progress), or None when there is none. What cannot be resumed exactly (no config
+    or progress, a damaged file, another config outside ``resumable``) is refused, never
+    restarted from step 0 over it."""
+    from . import checkpoint
+
+    if not checkpoint.exists(ckpt):
+        return None
+    try:
+        snapshot = checkpoint.read(ckpt, parts=list(parts), optimizers=list(optimizers))
+    except FileNotFoundError as e:
+        why = (" (no optimizer state: a merged model can be evaluated, not resumed)"
+               if str(e.filename).endswith(".optim.pt") else "")
+        raise ValueError(f"{ckpt} cannot be resumed ({e.strerror or e}){why}; give a fresh --out, or "
+                         f"move {ckpt} away to train anew here") from None
+    if snapshot.progress is None:
+        raise ValueError(f"{snapshot.path} has no {checkpoint.PROGRESS}: resuming would restart its "
+                         "learning-rate schedule on trained weights; give a fresh --out")
+    # a field the checkpoint predates counts as its default (augment "", val_size 0, …)
+    saved = checkpoint.config_of(snapshot, type(cfg).from_dict).to_dict()
+    check_resumable(saved, cfg.to_dict(), resumable, snapshot.path)
+    snapshot.load_parts(parts)
+    snapshot.load_optimizers(optimizers)
+    return snapshot.path, snapshot.progress
+
+
+def drop_stale_offload(folder: Path, strategy) -> None:
+    """Remove ``folder/offload`` left by a killed ``--offload disk`` run when this one keeps its
+    blocks elsewhere (a disk-offloading run rewrites the files it needs)."""
+    offload = getattr(strategy, "offload", None)
+    if offload is None or offload.to != "disk":
+        shutil.rmtree(folder / "offload", ignore_errors=True)
+
+
+def kept_metrics(path: Path, step: int) -> list[dict]:
+    """Rewrite the metrics log ``path`` to the records up to ``step`` (what the checkpoint being
+    resumed had seen; lines that are not JSON records, from a damaged log, are dropped), and
+    return them."""
+    kept = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(record)
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
@@ -87,19 +155,12 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
     with checkpoint.exclusive(out):
         ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
         progress, history = Progress(), []
-        try:
-            where = checkpoint.resolve(ckpt)
-        except FileNotFoundError:
-            where = None
-        if where is not None:
-            check_resumable(checkpoint.read_config(where), cfg.to_dict(), resumable, where)
-            checkpoint.load_parts(where, parts)
-            progress = checkpoint.load_training_state(where, strategy.optimizers)
+        drop_stale_offload(out, strategy)
+        restored = restore(ckpt, cfg, resumable, parts, strategy.optimizers)
+        if restored is not None:
+            where, progress = restored
             announce_resume(where, progress.step, total, show)
-            kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
-                    if r["step"] <= progress.step] if metrics_path.exists() else []
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            history = [r for r in kept if "seconds" not in r]
+            history = [r for r in kept_metrics(metrics_path, progress.step) if "seconds" not in r]
         elif metrics_path.exists():
             metrics_path.unlink()
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -114,11 +175,10 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
                           "train_seconds": round(p.train_seconds, 3), **evaluate(p)}
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
                 checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.optimizers, p)
 
         try:
-            with metrics_path.open("a") as log_file:
+            with metrics_path.open("a", buffering=1) as log_file:  # line by line
                 progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
                                max(1, total // cfg.evals), on_every, log, desc=desc, show=show)
         finally:

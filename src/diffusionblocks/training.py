@@ -24,6 +24,7 @@ from .blocks import DiffusionBlocks
 from .memory import activation_bytes
 from .noise import loss_weight
 from .offload import Offload
+from .runs import check_numbers
 
 
 @dataclass
@@ -35,6 +36,18 @@ class OptimConfig:
     warmup: int = 100
     clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        check_numbers(self)
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.clip < 0:
+            raise ValueError(f"clip must be ≥ 0 (a gradient-norm bound; 0: no clipping), got {self.clip}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
 
 
 def matched_budget(steps: int, warmup: int, blocks: int, match: str = "layers") -> tuple[int, int]:
@@ -230,6 +243,9 @@ def fit(
         x, y = batch_at(t)
         record = strategy.step(x, y, step_generator(seed, t))
         record["seconds"] = time.perf_counter() - start
+        if not math.isfinite(record["loss"]):  # stop before anything is logged or checkpointed
+            raise ValueError(f"the loss became {record['loss']} at step {t + 1}: training diverged; "
+                             "lower --lr or keep --clip on (the last checkpoint is kept)")
         progress.train_seconds += record["seconds"]
         progress.step += 1
         progress.layer_evals += record["layers"]

@@ -99,16 +99,41 @@ def _decode_jpegs(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     ])
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds (dicts, lists, bytes, NumPy arrays) and nothing else:
+    any other class or function in the file (code to run) is refused."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) and labels of one batch file of the CIFAR python folder."""
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+        x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+            raise ValueError(f"data {x.dtype} {x.shape} and labels {y.shape}, not N×3072 bytes and N labels")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the CIFAR-10 python folder needs data_batch_1…5 "
+                                "and test_batch") from None
+    except Exception as e:  # noqa: BLE001 - a malformed file can fail in any unpickling step
+        raise ValueError(f"{path} is not a CIFAR-10 batch ({e}); replace it with the original file "
+                         "or remove the folder to use cifar10_jpeg_q75.npz") from None
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+
 def _cifar10(root: Path) -> tuple[np.ndarray, ...]:
     folder = root / "cifar10" / "cifar-10-batches-py"
     if folder.exists():
-        def batch(name):
-            with open(folder / name, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            return x, np.asarray(d[b"labels"])
-        train = [batch(f"data_batch_{i}") for i in range(1, 6)]
-        x_test, y_test = batch("test_batch")
+        train = [_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+        x_test, y_test = _cifar_batch(folder / "test_batch")
         return (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]),
                 x_test, y_test)
     path = _require(root / "cifar10" / "cifar10_jpeg_q75.npz", "cifar10")

@@ -89,14 +89,18 @@ def read_text(source: str, root: str | Path | None = None) -> str:
             f"(--data path/to/file.txt); Tiny Shakespeare is {NAMED['tinyshakespeare']} in the "
             "shared data folder"
         )
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def _hf_text(spec: str) -> str:
     try:
         import datasets
-    except ImportError as e:
-        raise ImportError(f"--data hf:{spec} needs the `datasets` package (pip install datasets)") from e
+    except ImportError:
+        raise ValueError(f"--data hf:{spec} needs the `datasets` package (pip install datasets)") from None
     name, _, config = spec.partition(":")
     parts = datasets.load_dataset(name, config or None)
     return "\n".join(t for split in parts.values() for t in split["text"])

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..blocks import Adapter
 from ..conditioning import AdaLNZero, modulated_linear
-from ..runs import check_at_least_one
+from ..runs import check_at_least_one, check_numbers
 from .vit import SHAPE_FIELDS, TransformerLayer, patchify, unpatchify
 
 
@@ -34,6 +34,7 @@ class DiTConfig:
     class_dropout: float = 0.1
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_at_least_one(self, SHAPE_FIELDS)
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")

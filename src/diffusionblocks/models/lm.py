@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..memory import run_layers
-from ..runs import check_at_least_one
+from ..runs import check_at_least_one, check_numbers
 from .vit import TransformerLayer
 
 
@@ -28,6 +28,7 @@ class LMConfig:
     rope: bool = False  # rotary positions in attention, beside the learned ones
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_at_least_one(self, ("vocab_size", "context", "width", "depth", "heads"))
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..conditioning import AdaLNZero, modulated_linear
 from ..memory import run_layers
-from ..runs import check_at_least_one
+from ..runs import check_at_least_one, check_numbers
 
 # Integer shape fields every transformer config here validates (each at least 1).
 SHAPE_FIELDS = ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes")
@@ -31,6 +31,7 @@ class ViTConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_at_least_one(self, SHAPE_FIELDS)
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")

@@ -32,9 +32,12 @@ from ..runs import (
     check_at_least_one,
     check_choice,
     check_device_name,
-    check_resumable,
+    check_numbers,
     config_from_dict,
+    drop_stale_offload,
+    kept_metrics,
     resolve_device,
+    restore,
 )
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
@@ -111,8 +114,9 @@ class ClassifyConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None))  # None: MODE_LR
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_choice("dataset", self.dataset, DATASETS)
-        check_at_least_one(self, ("steps", "batch_size", "evals"))
+        check_at_least_one(self, ("steps", "batch_size", "evals", "patch_size"))
         if self.val_size < 0:
             raise ValueError(f"val_size must be 0 (no validation split) or more, got {self.val_size}")
         if self.sample_steps is not None and self.sample_steps < 2:
@@ -205,10 +209,10 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     """Fill in what the data decides: image shape, classes, patch size and step defaults."""
     channels, size, _ = data.shape
     defaults = DATASET_DEFAULTS[cfg.dataset]
-    patch = cfg.patch_size or defaults["patch_size"]
+    patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
-    optim = asdict(cfg.optim) | {"lr": cfg.optim.lr or MODE_LR[cfg.mode]}
+    optim = asdict(cfg.optim) | {"lr": MODE_LR[cfg.mode] if cfg.optim.lr is None else cfg.optim.lr}
     cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim}
     if cfg.steps is None:
         cfg_dict["steps"] = defaults["steps"]
@@ -419,23 +423,15 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         progress = Progress()
         history: list[dict] = []
         metrics_path = run_dir / "metrics.jsonl"
-        try:
-            where = checkpoint.resolve(ckpt)
-        except FileNotFoundError:
-            where = None
-        if where is not None:
-            # a field the checkpoint predates counts as its default (augment "", val_size 0, …)
-            saved = ClassifyConfig.from_dict(checkpoint.read_config(where)).to_dict()
-            check_resumable(saved, cfg.to_dict(), RESUMABLE, where)
-            checkpoint.load_parts(where, stored)
-            progress = checkpoint.load_training_state(where, strategy.optimizers)
+        if writer:
+            drop_stale_offload(run_dir, strategy)
+        restored = restore(ckpt, cfg, RESUMABLE, stored, strategy.optimizers)
+        if restored is not None:
+            where, progress = restored
             if writer:
                 announce_resume(where, progress.step, total, show)
-            if writer and metrics_path.exists():  # keep only what the checkpoint had seen
-                kept = [r for r in map(json.loads, metrics_path.read_text().splitlines())
-                        if r["step"] <= progress.step]
-                metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-                history = [r for r in kept if f"{split}_accuracy" in r or "block_accuracy" in r]
+                history = [r for r in kept_metrics(metrics_path, progress.step)
+                           if f"{split}_accuracy" in r or "block_accuracy" in r]
         elif writer and metrics_path.exists():
             metrics_path.unlink()
         if syncing:
@@ -465,12 +461,11 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                         b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
                 checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
 
         every = max(1, total // cfg.evals)
         try:
-            with metrics_path.open("a") if writer else nullcontext() as log_file:
+            with metrics_path.open("a", buffering=1) if writer else nullcontext() as log_file:
                 progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
                                desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
                                show=show and writer)
@@ -569,7 +564,7 @@ def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: I
 
 def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
-    cfg = ClassifyConfig.from_dict(checkpoint.read_config(path))
+    cfg = checkpoint.config_of(checkpoint.read(path), ClassifyConfig.from_dict)
     if cfg.block is not None or cfg.parallel:
         raise ValueError(f"checkpoint {path} holds only part of a model (a --block or --parallel "
                          "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
@@ -583,10 +578,12 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     exactly once and agree bit for bit on the shared parts (``average_shared``: average them
     instead, for blocks trained with ``--shared-policy cotrained``).
     """
-    from safetensors.torch import load_file
-
-    dirs = [checkpoint.resolve(s) for s in sources]
-    configs = [checkpoint.read_config(d) for d in dirs]
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in "
+                         f"{out} was touched)")
+    snaps = [checkpoint.read(s, parts=None) for s in sources]
+    dirs, configs = [s.path for s in snaps], [s.config for s in snaps]
     if any(c.get("task") != "classify" or c.get("mode") != "dblocks" for c in configs):
         raise ValueError("merge takes DiffusionBlocks classification checkpoints (train classify "
                          "--mode dblocks --block k, or a --parallel run's group checkpoints)")
@@ -598,18 +595,19 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
             raise ValueError(f"cannot merge {dirs[0]} and {d}: their configs differ ({detail}); "
                              "train every block with the same flags")
     cfg = ClassifyConfig.from_dict(base | {"block": None, "parallel": False, "out": str(out)})
-    owner: dict[int, Path] = {}
-    for d in dirs:
-        for f in sorted(d.glob("block_*.safetensors")):
-            b = int(f.stem.split("_")[1])
+    owner: dict[int, checkpoint.Snapshot] = {}
+    for snap in snaps:
+        for name in sorted(n for n in snap.files if n.startswith("block_") and n.endswith(".safetensors")):
+            b = int(name.split("_")[1].split(".")[0])
             if b in owner:
-                raise ValueError(f"block {b} is in both {owner[b]} and {d}; give each block once")
-            owner[b] = d
+                raise ValueError(f"block {b} is in both {owner[b].path} and {snap.path}; give each "
+                                 "block once")
+            owner[b] = snap
     missing = [b for b in range(cfg.blocks) if b not in owner]
     if missing:
         raise ValueError(f"no checkpoint holds block(s) {missing}; train them (--block k) and "
                          f"pass their checkpoints too")
-    shared = [load_file(str(d / "shared.safetensors")) for d in dirs]
+    shared = [s.tensors("shared") for s in snaps]
     for d, sh in zip(dirs[1:], shared[1:]):
         if not all(torch.equal(sh[k], shared[0][k]) for k in shared[0]) and not average_shared:
             raise ValueError(
@@ -620,11 +618,12 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     same = all(torch.equal(sh[k], shared[0][k]) for sh in shared for k in shared[0])
     model.shared.load_state_dict(shared[0] if same else
                                  {k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
-    for b, d in owner.items():
-        model.blocks[b].load_state_dict(load_file(str(d / f"block_{b}.safetensors")))
-    runs = [checkpoint.read_progress(d) for d in dirs]
+    for b, snap in owner.items():
+        snap.load_parts({f"block_{b}": model.blocks[b]})
+    runs = [s.progress or Progress() for s in snaps]
     progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
-    return checkpoint.save(Path(out) / "checkpoint", parts(model), cfg.to_dict(), progress=progress)
+    with checkpoint.exclusive(out):
+        return checkpoint.save(out / "checkpoint", parts(model), cfg.to_dict(), progress=progress)
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:

@@ -34,6 +34,7 @@ from ..runs import (
     check_at_least_one,
     check_choice,
     check_device_name,
+    check_numbers,
     config_from_dict,
     resolve_device,
     train_run,
@@ -83,10 +84,11 @@ class GenerateConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("mode", self.mode, MODES)
         check_at_least_one(self, ("steps", "batch_size", "evals", "num_samples", "sample_steps",
-                                  "feature_steps"))
+                                  "feature_steps", "patch_size"))
         if self.guidance < 0:
             raise ValueError(f"guidance scale must be ≥ 0 (1: conditional, 0: unconditional), "
                              f"got {self.guidance}")
@@ -127,11 +129,11 @@ def resolve_config(cfg: GenerateConfig, data: ImageData) -> GenerateConfig:
     """Fill in what the data decides: image shape, classes, patch size and step defaults."""
     channels, size, _ = data.shape
     defaults = DATASET_DEFAULTS[cfg.dataset]
-    patch = cfg.patch_size or defaults["patch_size"]
+    patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     dit = asdict(cfg.dit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
-    return GenerateConfig.from_dict(asdict(cfg) | {"dit": dit, "patch_size": patch,
-                                                   "steps": cfg.steps or defaults["steps"]})
+    steps = defaults["steps"] if cfg.steps is None else cfg.steps
+    return GenerateConfig.from_dict(asdict(cfg) | {"dit": dit, "patch_size": patch, "steps": steps})
 
 
 class PixelSpace(SharedParts):

@@ -16,7 +16,7 @@ from ..blocks import split_layers
 from ..data.text import TOKENIZERS, TextData, Tokenizer, load_text
 from ..models.lm import LMConfig
 from ..noise import GRIDS
-from ..runs import check_at_least_one, check_choice, check_device_name
+from ..runs import check_at_least_one, check_choice, check_device_name, check_numbers
 from ..sampling import SAMPLERS
 
 MODES = ("e2e", "dblocks")
@@ -48,6 +48,7 @@ class TextConfig:
     lm: LMConfig = field(default_factory=LMConfig)
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         check_choice("mode", self.mode, self.MODES)
         check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         check_choice("budget match", self.match, ("layers", "steps"))
