@@ -196,6 +196,14 @@ def test_6_a_diverging_run_stops_with_one_line_and_no_bare_nan(tmp_path, capsys)
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
 
 
+def test_6_metrics_lines_are_json_even_for_a_diverged_metric():
+    from diffusionblocks.runs import json_line
+
+    nan, inf = float("nan"), float("inf")
+    line = json_line({"step": 3, "fid": nan, "bpc": [1.5, inf], "per": {"a": -inf}})
+    assert json.loads(line) == {"step": 3, "fid": None, "bpc": [1.5, None], "per": {"a": None}}
+
+
 @pytest.mark.parametrize("argv, words", [
     (["generate", "{ckpt}", "--length", "-5"], "--length and --num must be at least 1"),
     (["generate", "{ckpt}", "--num", "0"], "--length and --num must be at least 1"),

@@ -321,7 +321,7 @@ def test_bad_text_input_gets_one_readable_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="holds 9 characters; a language model needs at least 1,000"):
         load_text(str(short))
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)
-    with pytest.raises(ImportError, match="pip install datasets"):
+    with pytest.raises(ValueError, match="pip install datasets"):
         load_text("hf:tiny_shakespeare")
     for bad, match in [(dict(temperature=-1), "temperature must be ≥ 0"),
                        (dict(bound_passes=1), "bound_passes must be at least 2"),

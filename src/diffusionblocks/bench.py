@@ -447,10 +447,20 @@ def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None
     return record
 
 
+def _launch(argv: list[str], env: dict) -> None:
+    """Run a training command; if it fails, raise its own error line (a worker's under torchrun)."""
+    import subprocess
+
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        lines = done.stderr.splitlines()
+        said = [ln for ln in lines if "diffusionblocks: error:" in ln or "Error:" in ln]
+        raise ValueError(f"a benchmark training run failed: {(said or lines or ['no output'])[-1].strip()}")
+
+
 def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show: bool) -> dict:
     """Train to the end block-parallel (torchrun) and in one process; both merged and tested."""
     import os
-    import subprocess
     import sys
 
     out = Path(cfg.out) / "parallel_runs"
@@ -461,13 +471,11 @@ def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show:
     common += ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={processes}", "-m", "diffusionblocks", *common, "--parallel",
-                    "--out", str(out / "parallel")], check=True, env=env, stdout=subprocess.DEVNULL)
+    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+             "-m", "diffusionblocks", *common, "--parallel", "--out", str(out / "parallel")], env)
     parallel_wall = time.perf_counter() - started
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "diffusionblocks", *common, "--out", str(out / "single")],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    _launch([sys.executable, "-m", "diffusionblocks", *common, "--out", str(out / "single")], env)
     single_wall = time.perf_counter() - started
     par = json.loads((out / "parallel" / "result.json").read_text())
     one = json.loads((out / "single" / "result.json").read_text())
@@ -482,6 +490,9 @@ def _train_both(cfg: BenchConfig, blocks: int, processes: int, steps: int, show:
 def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
         train_steps: int | None = None, repeats: int = 3) -> str:
     """Measure and write ``kind`` (memory, speed or parallel) under ``cfg.out``; return a summary."""
+    from .checkpoint import check_writable_folder
+
+    check_writable_folder(Path(cfg.out))  # before minutes of measuring
     if kind == "parallel":
         if cfg.task != "classify":
             raise ValueError(f"bench parallel measures the classification task; drop --task {cfg.task}")

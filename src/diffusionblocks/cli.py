@@ -328,6 +328,7 @@ def _eval_generate(args: argparse.Namespace) -> None:
 
 
 def _eval_text(args: argparse.Namespace, task: str) -> None:
+    from . import checkpoint
     from .tasks.text import load_data
 
     module = _text_module(task)
@@ -336,8 +337,6 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     judge = None
     if args.judge:  # an end-to-end model of the autoregressive or recurrent family
-        from . import checkpoint
-
         judge_task = checkpoint.read_config(args.judge).get("task")
         if judge_task not in ("ar", "recurrent"):
             raise ValueError(f"--judge {args.judge} is a {judge_task} checkpoint; a judge is a "

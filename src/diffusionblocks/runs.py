@@ -124,6 +124,18 @@ def drop_stale_offload(folder: Path, strategy) -> None:
         shutil.rmtree(folder / "offload", ignore_errors=True)
 
 
+def json_line(record: dict) -> str:
+    """One metrics.jsonl line: a NaN or infinite value (a diverged metric) is written as null,
+    so every line stays valid JSON."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps(clean(record)) + "\n"
+
+
 def kept_metrics(path: Path, step: int) -> list[dict]:
     """Rewrite the metrics log ``path`` to the records up to ``step`` (what the checkpoint being
     resumed had seen; lines that are not JSON records, from a damaged log, are dropped), and
@@ -136,7 +148,7 @@ def kept_metrics(path: Path, step: int) -> list[dict]:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(record)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    path.write_text("".join(map(json_line, kept)))
     return kept
 
 
@@ -155,8 +167,8 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
     with checkpoint.exclusive(out):
         ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
         progress, history = Progress(), []
-        drop_stale_offload(out, strategy)
         restored = restore(ckpt, cfg, resumable, parts, strategy.optimizers)
+        drop_stale_offload(out, strategy)  # only once this run may write here
         if restored is not None:
             where, progress = restored
             announce_resume(where, progress.step, total, show)
@@ -167,14 +179,14 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
 
         def log(record: dict) -> None:
             if record["step"] % 10 == 1 or record["step"] == total:
-                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
+                log_file.write(json_line({"mode": cfg.mode, **record}))
 
         def on_every(p: Progress) -> None:
             with strategy.gathered():
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
                           "train_seconds": round(p.train_seconds, 3), **evaluate(p)}
                 history.append(record)
-                log_file.write(json.dumps(record) + "\n")
+                log_file.write(json_line(record))
                 checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.optimizers, p)
 
         try:

@@ -35,6 +35,7 @@ from ..runs import (
     check_numbers,
     config_from_dict,
     drop_stale_offload,
+    json_line,
     kept_metrics,
     resolve_device,
     restore,
@@ -423,9 +424,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         progress = Progress()
         history: list[dict] = []
         metrics_path = run_dir / "metrics.jsonl"
-        if writer:
-            drop_stale_offload(run_dir, strategy)
         restored = restore(ckpt, cfg, RESUMABLE, stored, strategy.optimizers)
+        if writer:  # only once this run may write here
+            drop_stale_offload(run_dir, strategy)
         if restored is not None:
             where, progress = restored
             if writer:
@@ -444,7 +445,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
 
         def log(record: dict) -> None:
             if writer and (record["step"] % 10 == 1 or record["step"] == total):
-                log_file.write(json.dumps({"mode": cfg.mode, **record}) + "\n")
+                log_file.write(json_line({"mode": cfg.mode, **record}))
 
         def on_every(p: Progress) -> None:
             if syncing:
@@ -460,7 +461,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                     record["block_accuracy"] = {
                         b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
-                log_file.write(json.dumps(record) + "\n")
+                log_file.write(json_line(record))
                 checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
 
         every = max(1, total // cfg.evals)
@@ -541,7 +542,7 @@ def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: I
     out = Path(cfg.out)
     if placement.rank == 0:
         groups = [out / f"group_{g}" / "checkpoint" for g in range(placement.groups)]
-        merge(groups, out, average_shared=cfg.shared_policy == "cotrained")
+        merge(groups, out, average_shared=cfg.shared_policy == "cotrained", fresh=False)
         model, merged_cfg = load(out / "checkpoint", device=str(device))
         scored = score(model, data, merged_cfg)
         totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
@@ -571,15 +572,17 @@ def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConf
     return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device)
 
 
-def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False) -> Path:
+def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
+          fresh: bool = True) -> Path:
     """Assemble block checkpoints (block jobs, parallel groups) into one model at OUT/checkpoint.
 
     The sources must come from one config (up to :data:`MERGEABLE` fields), hold every block
     exactly once and agree bit for bit on the shared parts (``average_shared``: average them
-    instead, for blocks trained with ``--shared-policy cotrained``).
+    instead, for blocks trained with ``--shared-policy cotrained``). OUT must be a new or empty
+    folder (``fresh=False``: the parallel run's own folder, which holds its groups).
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in "
                          f"{out} was touched)")
     snaps = [checkpoint.read(s, parts=None) for s in sources]
