@@ -20,7 +20,7 @@ from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
 from .sampling import SAMPLERS
 from .tasks.classify import DECODES, MODES, READOUTS
-from .training import OptimConfig
+from .training import PRECISIONS, OptimConfig
 
 HELP = {
     # run
@@ -82,6 +82,8 @@ HELP = {
     "weight_decay": "AdamW weight decay (matrices only)",
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
     "clip": "gradient-norm clip (0: off)",
+    "precision": "forward pass under autocast: fp32, bf16 or fp16 (gradient scaling per block); "
+                 "auto: bf16 on CUDA where supported, fp32 otherwise (default: auto)",
 }
 
 # Where a generation run means something else, or has fields classification does not.
@@ -143,7 +145,7 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
-    "offload": OFFLOAD_TARGETS, "tokenizer": TOKENIZERS,
+    "offload": OFFLOAD_TARGETS, "tokenizer": TOKENIZERS, "precision": PRECISIONS,
 }
 
 

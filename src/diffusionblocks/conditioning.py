@@ -60,6 +60,10 @@ class ModulatedLinear(torch.autograd.Function):
     the weight's gradient (plain autograd: the input and x̂ too); backward recomputes it in one
     elementwise pass instead. LayerNorm's backward runs on x̂ (mean 0, 1/std 1), then is scaled
     by the true 1/std.
+
+    Under autocast the norm runs in the input's precision and the linear map in autocast's
+    (bf16/fp16); backward does its two matrix products in the gradient's precision and returns
+    every gradient in its input's dtype.
     """
 
     @staticmethod
@@ -77,9 +81,9 @@ class ModulatedLinear(torch.autograd.Function):
         xhat, rstd, shift, scale, weight, bias = ctx.saved_tensors
         flat_grad = grad.flatten(0, -2)
         modulated = torch.addcmul(shift, xhat, 1 + scale)
-        grad_weight = flat_grad.T @ modulated.flatten(0, -2)
-        grad_bias = flat_grad.sum(0) if bias is not None else None
-        grad_modulated = (flat_grad @ weight).view_as(xhat)
+        grad_weight = (flat_grad.T @ modulated.flatten(0, -2).to(grad.dtype)).to(weight.dtype)
+        grad_bias = flat_grad.sum(0).to(bias.dtype) if bias is not None else None
+        grad_modulated = (flat_grad @ weight.to(grad.dtype)).view_as(xhat).to(xhat.dtype)
         grad_shift = grad_modulated.sum_to_size(shift.shape)
         grad_scale = torch.mul(grad_modulated, xhat, out=modulated).sum_to_size(scale.shape)
         grad_xhat = grad_modulated * (1 + scale)  # not in place: grad_shift may be grad_modulated

@@ -167,7 +167,7 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
     with checkpoint.exclusive(out):
         ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
         progress, history = Progress(), []
-        restored = restore(ckpt, cfg, resumable, parts, strategy.optimizers)
+        restored = restore(ckpt, cfg, resumable, parts, strategy.states)
         drop_stale_offload(out, strategy)  # only once this run may write here
         if restored is not None:
             where, progress = restored
@@ -187,7 +187,7 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
                           "train_seconds": round(p.train_seconds, 3), **evaluate(p)}
                 history.append(record)
                 log_file.write(json_line(record))
-                checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.optimizers, p)
+                checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.states, p)
 
         try:
             with metrics_path.open("a", buffering=1) as log_file:  # line by line

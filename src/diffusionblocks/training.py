@@ -26,19 +26,26 @@ from .noise import loss_weight
 from .offload import Offload
 from .runs import check_numbers
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class OptimConfig:
-    """AdamW settings. A task may leave ``lr`` None to pick its default for the mode."""
+    """How parameters are trained: AdamW, its schedule and clipping, and the precision of the
+    forward pass. A task may leave ``lr`` None to pick its default for the mode."""
 
     lr: float | None = 3e-3
     weight_decay: float = 0.05
     warmup: int = 100
     clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
+    precision: str = "auto"  # fp32 on CPU, bf16 on CUDA where supported
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         for name in ("weight_decay", "warmup"):
@@ -87,6 +94,52 @@ def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW | N
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on a CUDA device that supports it, fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+class Precision:
+    """The forward pass of a training step under ``torch.autocast`` (bf16/fp16: matrix products
+    in low precision, reductions, losses and the optimizer's weights in fp32), and for fp16 one
+    gradient scaler per trained unit (a block, or the whole model), saved with the checkpoint."""
+
+    def __init__(self, precision: str, units: list[str]):
+        self.precision, self.device_type = precision, "cpu"
+        self.scalers = {u: torch.amp.GradScaler("cpu") for u in units} if precision == "fp16" else {}
+
+    def bind(self, device: torch.device) -> None:
+        """Resolve ``auto`` and place the scalers once the training device is known."""
+        self.precision, self.device_type = resolve_precision(self.precision, device), device.type
+        if self.precision == "fp16" and device.type != "cpu":
+            self.scalers = {u: torch.amp.GradScaler(device.type) for u in self.scalers}
+
+    def autocast(self) -> AbstractContextManager:
+        if self.precision in _LOW:
+            return torch.autocast(self.device_type, dtype=_LOW[self.precision])
+        return nullcontext()
+
+    def states(self) -> dict:
+        """Scaler states to checkpoint beside the optimizers (none outside fp16)."""
+        return {f"{u}.scaler": s for u, s in self.scalers.items()}
+
+    def backward_and_step(self, loss: Tensor, unit: str, optimizers: list, params, clip: float) -> None:
+        """Backward, clip the gradient norm (of unscaled gradients) and step ``optimizers``."""
+        scaler = self.scalers.get(unit)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            for opt in optimizers:
+                scaler.unscale_(opt)
+        if clip:
+            nn.utils.clip_grad_norm_(params, clip)
+        for opt in optimizers:
+            scaler.step(opt) if scaler else opt.step()
+        if scaler:
+            scaler.update()
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for everything random in training step ``step``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -117,6 +170,13 @@ class Blockwise:
         blocks_only = {n: m for n, m in parts.items() if n != "shared"}
         self.offload = Offload(blocks_only, self.optimizers, offload, offload_dir) if offload else None
         self._stale = list(self.optimizers.values())  # those whose parameters may hold gradients
+        self.precision = Precision(cfg.precision, [f"block_{b}" for b in self.trainable])
+        self.precision.bind(next(model.parameters()).device)
+
+    @property
+    def states(self) -> dict:
+        """Everything a checkpoint keeps to resume exactly: optimizers and fp16 scalers."""
+        return self.optimizers | self.precision.states()
 
     def gathered(self) -> AbstractContextManager:
         """The whole model resident (evaluation, checkpoints), whether or not blocks offload."""
@@ -131,17 +191,14 @@ class Blockwise:
         b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
         if self.offload:
             self.offload.fetch(f"block_{b}")
-        loss = self.loss(model, x, y, b, gen)
+        with self.precision.autocast():
+            loss = self.loss(model, x, y, b, gen).float()
         active = [o for n, o in self.optimizers.items() if n in ("shared", f"block_{b}")]
         for opt in self._stale:  # the last step's gradients; no other part has any
             opt.zero_grad(set_to_none=True)
         self._stale = active
-        loss.backward()
-        if self.cfg.clip:
-            params = [p for o in active for g in o.param_groups for p in g["params"]]
-            nn.utils.clip_grad_norm_(params, self.cfg.clip)
-        for opt in active:
-            opt.step()
+        params = [p for o in active for g in o.param_groups for p in g["params"]]
+        self.precision.backward_and_step(loss, f"block_{b}", active, params, self.cfg.clip)
         return {"loss": loss.item(), "block": b, "layers": self.layers_per_step(b)}
 
 
@@ -179,16 +236,20 @@ class EndToEnd:
     ):
         self.model, self.loss_fn, self.cfg, self.layers = model, loss_fn, cfg, layers
         self.optimizers = {"model": make_optimizer(model, cfg)}
+        self.precision = Precision(cfg.precision, ["model"])
+        self.precision.bind(next(model.parameters()).device)
+
+    @property
+    def states(self) -> dict:
+        return self.optimizers | self.precision.states()
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
         """One backprop step through the whole model."""
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        if self.cfg.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        opt.step()
+        with self.precision.autocast():
+            loss = self.loss_fn(self.model(x), y).float()
+        self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
         return {"loss": loss.item(), "layers": self.layers}
 
     def gathered(self) -> AbstractContextManager:
@@ -200,6 +261,7 @@ class Strategy(Protocol):
 
     cfg: OptimConfig
     optimizers: dict[str, torch.optim.Optimizer]
+    states: dict  # optimizers and anything else a checkpoint must keep (fp16 scalers)
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict: ...
 

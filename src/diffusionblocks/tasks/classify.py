@@ -424,7 +424,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         progress = Progress()
         history: list[dict] = []
         metrics_path = run_dir / "metrics.jsonl"
-        restored = restore(ckpt, cfg, RESUMABLE, stored, strategy.optimizers)
+        restored = restore(ckpt, cfg, RESUMABLE, stored, strategy.states)
         if writer:  # only once this run may write here
             drop_stale_offload(run_dir, strategy)
         if restored is not None:
@@ -462,7 +462,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                         b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
                 log_file.write(json_line(record))
-                checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.optimizers, p)
+                checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.states, p)
 
         every = max(1, total // cfg.evals)
         try:

@@ -153,11 +153,9 @@ class Unrolled(EndToEnd):
         depth = draw_depth(c.mean_depth, gen)
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
-        loss = next_token_loss(self.model(x, depth, c.backprop_depth), y)
-        loss.backward()
-        if self.cfg.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        opt.step()
+        with self.precision.autocast():
+            loss = next_token_loss(self.model(x, depth, c.backprop_depth), y).float()
+        self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
         return {"loss": loss.item(), "depth": depth, "layers": c.prelude + c.core * depth + c.coda}
 
 
