@@ -98,3 +98,27 @@ def test_fp16_keeps_a_scaler_per_block_in_the_checkpoint_and_resumes(tmp_path):
     cli.main(args)  # finished: resumed from the checkpoint, scalers included, and reused
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 30 and records[-1]["test_accuracy"] > 0
+
+
+def test_bench_gpu_refuses_without_cuda_and_measures_every_row_on_a_given_device(tmp_path, capsys):
+    from diffusionblocks.bench import bench_gpu
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as info:
+            cli.main(["bench", "gpu", "--out", str(tmp_path / "gpu")])
+        assert info.value.code == 2 and "needs a CUDA device" in capsys.readouterr().err
+    tiny = {"vit": ("classify", {"depth": 2, "width": 16, "heads": 2, "patch_size": 8}),
+            "dit": ("generate", {"depth": 2, "width": 16, "heads": 2, "patch_size": 8})}
+    rows = bench_gpu(tmp_path / "cpu", torch.device("cpu"), tiny, blocks=(1, 2), steps=2, warmup=1,
+                     batch_size=4, show=False)
+    assert [(r["model"], r["precision"], r["blocks"]) for r in rows] == [
+        (m, p, b) for m in tiny for p in ("fp32", "bf16") for b in (1, 2)]
+    for r in rows:
+        assert r["peak_bytes"] > 0 and r["step_seconds"] > 0 and r["activation_bytes"] > 0
+        assert r["blocks"] > 1 or r["peak_vs_e2e"] == 1.0
+    two = [r for r in rows if r["blocks"] == 2]
+    assert all(r["activations_vs_e2e"] > 1.2 for r in two)  # one block of two saves less
+    fp32, bf16 = ([r["activation_bytes"] for r in rows if r["precision"] == p] for p in ("fp32", "bf16"))
+    assert all(b < f for b, f in zip(bf16, fp32))  # autocast keeps bf16 copies for backward
+    assert json.loads((tmp_path / "cpu" / "gpu.json").read_text()) == rows
+    assert "| dit | bf16 | 2 |" in (tmp_path / "cpu" / "gpu.md").read_text()

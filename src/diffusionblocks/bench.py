@@ -357,6 +357,113 @@ def write(kind: str, records: list[dict], cfg: BenchConfig) -> str:
     return header + table
 
 
+# --- bench gpu: the paper's shapes on one CUDA device ------------------------------------------
+
+GPU_MODELS = {  # name: (task, backbone shape); 32×32×3 inputs, 10 classes, batch 128
+    "ViT-12x128/4": ("classify", {"depth": 12, "width": 128, "heads": 4, "patch_size": 4}),
+    "ViT-12x384/4": ("classify", {"depth": 12, "width": 384, "heads": 6, "patch_size": 4}),
+    "DiT-S/2": ("generate", {"depth": 12, "width": 384, "heads": 6, "patch_size": 2}),
+}
+GPU_BLOCKS = (1, 2, 3, 4, 6)  # 1: end to end
+
+
+def _synthetic_run(task: str, shape: dict, blocks: int, precision: str, batch_size: int,
+                   device: torch.device):
+    """The run config of one ``bench gpu`` row, resolved against random 32×32×3 data."""
+    from .data.images import ImageData
+
+    x, y = torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    data = ImageData(x, y, x, y, num_classes=10)
+    common = {"mode": "e2e" if blocks == 1 else "dblocks", "blocks": max(blocks, 1), "dataset": "cifar10",
+              "batch_size": batch_size, "device": str(device), "patch_size": shape["patch_size"]}
+    backbone = {k: v for k, v in shape.items() if k != "patch_size"}
+    if task == "generate":
+        from .models.dit import DiTConfig
+        from .tasks.generate import GenerateConfig, resolve_config
+
+        base = GenerateConfig().optim
+        return resolve_config(GenerateConfig(**common, dit=DiTConfig(**backbone),
+                                             optim=replace(base, precision=precision)), data)
+    from .models.vit import ViTConfig
+    from .tasks.classify import ClassifyConfig, resolve_config
+
+    optim = replace(ClassifyConfig().optim, precision=precision)
+    return resolve_config(ClassifyConfig(**common, vit=ViTConfig(**backbone), optim=optim), data)
+
+
+def measure_gpu_row(name: str, blocks: int, precision: str, device: torch.device, steps: int = 20,
+                    warmup: int = 5, batch_size: int = 128, models: dict | None = None) -> dict:
+    """Peak allocated memory over ``steps`` training steps (after ``warmup``: optimizer state
+    made, kernels chosen), the activations' share of it, and the median step time."""
+    task, shape = (models or GPU_MODELS)[name]
+    run = _synthetic_run(task, shape, blocks, precision, batch_size, device)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device)
+    labels = torch.randint(10, (batch_size,), generator=gen).to(device)
+    batch = (labels, images.clamp(-1, 1)) if task == "generate" else (images, labels)
+    model, strategy = _build(run, device)
+    for t in range(warmup):
+        strategy.step(*batch, step_generator(0, t))
+    times = []
+    with PeakMemory(device) as peak:
+        for t in range(warmup, warmup + steps):
+            times.append(_timed_step(strategy, *batch, t, device)[0])
+    with strategy.precision.autocast():
+        activations = _task(run).measure_activations(model, batch, run)["activation_bytes_per_step"]
+    row = {"model": name, "task": task, "blocks": blocks, "precision": strategy.precision.precision,
+           "peak_bytes": peak.peak, "activation_bytes": activations,
+           "activation_share": activations / peak.peak if peak.peak else None,
+           "step_seconds": statistics.median(times), "steps": steps, "batch_size": batch_size,
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "peak_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_rss",
+           **{k: v for k, v in _machine(BenchConfig(), device).items()
+              if k in ("device", "device_name", "torch")}}
+    del model, strategy, batch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def bench_gpu(out: Path, device: torch.device | None = None, models: dict | None = None,
+              blocks: tuple[int, ...] = GPU_BLOCKS, precisions: tuple[str, ...] = ("fp32", "bf16"),
+              steps: int = 20, warmup: int = 5, batch_size: int = 128, show: bool = True) -> list[dict]:
+    """Every (model, B, precision) row on one CUDA device, with ratios against end to end;
+    writes OUT/gpu.json and OUT/gpu.md. ``device`` other than CUDA is for tests only."""
+    if device is None:
+        if not torch.cuda.is_available():
+            raise ValueError("bench gpu needs a CUDA device and none is available here; on the CPU "
+                             "use bench memory or bench speed")
+        device = torch.device("cuda")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in models or GPU_MODELS:
+        for precision in precisions:
+            for b in blocks:
+                row = measure_gpu_row(name, b, precision, device, steps, warmup, batch_size, models)
+                base = next((r for r in rows if r["model"] == name and r["precision"] == row["precision"]
+                             and r["blocks"] == 1), row)
+                row |= {"peak_vs_e2e": base["peak_bytes"] / row["peak_bytes"],
+                        "activations_vs_e2e": base["activation_bytes"] / row["activation_bytes"],
+                        "step_vs_e2e": row["step_seconds"] / base["step_seconds"]}
+                rows.append(row)
+                if show:
+                    print(f"{name} B={b} {row['precision']}: peak {human_bytes(row['peak_bytes'])}, "
+                          f"step {row['step_seconds'] * 1e3:.1f} ms", flush=True)
+    (out / "gpu.json").write_text(json.dumps(rows, indent=2))
+    table = markdown_table(
+        [[r["model"], r["precision"], str(r["blocks"]), human_bytes(r["peak_bytes"]),
+          f"{human_bytes(r['activation_bytes'])} ({r['activation_share']:.0%})",
+          f"{r['peak_vs_e2e']:.2f}×", f"{r['step_seconds'] * 1e3:.1f}", f"{r['step_vs_e2e']:.2f}"]
+         for r in rows],
+        ["model", "precision", "B", "peak memory", "activations (share)", "e2e peak / peak",
+         "step ms", "step / e2e step"])
+    header = (f"One training step, batch {batch_size}, 32×32 inputs; {rows[0]['device_name']}, torch "
+              f"{rows[0]['torch']}; median of {steps} steps after {warmup}. `diffusionblocks bench gpu`\n\n")
+    (out / "gpu.md").write_text(header + table)
+    return rows
+
+
 def _block_steps(cfg: BenchConfig, blocks: int, mine: list[int], threads: int, start, times) -> None:
     """A worker: train ``mine`` of ``blocks`` blocks for warmup + steps steps; report the time of
     the timed steps (all workers start them together, at ``start``), or its error as a string."""
@@ -493,6 +600,9 @@ def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
     from .checkpoint import check_writable_folder
 
     check_writable_folder(Path(cfg.out))  # before minutes of measuring
+    if kind == "gpu":
+        rows = bench_gpu(Path(cfg.out), show=show)
+        return (Path(cfg.out) / "gpu.md").read_text() if rows else ""
     if kind == "parallel":
         if cfg.task != "classify":
             raise ValueError(f"bench parallel measures the classification task; drop --task {cfg.task}")

@@ -479,11 +479,13 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     from .bench import TASKS, BenchConfig
 
     d = BenchConfig()
-    parser.add_argument("kind", choices=("memory", "speed", "parallel"),
+    parser.add_argument("kind", choices=("memory", "speed", "parallel", "gpu"),
                         help="memory: activations, training state and peak memory per step (a "
                         "process per row); speed: seconds per step, variants interleaved; "
                         "parallel: block-parallel throughput vs one process (B: the first --blocks "
-                        "value, default one block per process)")
+                        "value, default one block per process); gpu: the paper's ViT and DiT-S/2 "
+                        "shapes at B = 1, 2, 3, 4, 6 in fp32 and bf16 on one CUDA device "
+                        "(peak memory, step time; only --out applies)")
     parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help=f"default: {d.dataset} (parallel: digits)")
