@@ -245,11 +245,16 @@ class Snapshot:
         except Exception as e:  # safetensors raises its own error types on a bad file
             raise ValueError(f"{path} is damaged ({e}); restore it or train anew") from None
 
-    def load_parts(self, parts: dict[str, nn.Module]) -> None:
-        """Load each part's weights; every part must be present and match exactly."""
+    def load_parts(self, parts: dict[str, nn.Module], averaged: bool = False) -> None:
+        """Load each part's weights; every part must be present and match exactly.
+        ``averaged``: a part's weight average (``NAME.ema``) instead, where the checkpoint has one."""
         for name, module in parts.items():
+            if averaged and f"{name}.ema.safetensors" in self.files:
+                name = f"{name}.ema"
             path = self.path / f"{name}.safetensors"
             stored, expected = self.tensors(name), module.state_dict()
+            if name.endswith(".ema") and "ema_updates" not in expected:
+                stored.pop("ema_updates", None)  # the average's counter, not a weight
             missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
             if missing or unexpected:
                 raise ValueError(
@@ -352,14 +357,15 @@ def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def load_model(directory: str | Path, from_dict: Callable[[dict], object],
-               build: Callable[[object], nn.Module], device: torch.device | str = "cpu"):
+               build: Callable[[object], nn.Module], device: torch.device | str = "cpu",
+               averaged: bool = True):
     """(model, config) of a checkpoint: the stored config read through ``from_dict``, the model
-    ``build`` makes of it, every stored part loaded (config and weights from one read), in eval
-    mode on ``device``."""
+    ``build`` makes of it, every stored part loaded (config and weights from one read; a part's
+    weight average where it has one, unless ``averaged`` is False), in eval mode on ``device``."""
     snapshot = read(directory, parts=None)
     cfg = config_of(snapshot, from_dict)
     model = build(cfg)
-    snapshot.load_parts(stored_parts(model))
+    snapshot.load_parts(stored_parts(model), averaged)
     return model.to(device).eval(), cfg
 
 

@@ -82,6 +82,9 @@ HELP = {
     "weight_decay": "AdamW weight decay (matrices only)",
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
     "clip": "gradient-norm clip (0: off)",
+    "ema": "decay of an exponential moving average of the weights, kept per block and updated "
+           "when that block trains (warm-up: min(decay, (1+n)/(10+n))); eval, sample and FID use "
+           "it (--no-ema: the raw weights). 0: off (default: 0; generate: 0.999)",
     "precision": "forward pass under autocast: fp32, bf16 or fp16 (gradient scaling per block); "
                  "auto: bf16 on CUDA where supported, fp32 otherwise (default: auto)",
 }
@@ -300,7 +303,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.guidance is not None or args.num_samples is not None or args.inception_weights:
         raise ValueError("--guidance, --num-samples and --inception-weights apply to image "
                          "generation checkpoints")
-    model, cfg = classify.load(args.checkpoint)
+    model, cfg = classify.load(args.checkpoint, averaged=not args.no_ema)
     names = ("sampler", "grid", "sample_steps", "decode", "readout")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))  # validated like any config
     data = load_images(cfg.dataset, args.data_dir or cfg.data_dir)
@@ -312,7 +315,7 @@ def _eval_generate(args: argparse.Namespace) -> None:
     from . import checkpoint
     from .tasks import generate
 
-    model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
+    model, cfg = generate.load(args.checkpoint, device=args.device or "auto", averaged=not args.no_ema)
     names = ("sampler", "grid", "sample_steps", "guidance", "num_samples")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))
     if args.data_dir:
@@ -334,7 +337,7 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
     from .tasks.text import load_data
 
     module = _text_module(task)
-    model, cfg = module.load(args.checkpoint, device=args.device or "auto")
+    model, cfg = module.load(args.checkpoint, device=args.device or "auto", averaged=not args.no_ema)
     if args.data_dir:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     judge = None
@@ -367,7 +370,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.checkpoint} is a {task} checkpoint; `generate` continues text from "
                          "`train mdm|ar|recurrent` checkpoints (images: `diffusionblocks sample`)")
     module = _text_module(task)
-    model, cfg = module.load(args.checkpoint, device=args.device or "auto")
+    model, cfg = module.load(args.checkpoint, device=args.device or "auto", averaged=not args.no_ema)
     given = {k: v for k, v in vars(args).items() if k in ("temperature", "sample_steps", "sampler", "grid")
              and v is not None}
     if task == "recurrent" and "sample_steps" in given:
@@ -413,7 +416,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                          "`train generate` checkpoints" + (" (text: `diffusionblocks generate`)"
                                                           if task in TEXT_TASKS else ""))
     checkpoint.check_writable_folder(out.parent)  # before the sampling
-    model, cfg = generate.load(args.checkpoint, device=args.device or "auto")
+    model, cfg = generate.load(args.checkpoint, device=args.device or "auto", averaged=not args.no_ema)
     names = ("sampler", "grid", "sample_steps", "guidance", "seed")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))
     classes = cfg.dit.num_classes
@@ -554,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--inception-weights", default=None, help="generate: also report FID in "
                     "Inception-v3 features, from this local torch-fidelity weights file "
                     "(weights-inception-2015-12-05-6726825d.pth; needs pip install torch-fidelity)")
+    ev.add_argument("--no-ema", action="store_true",
+                    help="the raw weights, not their moving average (where the checkpoint has one)")
     ev.add_argument("--device", default=None, help="generate: auto (cuda when available), cpu or cuda")
     ev.add_argument("--out", default=None, help="generate, mdm, ar: folder for eval.json and "
                     "samples (default: beside the checkpoint, in eval/)")
@@ -574,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
     txt.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help="ar: " + HELP["sampler"])
     txt.add_argument("--grid", default=None, choices=CHOICES["grid"], help=TEXT_HELP["grid"])
     txt.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    txt.add_argument("--no-ema", action="store_true",
+                    help="the raw weights, not their moving average (where the checkpoint has one)")
     txt.add_argument("--device", default=None, help="auto (cuda when available), cpu or cuda")
     txt.set_defaults(func=cmd_generate)
 
@@ -586,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
     smp.add_argument("--sample-steps", type=int, default=None, help=GENERATE_HELP["sample_steps"])
     smp.add_argument("--guidance", type=float, default=None, help=GENERATE_HELP["guidance"])
     smp.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
+    smp.add_argument("--no-ema", action="store_true",
+                    help="the raw weights, not their moving average (where the checkpoint has one)")
     smp.add_argument("--device", default=None, help="auto (cuda when available), cpu or cuda")
     smp.set_defaults(func=cmd_sample)
 

@@ -161,9 +161,10 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
     Returns the final progress, the evaluation records and the measured step times.
     """
     from . import checkpoint
-    from .training import Progress, fit
+    from .training import Progress, averaged, fit
 
     out = Path(cfg.out)
+    parts = parts | stored_averages(strategy)
     with checkpoint.exclusive(out):
         ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
         progress, history = Progress(), []
@@ -183,8 +184,10 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
 
         def on_every(p: Progress) -> None:
             with strategy.gathered():
+                with averaged(strategy):  # the weights a trained model is used with
+                    scores = evaluate(p)
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
-                          "train_seconds": round(p.train_seconds, 3), **evaluate(p)}
+                          "train_seconds": round(p.train_seconds, 3), **scores}
                 history.append(record)
                 log_file.write(json_line(record))
                 checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.states, p)
@@ -196,6 +199,19 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
         finally:
             if getattr(strategy, "offload", None):
                 strategy.offload.close()
+        adopt_averages(strategy)
         step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
                       if "seconds" in r]
     return progress, history, step_times
+
+
+def stored_averages(strategy) -> dict:
+    """The weight averages a strategy keeps, as checkpoint parts (``NAME.ema``)."""
+    averages = getattr(strategy, "averages", None)
+    return averages.stored() if averages else {}
+
+
+def adopt_averages(strategy) -> None:
+    """After training: the model takes its weight averages, for every evaluation that follows."""
+    if getattr(strategy, "averages", None):
+        strategy.averages.adopt()

@@ -8,11 +8,12 @@ exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,9 +42,12 @@ class OptimConfig:
     clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     precision: str = "auto"  # fp32 on CPU, bf16 on CUDA where supported
+    ema: float = 0.0  # decay of the weights' exponential moving average; 0: none
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1) (a decay such as 0.999; 0: off), got {self.ema}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr is not None and self.lr <= 0:
@@ -140,6 +144,73 @@ class Precision:
             scaler.update()
 
 
+class Averages:
+    """Exponential moving averages of trained parts' weights (EDM, DiT): one per part, updated
+    only when that part trains, with the decay warmed up over the part's own updates n as
+    min(decay, (1 + n) / (10 + n)). Each average is a frozen copy of its part (with an
+    ``ema_updates`` buffer), stored in checkpoints as ``NAME.ema``; on the host with offload."""
+
+    def __init__(self, parts: dict[str, nn.Module], decay: float, device: str | None = None):
+        self.parts, self.decay = parts, decay
+        self.shadows = {n: _shadow(m, device) for n, m in parts.items()}
+
+    def stored(self) -> dict[str, nn.Module]:
+        return {f"{n}.ema": s for n, s in self.shadows.items()}
+
+    @torch.no_grad()
+    def update(self, names) -> None:
+        for name in names:
+            shadow = self.shadows[name]
+            n = int(shadow.ema_updates)
+            decay = min(self.decay, (1 + n) / (10 + n))
+            averaged, current = _weights(shadow), _weights(self.parts[name])
+            for a, c in zip(averaged, current):
+                if a.is_floating_point():
+                    a.lerp_(c.to(a.device), 1 - decay)
+                else:
+                    a.copy_(c)
+            shadow.ema_updates += 1
+
+    @torch.no_grad()
+    def adopt(self) -> None:
+        """Put the averages into the parts (the end of training: the model is its average)."""
+        for name, shadow in self.shadows.items():
+            for a, c in zip(_weights(shadow), _weights(self.parts[name])):
+                c.copy_(a)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averages in the parts for the duration (an evaluation), the raw weights after."""
+        raw = {n: [w.detach().clone() for w in _weights(p)] for n, p in self.parts.items()}
+        self.adopt()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.parts.items():
+                    for w, r in zip(_weights(p), raw[n]):
+                        w.copy_(r)
+
+
+def _shadow(module: nn.Module, device: str | None) -> nn.Module:
+    shadow = copy.deepcopy(module).requires_grad_(False)
+    if device is not None:
+        shadow.to(device)
+    shadow.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+    return shadow
+
+
+def _weights(module: nn.Module) -> list[Tensor]:
+    """A part's parameters and buffers in state-dict order (not the averages' counter)."""
+    return [t for k, t in module.state_dict(keep_vars=True).items() if k != "ema_updates"]
+
+
+def averaged(strategy) -> AbstractContextManager:
+    """``strategy``'s weight averages applied for the duration, when it keeps any."""
+    averages = getattr(strategy, "averages", None)
+    return averages.applied() if averages else nullcontext()
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for everything random in training step ``step``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -172,6 +243,8 @@ class Blockwise:
         self._stale = list(self.optimizers.values())  # those whose parameters may hold gradients
         self.precision = Precision(cfg.precision, [f"block_{b}" for b in self.trainable])
         self.precision.bind(next(model.parameters()).device)
+        trained = {n: parts[n] for n in self.optimizers}
+        self.averages = Averages(trained, cfg.ema, "cpu" if offload else None) if cfg.ema else None
 
     @property
     def states(self) -> dict:
@@ -199,6 +272,8 @@ class Blockwise:
         self._stale = active
         params = [p for o in active for g in o.param_groups for p in g["params"]]
         self.precision.backward_and_step(loss, f"block_{b}", active, params, self.cfg.clip)
+        if self.averages:
+            self.averages.update(n for n in self.optimizers if n in ("shared", f"block_{b}"))
         return {"loss": loss.item(), "block": b, "layers": self.layers_per_step(b)}
 
 
@@ -238,6 +313,7 @@ class EndToEnd:
         self.optimizers = {"model": make_optimizer(model, cfg)}
         self.precision = Precision(cfg.precision, ["model"])
         self.precision.bind(next(model.parameters()).device)
+        self.averages = Averages({"model": model}, cfg.ema) if cfg.ema else None
 
     @property
     def states(self) -> dict:
@@ -250,6 +326,8 @@ class EndToEnd:
         with self.precision.autocast():
             loss = self.loss_fn(self.model(x), y).float()
         self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
+        if self.averages:
+            self.averages.update(["model"])
         return {"loss": loss.item(), "layers": self.layers}
 
     def gathered(self) -> AbstractContextManager:

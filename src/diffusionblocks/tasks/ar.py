@@ -387,9 +387,9 @@ def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
     return result
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ARConfig]:
+def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ARConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, ARConfig.from_dict, build, resolve_device(device))
+    return checkpoint.load_model(path, ARConfig.from_dict, build, resolve_device(device), averaged)
 
 
 def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
+    adopt_averages,
     announce_resume,
     check_at_least_one,
     check_choice,
@@ -39,13 +41,16 @@ from ..runs import (
     kept_metrics,
     resolve_device,
     restore,
+    stored_averages,
 )
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
+    Averages,
     Blockwise,
     EndToEnd,
     OptimConfig,
     Progress,
+    averaged,
     blockwise_activation_bytes,
     fit,
     matched_budget,
@@ -412,7 +417,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if cfg.parallel and len(placement.members) > 1:
         for b in mine:
             model.blocks[b] = parallel.data_parallel(model.blocks[b], group_pg, device)
-    stored = parts(model, mine)
+    stored = parts(model, mine) | stored_averages(strategy)
     seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
     batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device, parse_augment(cfg.augment))
     syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
@@ -455,11 +460,12 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             with strategy.gathered():  # with offload, every block comes in for these two
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
                           "train_seconds": round(p.train_seconds, 3)}
-                if mine is None:
-                    record[f"{split}_accuracy"] = evaluate(model, x_watch, y_watch, cfg)
-                else:
-                    record["block_accuracy"] = {
-                        b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
+                with averaged(strategy):
+                    if mine is None:
+                        record[f"{split}_accuracy"] = evaluate(model, x_watch, y_watch, cfg)
+                    else:
+                        record["block_accuracy"] = {
+                            b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
                 log_file.write(json_line(record))
                 checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.states, p)
@@ -473,6 +479,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         finally:
             if getattr(strategy, "offload", None):
                 strategy.offload.close()
+        adopt_averages(strategy)
         records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
         step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
 
@@ -563,13 +570,13 @@ def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: I
     return result
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ClassifyConfig]:
+def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
     cfg = checkpoint.config_of(checkpoint.read(path), ClassifyConfig.from_dict)
     if cfg.block is not None or cfg.parallel:
         raise ValueError(f"checkpoint {path} holds only part of a model (a --block or --parallel "
                          "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
-    return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device)
+    return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device, averaged)
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
@@ -600,8 +607,10 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     cfg = ClassifyConfig.from_dict(base | {"block": None, "parallel": False, "out": str(out)})
     owner: dict[int, checkpoint.Snapshot] = {}
     for snap in snaps:
-        for name in sorted(n for n in snap.files if n.startswith("block_") and n.endswith(".safetensors")):
-            b = int(name.split("_")[1].split(".")[0])
+        for name in sorted(snap.files):
+            if not (match := re.fullmatch(r"block_(\d+)\.safetensors", name)):
+                continue  # not a block's weights (its average, the shared parts, …)
+            b = int(match[1])
             if b in owner:
                 raise ValueError(f"block {b} is in both {owner[b].path} and {snap.path}; give each "
                                  "block once")
@@ -621,12 +630,18 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     same = all(torch.equal(sh[k], shared[0][k]) for sh in shared for k in shared[0])
     model.shared.load_state_dict(shared[0] if same else
                                  {k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
+    with_average = {f"block_{b}": model.blocks[b] for b, s in owner.items()
+                    if f"block_{b}.ema.safetensors" in s.files}
+    averages = Averages(with_average, cfg.optim.ema)  # blocks' weight averages travel along
     for b, snap in owner.items():
         snap.load_parts({f"block_{b}": model.blocks[b]})
+        if f"block_{b}" in with_average:
+            snap.load_parts({f"block_{b}.ema": averages.shadows[f"block_{b}"]})
     runs = [s.progress or Progress() for s in snaps]
     progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
     with checkpoint.exclusive(out):
-        return checkpoint.save(out / "checkpoint", parts(model), cfg.to_dict(), progress=progress)
+        return checkpoint.save(out / "checkpoint", parts(model) | averages.stored(), cfg.to_dict(),
+                               progress=progress)
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:

@@ -81,7 +81,8 @@ class GenerateConfig:
     out: str = "runs/generate"
     dit: DiTConfig = field(default_factory=DiTConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # the paper's equi-probability partition
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0))
+    # weights averaged with decay 0.999 (EDM, DiT): samples and FID come from the average
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0, ema=0.999))
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -367,9 +368,10 @@ def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData,
     return cost | quality(images, labels, data, cfg, show=show, inception_weights=inception_weights)
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[DiffusionBlocks, GenerateConfig]:
+def load(path: str | Path, device: str = "cpu",
+         averaged: bool = True) -> tuple[DiffusionBlocks, GenerateConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, GenerateConfig.from_dict, build, resolve_device(device))
+    return checkpoint.load_model(path, GenerateConfig.from_dict, build, resolve_device(device), averaged)
 
 
 # --- side by side ------------------------------------------------------------------------------

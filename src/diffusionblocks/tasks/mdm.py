@@ -309,6 +309,6 @@ ROWS = [  # (label, result key, format) of report.md
 ]
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[MaskedDiffusion, MDMConfig]:
+def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[MaskedDiffusion, MDMConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device))
+    return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device), averaged)

@@ -156,6 +156,8 @@ class Unrolled(EndToEnd):
         with self.precision.autocast():
             loss = next_token_loss(self.model(x, depth, c.backprop_depth), y).float()
         self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
+        if self.averages:
+            self.averages.update(["model"])
         return {"loss": loss.item(), "depth": depth, "layers": c.prelude + c.core * depth + c.coda}
 
 
@@ -309,9 +311,9 @@ def generate(model: nn.Module, cfg: RecurrentConfig, prompt: Tensor, new: int, g
     return ids
 
 
-def load(path: str | Path, device: str = "cpu") -> tuple[nn.Module, RecurrentConfig]:
+def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, RecurrentConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, RecurrentConfig.from_dict, build, resolve_device(device))
+    return checkpoint.load_model(path, RecurrentConfig.from_dict, build, resolve_device(device), averaged)
 
 
 def seconds_per_step(cfg: RecurrentConfig, data: TextData, steps: int = 12) -> float:
