@@ -122,3 +122,24 @@ def test_bench_gpu_refuses_without_cuda_and_measures_every_row_on_a_given_device
     assert all(b < f for b, f in zip(bf16, fp32))  # autocast keeps bf16 copies for backward
     assert json.loads((tmp_path / "cpu" / "gpu.json").read_text()) == rows
     assert "| dit | bf16 | 2 |" in (tmp_path / "cpu" / "gpu.md").read_text()
+
+
+def test_fp16_skips_an_overflowing_step_for_the_block_and_the_shared_parts_alike(digits, batch):
+    from dataclasses import replace
+
+    from conftest import tiny_config
+
+    from diffusionblocks.training import Blockwise, blockwise_loss
+
+    cfg = tiny_config(digits, shared_policy="cotrained")
+    cfg = replace(cfg, optim=replace(cfg.optim, precision="fp16", ema=0.9))
+    model = classify.build(cfg)
+    overflow = lambda *args: blockwise_loss(*args) * 1e30  # noqa: E731 - gradients become inf
+    strategy = Blockwise(model, cfg.optim, loss=overflow)
+    assert "shared" in strategy.optimizers  # co-trained: the block and the shared parts step together
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record = strategy.step(*batch, step_generator(0, 0))
+    scaler = strategy.precision.scalers[f"block_{record['block']}"]
+    assert scaler.get_scale() < 65536.0  # the scale backed off
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nobody stepped
+    assert all(int(s.ema_updates) == 0 for s in strategy.averages.shadows.values())

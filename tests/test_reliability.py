@@ -377,3 +377,20 @@ def test_11_a_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp(run, tmp_pat
         checkpoint.save(ckpt, {"p": torch.nn.Linear(2, 2)}, {"task": "x"})
     assert fingerprint(ckpt) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_11_a_checkpoint_write_failing_inside_a_library_is_one_line_too(tmp_path, monkeypatch):
+    ckpt = checkpoint.save(tmp_path / "checkpoint", {"p": torch.nn.Linear(2, 2)}, {"task": "x"})
+
+    def full(*args, **kwargs):
+        raise RuntimeError("Error while serializing: IoError(File too large)")  # safetensors' own
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(OSError, match="could not write checkpoint .*File too large"):
+        checkpoint.save(ckpt, {"p": torch.nn.Linear(2, 2)}, {"task": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_3_a_resume_with_other_flags_names_the_nested_field_first(copy_of, capsys):
+    refused([*TINY, "--ema", "0.9", "--out", copy_of()], capsys,
+            "optim.ema: checkpoint 0.0 vs now 0.9", "resume with the same flags")

@@ -86,15 +86,20 @@ def _run_config(cfg: BenchConfig, variant: str, blocks: int, data):
     common = {"mode": variant.split("_")[0], "dataset": cfg.dataset, "blocks": blocks,
               "batch_size": cfg.batch_size, "checkpointing": variant.endswith("ckpt"),
               "offload": offload, "device": str(device)}
+    measured = {"precision": "fp32", "ema": 0.0}  # what the published tables measured
     if cfg.task == "generate":
         from .models.dit import DiTConfig
         from .tasks.generate import GenerateConfig, resolve_config
 
-        return resolve_config(GenerateConfig(**common, dit=DiTConfig(width=cfg.width, depth=cfg.depth)), data)
+        optim = replace(GenerateConfig().optim, **measured)
+        return resolve_config(GenerateConfig(**common, dit=DiTConfig(width=cfg.width, depth=cfg.depth),
+                                             optim=optim), data)
     from .models.vit import ViTConfig
     from .tasks.classify import ClassifyConfig, resolve_config
 
-    return resolve_config(ClassifyConfig(**common, vit=ViTConfig(width=cfg.width, depth=cfg.depth)), data)
+    optim = replace(ClassifyConfig().optim, **measured)
+    return resolve_config(ClassifyConfig(**common, vit=ViTConfig(width=cfg.width, depth=cfg.depth),
+                                         optim=optim), data)
 
 
 def _batches(cfg: BenchConfig, n: int, device: torch.device):
@@ -383,7 +388,7 @@ def _synthetic_run(task: str, shape: dict, blocks: int, precision: str, batch_si
 
         base = GenerateConfig().optim
         return resolve_config(GenerateConfig(**common, dit=DiTConfig(**backbone),
-                                             optim=replace(base, precision=precision)), data)
+                                             optim=replace(base, precision=precision, ema=0.0)), data)
     from .models.vit import ViTConfig
     from .tasks.classify import ClassifyConfig, resolve_config
 

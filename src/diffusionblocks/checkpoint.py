@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -95,10 +96,11 @@ def save(
         for f in tmp.iterdir():  # make the files durable before the rename publishes them
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    except OSError as e:
+    except Exception as e:  # a full disk also surfaces as safetensors' or torch's own errors
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(e.errno, f"could not write checkpoint {directory} ({e.strerror}); free space "
-                      "or give another --out", str(directory)) from None
+        why = e.strerror if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        raise OSError(getattr(e, "errno", None), f"could not write checkpoint {directory} ({why}); "
+                      "free space or give another --out", str(directory)) from None
     old = _previous(directory)
     if directory.exists():  # otherwise .old may be the only checkpoint left: keep it until now
         shutil.rmtree(old, ignore_errors=True)
@@ -274,7 +276,7 @@ class Snapshot:
             path = self.path / f"{name}.optim.pt"
             try:
                 opt.load_state_dict(torch.load(io.BytesIO(self.files[path.name]), weights_only=True))
-            except (RuntimeError, ValueError, KeyError, EOFError) as e:
+            except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
                 raise ValueError(f"{path} is damaged or belongs to another model ({e}); restore "
                                  "it or train into a fresh --out") from None
 
@@ -306,6 +308,8 @@ def read(directory: str | Path, parts: Iterable[str] | None = (), optimizers: It
                 raise  # really missing, not just removed under us by a concurrent save
             continue
         manifest = files.pop(MANIFEST, None)
+        if manifest is None and where == _previous(Path(directory)) and attempt < attempts - 1:
+            continue  # the previous checkpoint, being removed by a save that just finished
         if manifest is None:  # written before manifests: nothing to check against
             return Snapshot(where, files)
         try:

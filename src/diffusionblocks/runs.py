@@ -29,9 +29,16 @@ def check_device_name(name: str) -> None:
 def check_resumable(saved: dict, config: dict, resumable: set[str], where: Path) -> None:
     """Refuse to resume from a checkpoint whose config differs outside ``resumable`` fields."""
     saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(config))  # tuples as lists
-    diff = [k for k in now if k not in resumable and saved.get(k) != now[k]]
+    diff = []
+    for k in now:
+        if k in resumable or saved.get(k) == now[k]:
+            continue
+        if isinstance(now[k], dict) and isinstance(saved.get(k), dict):  # name the nested field
+            diff += [(f"{k}.{j}", saved[k].get(j), v) for j, v in now[k].items() if saved[k].get(j) != v]
+        else:
+            diff.append((k, saved.get(k), now[k]))
     if diff:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in diff)
         raise ValueError(
             f"checkpoint {where} was written by a different config ({detail}); "
             "resume with the same flags or use a fresh --out"
@@ -99,6 +106,9 @@ def restore(ckpt: Path, cfg, resumable: set[str], parts: dict, optimizers: dict)
     if not checkpoint.exists(ckpt):
         return None
     try:
+        # the config first: a run of other flags is told which, before any file it lacks
+        saved = checkpoint.config_of(checkpoint.read(ckpt), type(cfg).from_dict).to_dict()
+        check_resumable(saved, cfg.to_dict(), resumable, ckpt)
         snapshot = checkpoint.read(ckpt, parts=list(parts), optimizers=list(optimizers))
     except FileNotFoundError as e:
         why = (" (no optimizer state: a merged model can be evaluated, not resumed)"
@@ -108,9 +118,6 @@ def restore(ckpt: Path, cfg, resumable: set[str], parts: dict, optimizers: dict)
     if snapshot.progress is None:
         raise ValueError(f"{snapshot.path} has no {checkpoint.PROGRESS}: resuming would restart its "
                          "learning-rate schedule on trained weights; give a fresh --out")
-    # a field the checkpoint predates counts as its default (augment "", val_size 0, …)
-    saved = checkpoint.config_of(snapshot, type(cfg).from_dict).to_dict()
-    check_resumable(saved, cfg.to_dict(), resumable, snapshot.path)
     snapshot.load_parts(parts)
     snapshot.load_optimizers(optimizers)
     return snapshot.path, snapshot.progress

@@ -102,7 +102,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on a CUDA device that supports it, fp32 otherwise."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere on
+    return "bf16" if native else "fp32"
 
 
 class Precision:
@@ -129,19 +130,30 @@ class Precision:
         """Scaler states to checkpoint beside the optimizers (none outside fp16)."""
         return {f"{u}.scaler": s for u, s in self.scalers.items()}
 
-    def backward_and_step(self, loss: Tensor, unit: str, optimizers: list, params, clip: float) -> None:
-        """Backward, clip the gradient norm (of unscaled gradients) and step ``optimizers``."""
+    def backward_and_step(self, loss: Tensor, unit: str, optimizers: list, params, clip: float) -> bool:
+        """Backward, clip the gradient norm (of unscaled gradients) and step ``optimizers``. With
+        fp16, a step whose gradients overflowed is skipped by every optimizer at once (a block and
+        the shared parts it trains with) and lowers the scale; returns whether it stepped."""
         scaler = self.scalers.get(unit)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
+        if scaler is None:
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(params, clip)
             for opt in optimizers:
-                scaler.unscale_(opt)
-        if clip:
-            nn.utils.clip_grad_norm_(params, clip)
+                opt.step()
+            return True
+        scaler.scale(loss).backward()
         for opt in optimizers:
-            scaler.step(opt) if scaler else opt.step()
-        if scaler:
-            scaler.update()
+            scaler.unscale_(opt)
+        params = [p for p in params if p.grad is not None]
+        finite = bool(torch.stack([p.grad.isfinite().all() for p in params]).all()) if params else True
+        if finite:
+            if clip:
+                nn.utils.clip_grad_norm_(params, clip)
+            for opt in optimizers:
+                scaler.step(opt)
+        scaler.update()
+        return finite
 
 
 class Averages:
@@ -151,7 +163,7 @@ class Averages:
     ``ema_updates`` buffer), stored in checkpoints as ``NAME.ema``; on the host with offload."""
 
     def __init__(self, parts: dict[str, nn.Module], decay: float, device: str | None = None):
-        self.parts, self.decay = parts, decay
+        self.parts, self.decay, self.device = parts, decay, device
         self.shadows = {n: _shadow(m, device) for n, m in parts.items()}
 
     def stored(self) -> dict[str, nn.Module]:
@@ -181,7 +193,8 @@ class Averages:
     @contextmanager
     def applied(self) -> Iterator[None]:
         """The averages in the parts for the duration (an evaluation), the raw weights after."""
-        raw = {n: [w.detach().clone() for w in _weights(p)] for n, p in self.parts.items()}
+        raw = {n: [w.detach().to(self.device, copy=True) if self.device else w.detach().clone()
+                   for w in _weights(p)] for n, p in self.parts.items()}
         self.adopt()
         try:
             yield
@@ -189,7 +202,7 @@ class Averages:
             with torch.no_grad():
                 for n, p in self.parts.items():
                     for w, r in zip(_weights(p), raw[n]):
-                        w.copy_(r)
+                        w.copy_(r.to(w.device))
 
 
 def _shadow(module: nn.Module, device: str | None) -> nn.Module:
@@ -271,8 +284,8 @@ class Blockwise:
             opt.zero_grad(set_to_none=True)
         self._stale = active
         params = [p for o in active for g in o.param_groups for p in g["params"]]
-        self.precision.backward_and_step(loss, f"block_{b}", active, params, self.cfg.clip)
-        if self.averages:
+        stepped = self.precision.backward_and_step(loss, f"block_{b}", active, params, self.cfg.clip)
+        if self.averages and stepped:
             self.averages.update(n for n in self.optimizers if n in ("shared", f"block_{b}"))
         return {"loss": loss.item(), "block": b, "layers": self.layers_per_step(b)}
 
@@ -325,8 +338,9 @@ class EndToEnd:
         opt.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss = self.loss_fn(self.model(x), y).float()
-        self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
-        if self.averages:
+        stepped = self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(),
+                                                   self.cfg.clip)
+        if self.averages and stepped:
             self.averages.update(["model"])
         return {"loss": loss.item(), "layers": self.layers}
 

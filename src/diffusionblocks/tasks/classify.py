@@ -590,8 +590,7 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     """
     out = Path(out)
     if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in "
-                         f"{out} was touched)")
+        _not_empty(out)
     snaps = [checkpoint.read(s, parts=None) for s in sources]
     dirs, configs = [s.path for s in snaps], [s.config for s in snaps]
     if any(c.get("task") != "classify" or c.get("mode") != "dblocks" for c in configs):
@@ -630,18 +629,33 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     same = all(torch.equal(sh[k], shared[0][k]) for sh in shared for k in shared[0])
     model.shared.load_state_dict(shared[0] if same else
                                  {k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
+    # weight averages travel along: each block's from its job, the shared parts' as the weights
     with_average = {f"block_{b}": model.blocks[b] for b, s in owner.items()
                     if f"block_{b}.ema.safetensors" in s.files}
-    averages = Averages(with_average, cfg.optim.ema)  # blocks' weight averages travel along
+    if all("shared.ema.safetensors" in s.files for s in snaps):
+        with_average["shared"] = model.shared
+    averages = Averages(with_average, cfg.optim.ema)
     for b, snap in owner.items():
         snap.load_parts({f"block_{b}": model.blocks[b]})
         if f"block_{b}" in with_average:
             snap.load_parts({f"block_{b}.ema": averages.shadows[f"block_{b}"]})
+    if "shared" in with_average:
+        means = [s.tensors("shared.ema") for s in snaps]
+        averages.shadows["shared"].load_state_dict(
+            {k: torch.stack([m[k] for m in means]).mean(0) if means[0][k].is_floating_point()
+             else means[0][k] for k in means[0]})
     runs = [s.progress or Progress() for s in snaps]
     progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
     with checkpoint.exclusive(out):
+        if fresh and any(p.name != ".lock" for p in out.iterdir()):  # filled while we read
+            _not_empty(out)
         return checkpoint.save(out / "checkpoint", parts(model) | averages.stored(), cfg.to_dict(),
                                progress=progress)
+
+
+def _not_empty(out: Path):
+    raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in {out} "
+                     "was touched)")
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:

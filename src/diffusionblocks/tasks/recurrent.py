@@ -155,8 +155,9 @@ class Unrolled(EndToEnd):
         opt.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss = next_token_loss(self.model(x, depth, c.backprop_depth), y).float()
-        self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
-        if self.averages:
+        stepped = self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(),
+                                                   self.cfg.clip)
+        if self.averages and stepped:
             self.averages.update(["model"])
         return {"loss": loss.item(), "depth": depth, "layers": c.prelude + c.core * depth + c.coda}
 
