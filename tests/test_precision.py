@@ -143,3 +143,22 @@ def test_fp16_skips_an_overflowing_step_for_the_block_and_the_shared_parts_alike
     assert scaler.get_scale() < 65536.0  # the scale backed off
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nobody stepped
     assert all(int(s.ema_updates) == 0 for s in strategy.averages.shadows.values())
+
+
+@pytest.mark.slow  # compiling three blocks takes one to two minutes on two cores
+def test_compile_gives_the_eager_losses_and_keeps_the_checkpoint_keys(digits, batch):
+    from dataclasses import replace
+
+    from conftest import tiny_config
+
+    losses = {}
+    for compiled in (False, True):
+        cfg = tiny_config(digits)
+        cfg = replace(cfg, optim=replace(cfg.optim, compile=compiled))
+        torch.manual_seed(0)
+        model = classify.build(cfg)
+        strategy = classify.make_strategy(cfg, model)[0]
+        losses[compiled] = [strategy.step(*batch, step_generator(0, t))["loss"] for t in range(6)]
+        keys = set(model.state_dict())
+        assert not any("_orig_mod" in k for k in keys)  # compiled in place: same checkpoint keys
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)

@@ -85,6 +85,8 @@ HELP = {
     "ema": "decay of an exponential moving average of the weights, kept per block and updated "
            "when that block trains (warm-up: min(decay, (1+n)/(10+n))); eval, sample and FID use "
            "it (--no-ema: the raw weights). 0: off (default: 0; generate: 0.999)",
+    "compile": "torch.compile every block (end to end: the model) for training and sampling; "
+               "the first steps then take longer",
     "precision": "forward pass under autocast: fp32, bf16 or fp16 (gradient scaling per block); "
                  "auto: bf16 on CUDA where supported, fp32 otherwise (default: auto)",
 }

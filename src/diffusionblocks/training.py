@@ -33,8 +33,9 @@ _LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class OptimConfig:
-    """How parameters are trained: AdamW, its schedule and clipping, and the precision of the
-    forward pass. A task may leave ``lr`` None to pick its default for the mode."""
+    """How parameters are trained: AdamW, its schedule and clipping, the precision and
+    compilation of the forward pass, and a moving average of the weights. A task may leave
+    ``lr`` None to pick its default for the mode."""
 
     lr: float | None = 3e-3
     weight_decay: float = 0.05
@@ -43,6 +44,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     precision: str = "auto"  # fp32 on CPU, bf16 on CUDA where supported
     ema: float = 0.0  # decay of the weights' exponential moving average; 0: none
+    compile: bool = False  # torch.compile each block (end to end: the model), in place
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -258,6 +260,10 @@ class Blockwise:
         self.precision.bind(next(model.parameters()).device)
         trained = {n: parts[n] for n in self.optimizers}
         self.averages = Averages(trained, cfg.ema, "cpu" if offload else None) if cfg.ema else None
+        if cfg.compile:  # in place: parameters, state-dict keys and offload are untouched
+            for name, part in parts.items():
+                if name != "shared":
+                    part.compile()
 
     @property
     def states(self) -> dict:
@@ -327,6 +333,8 @@ class EndToEnd:
         self.precision = Precision(cfg.precision, ["model"])
         self.precision.bind(next(model.parameters()).device)
         self.averages = Averages({"model": model}, cfg.ema) if cfg.ema else None
+        if cfg.compile:
+            model.compile()
 
     @property
     def states(self) -> dict:
