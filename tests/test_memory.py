@@ -228,6 +228,15 @@ def test_bench_memory_and_speed_write_their_records(tmp_path, capsys):
         q1, q2, q3 = r["relative_paired_quartiles"]
         assert q1 <= q2 <= q3 and (r["mode"] != "e2e" or q1 == q3 == 1.0)
     assert "dblocks_offload" in capsys.readouterr().out
+    assert all(r["precision"] == "fp32" for r in speed)
+
+
+def test_bench_rows_train_at_the_asked_precision_without_weight_averages(digits):
+    from diffusionblocks.bench import BenchConfig, _run_config
+
+    for task in ("classify", "generate"):
+        run = _run_config(BenchConfig(task=task, dataset="digits", precision="bf16"), "dblocks", 2, digits)
+        assert run.optim.precision == "bf16" and run.optim.ema == 0.0
 
 
 def test_bench_refuses_blocks_that_do_not_divide_the_depth(capsys):

@@ -507,6 +507,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", choices=OFFLOAD_TARGETS, default=None,
                         help="where offloaded blocks go (default: disk on CPU, cpu on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision of the measured training steps (default: fp32)")
     parser.add_argument("--out", default=None, help=f"output folder (default: {d.out})")
     parser.add_argument("--processes", type=int, default=2, help="parallel: worker processes")
     parser.add_argument("--repeats", type=int, default=3,
