@@ -36,6 +36,22 @@ def tiny_config(digits, **overrides) -> ClassifyConfig:
     return resolve_config(cfg, digits)
 
 
+def killed_after_first_checkpoint(monkeypatch, train) -> None:
+    """Run ``train()`` and kill it (KeyboardInterrupt) right after its first checkpoint."""
+    from diffusionblocks import checkpoint
+
+    real_save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.undo()
+
+
 @pytest.fixture
 def tiny_cfg(digits) -> ClassifyConfig:
     return tiny_config(digits)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import killed_after_first_checkpoint, tiny_config
 from safetensors.torch import load_file, save_file
 
 from diffusionblocks import checkpoint, training
@@ -144,16 +144,8 @@ def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatc
     assert straight["steps"] == 60  # 20 end-to-end steps × B=3, equal layer evaluations
     assert straight["layer_evals"] == 60
 
-    real_save = checkpoint.save
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(resume_config(tmp_path / "resumed"), digits, show=False)
-    monkeypatch.undo()
+    killed_after_first_checkpoint(
+        monkeypatch, lambda: classify.train(resume_config(tmp_path / "resumed"), digits, show=False))
     progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
     assert progress["step"] == 30
 

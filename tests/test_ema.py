@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import killed_after_first_checkpoint, tiny_config
 from safetensors.torch import load_file
 
-from diffusionblocks import checkpoint, training
+from diffusionblocks import training
 from diffusionblocks.tasks import classify
 from diffusionblocks.training import Averages, Blockwise, step_generator
 
@@ -68,16 +68,8 @@ def test_averages_are_stored_used_by_default_and_resume_bit_for_bit(digits, tmp_
     # the run's own final score is the average's
     assert straight["test_accuracy"] == classify.score(ema, digits, straight_cfg(ckpt))["test_accuracy"]
 
-    real_save = checkpoint.save
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        classify.train(ema_config(tmp_path / "resumed"), digits, show=False)
-    monkeypatch.undo()
+    killed_after_first_checkpoint(
+        monkeypatch, lambda: classify.train(ema_config(tmp_path / "resumed"), digits, show=False))
     resumed = classify.train(ema_config(tmp_path / "resumed"), digits, show=False)
     scores = [[h["test_accuracy"] for h in r["history"]] for r in (resumed, straight)]
     assert scores[0] == scores[1]
