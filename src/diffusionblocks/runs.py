@@ -168,7 +168,7 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
     Returns the final progress, the evaluation records and the measured step times.
     """
     from . import checkpoint
-    from .training import Progress, averaged, fit
+    from .training import Progress, adopt_averages, averaged, fit, stored_averages
 
     out = Path(cfg.out)
     parts = parts | stored_averages(strategy)
@@ -211,14 +211,3 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
                       if "seconds" in r]
     return progress, history, step_times
 
-
-def stored_averages(strategy) -> dict:
-    """The weight averages a strategy keeps, as checkpoint parts (``NAME.ema``)."""
-    averages = getattr(strategy, "averages", None)
-    return averages.stored() if averages else {}
-
-
-def adopt_averages(strategy) -> None:
-    """After training: the model takes its weight averages, for every evaluation that follows."""
-    if getattr(strategy, "averages", None):
-        strategy.averages.adopt()

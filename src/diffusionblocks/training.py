@@ -226,6 +226,18 @@ def averaged(strategy) -> AbstractContextManager:
     return averages.applied() if averages else nullcontext()
 
 
+def stored_averages(strategy) -> dict:
+    """The weight averages a strategy keeps, as checkpoint parts (``NAME.ema``)."""
+    averages = getattr(strategy, "averages", None)
+    return averages.stored() if averages else {}
+
+
+def adopt_averages(strategy) -> None:
+    """After training: the model takes its weight averages, for every evaluation that follows."""
+    if getattr(strategy, "averages", None):
+        strategy.averages.adopt()
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for everything random in training step ``step``."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)

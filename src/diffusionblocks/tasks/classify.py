@@ -29,7 +29,6 @@ from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
-    adopt_averages,
     announce_resume,
     check_at_least_one,
     check_choice,
@@ -41,7 +40,6 @@ from ..runs import (
     kept_metrics,
     resolve_device,
     restore,
-    stored_averages,
 )
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
@@ -50,10 +48,12 @@ from ..training import (
     EndToEnd,
     OptimConfig,
     Progress,
+    adopt_averages,
     averaged,
     blockwise_activation_bytes,
     fit,
     matched_budget,
+    stored_averages,
 )
 
 MODES = ("e2e", "dblocks")
