@@ -1,15 +1,20 @@
-"""The learning-rate schedule and budget matching (METHOD.md §5: schedules stretched by B)."""
+"""The learning-rate schedule, budget matching (METHOD.md §5: schedules stretched by B), and where
+training draws its randomness and data."""
 
 import json
 import math
 
 import pytest
+import torch
 
 from diffusionblocks import cli
+from diffusionblocks.data.images import Batches, on_device
+from diffusionblocks.data.text import Windows
 from diffusionblocks.models.vit import ViTConfig
+from diffusionblocks.noise import NoiseConfig, sample_sigma
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import ClassifyConfig
-from diffusionblocks.training import OptimConfig, lr_factor, matched_budget
+from diffusionblocks.training import OptimConfig, lr_factor, matched_budget, step_generator
 
 
 def test_lr_factor_warms_up_linearly_then_decays_by_cosine():
@@ -62,3 +67,34 @@ def test_refused_resume_leaves_the_run_config_alone(digits, tmp_path):
         classify.train(ClassifyConfig(vit=ViTConfig(width=32, depth=3, heads=2), **small), digits,
                        show=False)
     assert (tmp_path / "config.json").read_text() == before
+
+
+def test_training_draws_are_pinned_to_seed_and_step():
+    """σ, ε and training windows come from (seed, step) on the training device; on the CPU they
+    are the numbers runs drew before the draws moved to the device, so old runs resume exactly."""
+    gen = step_generator(0, 7, "cpu")
+    assert gen.device == torch.device("cpu")
+    sigma = sample_sigma(NoiseConfig(), 3, 1.0, 10.0, gen)
+    eps = torch.randn(2, generator=gen, device=gen.device)
+    assert sigma.tolist() == pytest.approx([1.2732065, 1.2662143, 3.2734776], abs=1e-6)
+    assert eps.tolist() == pytest.approx([-1.2514001, -1.8840676], abs=1e-6)
+    windows = Windows(torch.arange(100), 2, 3, 5)
+    assert windows(4).tolist() == [[91, 92, 93], [11, 12, 13]]
+    assert windows(4).device == torch.device("cpu")
+
+
+def test_on_device_keeps_cpu_tensors_in_place():
+    x = torch.arange(6)
+    assert on_device(x, "cpu") is x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_data_and_draws_live_on_the_accelerator():
+    x, y = torch.randn(64, 1, 8, 8), torch.arange(64) % 10
+    batches = Batches(x, y, 16, 0, "cuda", ("flip", "crop"))
+    assert batches.x.is_cuda and batches.y.is_cuda  # moved once
+    xb, yb = batches(3)
+    assert xb.is_cuda and yb.is_cuda
+    gen = step_generator(0, 3, "cuda")
+    assert sample_sigma(NoiseConfig(), 4, 1.0, 10.0, gen).is_cuda
+    assert Windows(torch.arange(500), 4, 8, 0, "cuda")(2).is_cuda

@@ -51,6 +51,8 @@ HELP = {
     "sample_steps": "points on the inference σ grid (default: B, one denoiser call per block)",
     "evals": "test-set evaluations (and checkpoints) during training",
     "device": "auto (cuda when available), cpu or cuda",
+    "tensorboard": "also log loss per block, learning rate, throughput and evaluations to "
+    "OUT/tensorboard (needs the tensorboard extra)",
     "checkpointing": "activation checkpointing: each layer keeps only its input for backward "
     "and recomputes the rest (less memory, more time)",
     "offload": "dblocks only: keep inactive blocks' weights and optimizer state in host memory "

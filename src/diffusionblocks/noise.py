@@ -127,7 +127,8 @@ def sample_sigma(
     lo = noise.sigma_min if lo is None else lo
     hi = noise.sigma_max if hi is None else hi
     q_lo, q_hi = noise.quantile(lo), noise.quantile(hi)
-    u = q_lo + (q_hi - q_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+    device = generator.device if generator is not None else None  # drawn where the generator lives
+    u = q_lo + (q_hi - q_lo) * torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     sigma = torch.exp(noise.p_mean + noise.p_std * torch.special.ndtri(u))
     return sigma.clamp(lo, hi).float()
 

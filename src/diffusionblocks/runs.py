@@ -143,6 +143,69 @@ def json_line(record: dict) -> str:
     return json.dumps(clean(record)) + "\n"
 
 
+class MetricsLog:
+    """A run's log: every 10th training step and every evaluation as a line of metrics.jsonl
+    (written line by line), and with ``tensorboard`` every step and evaluation also as TensorBoard
+    scalars under OUT/tensorboard: loss (overall and per block), learning rate, throughput and
+    each evaluation metric. ``start``: the step a resumed run continues from (later events of the
+    interrupted run are dropped from the board)."""
+
+    def __init__(self, out: Path, mode: str, total: int, tensorboard: bool = False, start: int = 0):
+        self.mode, self.total = mode, total
+        self.board = tensorboard_writer(out / "tensorboard", start) if tensorboard else None
+        self.file = (out / "metrics.jsonl").open("a", buffering=1)
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if self.board:
+            self.board.close()
+
+    def step(self, record: dict) -> None:
+        """A training step's record (step, lr, loss, seconds, layers, block if block-wise)."""
+        if record["step"] % 10 == 1 or record["step"] == self.total:
+            self.file.write(json_line({"mode": self.mode, **record}))
+        if self.board:
+            t, seconds = record["step"], max(record["seconds"], 1e-9)
+            self.board.add_scalar("train/loss", record["loss"], t)
+            if "block" in record:
+                self.board.add_scalar(f"train/loss_block_{record['block']}", record["loss"], t)
+            self.board.add_scalar("train/lr", record["lr"], t)
+            self.board.add_scalar("throughput/steps_per_second", 1 / seconds, t)
+            self.board.add_scalar("throughput/layer_evals_per_second", record["layers"] / seconds, t)
+
+    def evaluation(self, record: dict) -> None:
+        """An evaluation's record (step, layer_evals, train_seconds and the metrics)."""
+        self.file.write(json_line(record))
+        if self.board:
+            for name, value in flat_numbers(record).items():
+                if name not in ("step", "layer_evals", "train_seconds"):
+                    self.board.add_scalar(f"eval/{name}", value, record["step"])
+
+
+def flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a (nested) record, named by their path: ``block_accuracy/0``."""
+    flat = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            flat |= flat_numbers(v, f"{prefix}{k}/")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def tensorboard_writer(folder: Path, start: int = 0):
+    """A TensorBoard writer for ``folder``; one clear error when the optional package is absent."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: "
+                         "pip install 'diffusionblocks[tensorboard]'") from None
+    return SummaryWriter(str(folder), purge_step=start + 1 if start else None)  # the first new step
+
+
 def kept_metrics(path: Path, step: int) -> list[dict]:
     """Rewrite the metrics log ``path`` to the records up to ``step`` (what the checkpoint being
     resumed had seen; lines that are not JSON records, from a damaged log, are dropped), and
@@ -185,10 +248,6 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
             metrics_path.unlink()
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-        def log(record: dict) -> None:
-            if record["step"] % 10 == 1 or record["step"] == total:
-                log_file.write(json_line({"mode": cfg.mode, **record}))
-
         def on_every(p: Progress) -> None:
             with strategy.gathered():
                 with averaged(strategy):  # the weights a trained model is used with
@@ -196,13 +255,13 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
                           "train_seconds": round(p.train_seconds, 3), **scores}
                 history.append(record)
-                log_file.write(json_line(record))
+                metrics.evaluation(record)
                 checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.states, p)
 
         try:
-            with metrics_path.open("a", buffering=1) as log_file:  # line by line
+            with MetricsLog(out, cfg.mode, total, cfg.tensorboard, progress.step) as metrics:
                 progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
-                               max(1, total // cfg.evals), on_every, log, desc=desc, show=show)
+                               max(1, total // cfg.evals), on_every, metrics.step, desc=desc, show=show)
         finally:
             if getattr(strategy, "offload", None):
                 strategy.offload.close()

@@ -238,9 +238,10 @@ def adopt_averages(strategy) -> None:
         strategy.averages.adopt()
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator for everything random in training step ``step``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for everything random in training step ``step``, on the training device:
+    σ, ε, masks and the block are drawn there, so nothing random crosses the bus."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
 
 
 class Blockwise:
@@ -292,7 +293,7 @@ class Blockwise:
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
         """Train one uniformly drawn block (and the shared parts, if they train) on a batch."""
         model = self.model
-        b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen))]
+        b = self.trainable[int(torch.randint(len(self.trainable), (1,), generator=gen, device=gen.device))]
         if self.offload:
             self.offload.fetch(f"block_{b}")
         with self.precision.autocast():
@@ -314,7 +315,7 @@ def blockwise_loss(
     """Denoising score matching for one block: mean over examples of λ(σ)·ℓ(D_b(y + σε, σ), y)."""
     target = model.shared.target(y)
     sigma = model.sample_sigma(block, target.shape[0], gen).to(target.device)
-    eps = torch.randn(target.shape, generator=gen).to(target.device)
+    eps = torch.randn(target.shape, generator=gen, device=gen.device).to(target.device)
     z = target + sigma.view(-1, *[1] * (target.dim() - 1)) * eps
     denoised = model.denoise(z, sigma, x, block)
     weight = loss_weight(sigma, model.noise.sigma_data, model.noise.max_weight)
@@ -415,7 +416,7 @@ def fit(
                 g["lr"] = strategy.cfg.lr * factor
         start = time.perf_counter()
         x, y = batch_at(t)
-        record = strategy.step(x, y, step_generator(seed, t))
+        record = strategy.step(x, y, step_generator(seed, t, y.device))
         record["seconds"] = time.perf_counter() - start
         if not math.isfinite(record["loss"]):  # stop before anything is logged or checkpointed
             raise ValueError(f"the loss became {record['loss']} at step {t + 1}: training diverged; "

@@ -191,6 +191,17 @@ def load_images(name: str, root: str | Path | None = None, scaling: str = "stand
     return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
 
 
+def on_device(t: Tensor, device, share: float = 0.25) -> Tensor:
+    """``t`` where training reads it: moved to an accelerator once when it takes at most ``share``
+    of the free device memory, else kept on the host in pinned memory (copied per batch, without
+    blocking); on the CPU, as it is."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return t.to(device) if t.numel() * t.element_size() <= share * free else t.pin_memory()
+
+
 AUGMENTATIONS = ("flip", "crop")
 
 
@@ -227,15 +238,16 @@ class Batches:
 
     Each epoch's order comes from (seed, epoch), and batch t's augmentation from (seed, t), so
     any step's batch can be rebuilt on resume. The last partial batch of an epoch is dropped in
-    training only.
+    training only. The images live on ``device`` when they fit (:func:`on_device`), and the
+    augmentation is drawn there.
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device="cpu",
                  augment: tuple[str, ...] = ()):
         if batch_size > len(y):
             raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
-        self.x, self.y, self.batch_size, self.seed, self.device = x, y, batch_size, seed, device
-        self.augment = augment
+        self.x, self.y = on_device(x, device), on_device(y, device)
+        self.batch_size, self.seed, self.device, self.augment = batch_size, seed, device, augment
         self.per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
 
@@ -243,9 +255,11 @@ class Batches:
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(len(self.y), generator=g)
+            perm = torch.randperm(len(self.y), generator=g)
+            self._epoch, self._perm = epoch, perm.to(self.y.device)
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        x, y = self.x[idx].to(self.device), self.y[idx].to(self.device)
+        x = self.x[idx].to(self.device, non_blocking=True)
+        y = self.y[idx].to(self.device, non_blocking=True)
         if self.augment:
             g = torch.Generator(x.device).manual_seed(self.seed * 1_000_033 + step)
             x = augment(x, self.augment, g)

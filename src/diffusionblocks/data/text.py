@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .images import data_dir
+from .images import data_dir, on_device
 
 NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt"}
 TOKENIZERS = ("char", "byte")
@@ -119,15 +119,20 @@ def load_text(source: str, root: str | Path | None = None, tokenizer: str | Toke
 
 
 class Windows:
-    """Step t's batch of random training windows (N, T), reproducible from (seed, t)."""
+    """Step t's batch of random training windows (N, T), reproducible from (seed, t); the tokens
+    live on ``device`` when they fit (:func:`on_device`), and the window starts are drawn there."""
 
     def __init__(self, ids: Tensor, batch_size: int, length: int, seed: int, device=None):
         if len(ids) <= length:
             raise ValueError(f"{len(ids)} training tokens cannot fill a window of {length}")
-        self.ids, self.batch_size, self.length, self.seed, self.device = ids, batch_size, length, seed, device
+        self.device = torch.device(device or "cpu")
+        self.ids = on_device(ids, self.device)
+        self.batch_size, self.length, self.seed = batch_size, length, seed
+        self.offsets = torch.arange(length, device=self.ids.device)
 
     def __call__(self, t: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_033 + t)
-        starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g)
-        return torch.stack([self.ids[s : s + self.length] for s in starts.tolist()]).to(self.device)
+        g = torch.Generator(self.ids.device).manual_seed(self.seed * 1_000_033 + t)
+        starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g,
+                               device=self.ids.device)
+        return self.ids[starts[:, None] + self.offsets].to(self.device, non_blocking=True)
 

@@ -46,7 +46,7 @@ from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched
 from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "sampler", "grid",
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
              "sample_steps", "num_samples", "prompt_length", "sample_length", "temperature"}
 
 

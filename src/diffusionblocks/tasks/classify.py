@@ -29,6 +29,7 @@ from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
+    MetricsLog,
     announce_resume,
     check_at_least_one,
     check_choice,
@@ -36,7 +37,6 @@ from ..runs import (
     check_numbers,
     config_from_dict,
     drop_stale_offload,
-    json_line,
     kept_metrics,
     resolve_device,
     restore,
@@ -110,6 +110,7 @@ class ClassifyConfig:
     evals: int = 10
     device: str = "auto"
     checkpointing: bool = False
+    tensorboard: bool = False  # also log to OUT/tensorboard
     offload: str | None = None
     block: int | None = None
     parallel: bool = False
@@ -168,7 +169,7 @@ class ClassifyConfig:
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "decode", "readout", "grid",
-             "sample_steps", "checkpointing", "offload"}
+             "sample_steps", "checkpointing", "tensorboard", "offload"}
 # Fields block jobs may differ in and still be merged into one model.
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
 
@@ -448,10 +449,6 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         if writer:
             (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-        def log(record: dict) -> None:
-            if writer and (record["step"] % 10 == 1 or record["step"] == total):
-                log_file.write(json_line({"mode": cfg.mode, **record}))
-
         def on_every(p: Progress) -> None:
             if syncing:
                 parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
@@ -467,12 +464,14 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
                         record["block_accuracy"] = {
                             b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
                 history.append(record)
-                log_file.write(json_line(record))
+                metrics.evaluation(record)
                 checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.states, p)
 
         every = max(1, total // cfg.evals)
         try:
-            with metrics_path.open("a", buffering=1) if writer else nullcontext() as log_file:
+            with (MetricsLog(run_dir, cfg.mode, total, cfg.tensorboard, progress.step) if writer
+                  else nullcontext()) as metrics:
+                log = metrics.step if writer else None
                 progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
                                desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
                                show=show and writer)

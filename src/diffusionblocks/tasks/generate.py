@@ -77,6 +77,7 @@ class GenerateConfig:
     evals: int = 5
     device: str = "auto"
     checkpointing: bool = False
+    tensorboard: bool = False  # also log to OUT/tensorboard
     offload: str | None = None
     out: str = "runs/generate"
     dit: DiTConfig = field(default_factory=DiTConfig)
@@ -119,7 +120,7 @@ class GenerateConfig:
 
 # Fields a resumed run may change (inference and bookkeeping); everything else must match.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
-             "guidance", "num_samples", "feature_steps", "checkpointing", "offload"}
+             "guidance", "num_samples", "feature_steps", "checkpointing", "tensorboard", "offload"}
 
 
 def load_data(cfg: GenerateConfig) -> ImageData:
@@ -162,8 +163,8 @@ def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
         images, labels = batches(t)
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + t + 1)
-        drop = (torch.rand(len(labels), generator=g) < cfg.dit.class_dropout).to(labels.device)
+        g = torch.Generator(labels.device).manual_seed(cfg.seed * 7_919 + t + 1)
+        drop = torch.rand(len(labels), generator=g, device=labels.device) < cfg.dit.class_dropout
         return labels.masked_fill(drop, cfg.dit.null_class), images
 
     return batch_at

@@ -34,7 +34,7 @@ from ..training import Blockwise, OptimConfig, matched_budget
 from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
 
 # Fields a resumed run may change; everything else must match the checkpoint.
-RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "sample_steps",
+RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sample_steps",
              "bound_passes", "num_samples", "sample_length", "temperature"}
 
 
@@ -135,7 +135,8 @@ class MaskedDiffusion(nn.Module):
 
 def mask_tokens(y: Tensor, t: Tensor, mask_id: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """x_t: each token masked with probability t (per sequence); and where the masks are."""
-    masked = (torch.rand(y.shape, generator=gen) < t[:, None].cpu()).to(y.device)
+    masked = torch.rand(y.shape, generator=gen, device=gen.device) < t[:, None].to(gen.device)
+    masked = masked.to(y.device)
     return y.masked_fill(masked, mask_id), masked
 
 
@@ -155,8 +156,8 @@ def masked_nats(model: MaskedDiffusion, y: Tensor, x_t: Tensor, masked: Tensor, 
 
 def stratified(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
     """n times in [lo, hi], one in each of n equal strata, in random order (low variance)."""
-    u = (torch.arange(n) + torch.rand(n, generator=gen)) / n
-    t = lo + (hi - lo) * u[torch.randperm(n, generator=gen)]
+    u = (torch.arange(n, device=gen.device) + torch.rand(n, generator=gen, device=gen.device)) / n
+    t = lo + (hi - lo) * u[torch.randperm(n, generator=gen, device=gen.device)]
     return t.clamp_min(1e-6)
 
 

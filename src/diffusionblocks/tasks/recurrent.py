@@ -137,7 +137,8 @@ class RecurrentLM(nn.Module):
 
 def draw_depth(mean: int, gen: torch.Generator) -> int:
     """Huginn's recurrence depth: 1 + Poisson(λ), log λ ~ N(log(mean − 1) − ½·0.5², 0.5)."""
-    tau = torch.randn((), generator=gen) * 0.5 + torch.tensor(float(mean - 1)).log() - 0.125
+    log_mean = torch.tensor(float(mean - 1)).log()
+    tau = torch.randn((), generator=gen, device=gen.device) * 0.5 + log_mean - 0.125
     return 1 + int(torch.poisson(tau.exp().reshape(1), generator=gen))
 
 

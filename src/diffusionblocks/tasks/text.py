@@ -44,6 +44,7 @@ class TextConfig:
     evals: int = 5
     device: str = "auto"
     checkpointing: bool = False
+    tensorboard: bool = False  # also log to OUT/tensorboard
     out: str = "runs/lm"
     lm: LMConfig = field(default_factory=LMConfig)
 
