@@ -100,3 +100,23 @@ def test_an_ema_outside_0_1_is_refused():
 
     with pytest.raises(ValueError, match=r"ema must lie in \[0, 1\)"):
         OptimConfig(ema=1.0)
+
+
+@pytest.mark.parametrize("offload,checkpointing", [("disk", False), ("cpu", True)])
+def test_bf16_and_averages_with_offload_and_checkpointing_resume_bit_for_bit(
+        digits, tmp_path, monkeypatch, offload, checkpointing):
+    def cfg(out):
+        base = ema_config(out, offload=offload, checkpointing=checkpointing)
+        return replace(base, optim=replace(base.optim, precision="bf16"))
+
+    straight = classify.train(cfg(tmp_path / "straight"), digits, show=False)
+    killed_after_first_checkpoint(monkeypatch, lambda: classify.train(cfg(tmp_path / "resumed"), digits,
+                                                                      show=False))
+    resumed = classify.train(cfg(tmp_path / "resumed"), digits, show=False)
+    scores = [[h["test_accuracy"] for h in r["history"]] for r in (resumed, straight)]
+    assert scores[0] == scores[1]
+    ckpt = tmp_path / "straight" / "checkpoint"
+    assert {f"block_{b}.ema.safetensors" for b in range(3)} <= {p.name for p in ckpt.glob("*.safetensors")}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        a, b = load_file(str(f)), load_file(str(tmp_path / "resumed" / "checkpoint" / f.name))
+        assert all(torch.equal(a[k], b[k]) for k in a), f.name
