@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import configs
 from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
 from .data.text import TOKENIZERS
@@ -33,7 +34,7 @@ HELP = {
     "shared_policy": "frozen: the label table (and logit scale) stay at their random init, so "
     "blocks share nothing that moves (default); cotrained: every block's step updates them (paper)",
     "steps": "end-to-end training steps, the budget (default per dataset: digits 1000, mnist and "
-    "fashion_mnist 4000, cifar10 10000, cifar10_exact 2000)",
+    "fashion_mnist 4000, cifar10 and cifar100 10000, cifar10_exact 2000)",
     "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
     "batch_size": "training batch size",
     "val_size": "hold this many training examples out as a validation split (a fixed random "
@@ -98,7 +99,7 @@ GENERATE_HELP = {
     "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
     "patch_size": "DiT patch size (default: 2 for digits, 4 otherwise)",
     "steps": "end-to-end training steps, the budget (default per dataset: digits 1500, mnist and "
-    "fashion_mnist 12000, cifar10 20000, cifar10_exact 4000)",
+    "fashion_mnist 12000, cifar10 and cifar100 20000, cifar10_exact 4000)",
     "sample_steps": "sampler steps from σ_max to σ_min (the σ grid has one point more)",
     "grid": "inference σ grid: karras (ρ = 7) or equiprob (equal training mass)",
     "guidance": "classifier-free guidance scale (1: conditional only, 0: unconditional)",
@@ -116,8 +117,8 @@ GENERATE_HELP = {
 # Language models (train / compare --task mdm|ar|recurrent): their own fields and meanings.
 TEXT_HELP = {
     "data": "text to train on: a UTF-8 file path, tinyshakespeare (DATA/tinyshakespeare/input.txt "
-    "under --data-dir), or hf:NAME[:CONFIG] (a Hugging Face `datasets` set with a text column); "
-    "split 90/5/5 in order",
+    "under --data-dir), text8 (DATA/text8/text8: 90M/5M/5M characters), or hf:NAME[:CONFIG] (a "
+    "Hugging Face `datasets` set with a text column); split 90/5/5 in order",
     "tokenizer": "char: the text's characters (default); byte: UTF-8 bytes (256 tokens)",
     "context": "context length in tokens (the training window)",
     "steps": "end-to-end training steps, the budget",
@@ -145,6 +146,8 @@ TEXT_HELP = {
     "k_sweep": "recurrent: the K values at which test accuracy is also reported and plotted",
 }
 TEXT_TASKS = ("mdm", "ar", "recurrent")
+CONFIG_HELP = ("settings from a TOML file (configs/) or a run's config.json; flags given beside it "
+               "override it")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out` can write
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -196,12 +199,14 @@ def _classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
 
 
-def _classify_config(args: argparse.Namespace, **extra):
+def _classify_config(args: argparse.Namespace, base=None, **extra):
     from .tasks.classify import ClassifyConfig
 
-    return _filled(ClassifyConfig, args, vit=_filled(ViTConfig, args, skip=VIT_DERIVED),
-                   noise=_filled(NoiseConfig, args, base=ClassifyConfig().noise),
-                   optim=_filled(OptimConfig, args, skip=("lr",), lr=args.lr), **extra)
+    base = base or ClassifyConfig()
+    return _filled(ClassifyConfig, args, base=base,
+                   vit=_filled(ViTConfig, args, skip=VIT_DERIVED, base=base.vit),
+                   noise=_filled(NoiseConfig, args, base=base.noise),
+                   optim=_filled(OptimConfig, args, base=base.optim), **extra)
 
 
 DIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
@@ -217,12 +222,13 @@ def _generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP)
 
 
-def _generate_config(args: argparse.Namespace, **extra):
+def _generate_config(args: argparse.Namespace, base=None, **extra):
     from .models.dit import DiTConfig
     from .tasks.generate import GenerateConfig
 
-    base = GenerateConfig()
-    return _filled(GenerateConfig, args, dit=_filled(DiTConfig, args, skip=DIT_DERIVED),
+    base = base or GenerateConfig()
+    return _filled(GenerateConfig, args, base=base,
+                   dit=_filled(DiTConfig, args, skip=DIT_DERIVED, base=base.dit),
                    noise=_filled(NoiseConfig, args, base=base.noise),
                    optim=_filled(OptimConfig, args, base=base.optim), **extra)
 
@@ -245,16 +251,39 @@ def _text_class(task: str):
     return getattr(_text_module(task), names[task])
 
 
-def _text_config(args: argparse.Namespace, task: str, **extra):
+def _text_config(args: argparse.Namespace, task: str, base=None, **extra):
     from .models.lm import LMConfig
 
     cls = _text_class(task)
-    base = cls()
+    base = base or cls()
     nested = {"lm": _filled(LMConfig, args, skip=("vocab_size",), base=base.lm),
               "optim": _filled(OptimConfig, args, base=base.optim)}
     if task != "mdm":
         nested["noise"] = _filled(NoiseConfig, args, base=base.noise)
-    return _filled(cls, args, **nested, **extra)
+    return _filled(cls, args, base=base, **nested, **extra)
+
+
+def _config_class(task: str):
+    if task in TEXT_TASKS:
+        return _text_class(task)
+    from .tasks.classify import ClassifyConfig
+    from .tasks.generate import GenerateConfig
+
+    return {"classify": ClassifyConfig, "generate": GenerateConfig}[task]
+
+
+def _task_config(args: argparse.Namespace, task: str, **extra):
+    """The run config of ``task``: the task's defaults, then ``--config FILE``, then the flags."""
+    base = None
+    if getattr(args, "config", None):
+        settings = configs.read_file(args.config)
+        named = settings.pop("task", task)
+        if named != task:
+            raise ValueError(f"--config {args.config} is a {named} config, not {task}")
+        base = configs.overlay(_config_class(task)(), settings, where=f"--config {args.config}")
+    if task in TEXT_TASKS:
+        return _text_config(args, task, base, **extra)
+    return (_generate_config if task == "generate" else _classify_config)(args, base, **extra)
 
 
 def _text_module(task: str):
@@ -264,19 +293,23 @@ def _text_module(task: str):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _task_config(args, args.task)
+    if args.dry_run:  # one JSON object, the last line of stdout
+        print(json.dumps(configs.dry_run(args.task, cfg)))
+        return
     if args.task in TEXT_TASKS:
-        result = _text_module(args.task).train(_text_config(args, args.task), show=not args.quiet)
+        result = _text_module(args.task).train(cfg, show=not args.quiet)
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
         return
     if args.task == "generate":
         from .tasks import generate
 
-        result = generate.train(_generate_config(args), show=not args.quiet)
+        result = generate.train(cfg, show=not args.quiet)
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
         return
     from .tasks import classify
 
-    result = classify.train(_classify_config(args), show=not args.quiet)
+    result = classify.train(cfg, show=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports the merged model
         print(json.dumps({k: v for k, v in result.items() if k not in ("history", "groups_results")},
                          indent=2))
@@ -435,30 +468,27 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    if args.task in TEXT_TASKS:
-        cfg = _text_config(args, args.task, mode="dblocks")
-        out = Path(cfg.out if args.out else f"runs/compare_{args.task}")
-        print(_text_module(args.task).compare(cfg, out, quick=args.quick, show=not args.quiet))
-        return
-    if args.task == "generate":
+    settings = configs.read_file(args.config) if args.config else {}
+    task = args.task or settings.get("task", "classify")
+    every = set().union(*args.applies.values())
+    stray = sorted(k for k in every - args.applies[task] if getattr(args, k, None) not in (None, False))
+    if stray:
+        owners = [t for t, names in args.applies.items() if stray[0] in names]
+        raise ValueError(f"--{stray[0].replace('_', '-')} does not apply to --task {task} "
+                         f"(it is a setting of {', '.join(owners)})")
+    cfg = _task_config(args, task, mode="dblocks")  # compare runs both modes
+    given_out = args.out or settings.get("out")  # else a folder of compare's own
+    out = Path(cfg.out if given_out else "runs/compare" + ("" if task == "classify" else f"_{task}"))
+    if task in TEXT_TASKS:
+        print(_text_module(task).compare(cfg, out, quick=args.quick, show=not args.quiet))
+    elif task == "generate":
         from .tasks import generate
 
-        cfg = _generate_config(args, mode="dblocks")
-        out = Path(cfg.out if args.out else "runs/compare_generate")
         print(generate.compare(cfg, out, quick=args.quick, show=not args.quiet))
-        return
-    text_only = ("data", "tokenizer", "context", "bound_passes", "sample_length", "prompt_length",
-                 "temperature", "prelude", "core", "coda", "mean_depth", "backprop_depth", "depth_k")
-    stray = [k for k in ("guidance", "num_samples", "class_dropout", "feature_steps", *text_only)
-             if getattr(args, k, None) is not None]
-    if stray:
-        where = "--task mdm, ar or recurrent" if stray[0] in text_only else "--task generate"
-        raise ValueError(f"--{stray[0].replace('_', '-')} applies to {where}")
-    from .tasks import classify
+    else:
+        from .tasks import classify
 
-    cfg = _classify_config(args, mode="dblocks")  # compare runs both modes
-    out = Path(cfg.out if args.out else "runs/compare")
-    print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
+        print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -531,21 +561,24 @@ def main(argv: list[str] | None = None) -> None:
 
     train = sub.add_parser("train", help="train one model (resumes from OUT/checkpoint)")
     train_tasks = train.add_subparsers(dest="task", required=True)
-    classify = train_tasks.add_parser("classify", help="image classification with a ViT")
-    _classify_args(classify)
-    classify.add_argument("--quiet", action="store_true", help="no progress bar")
-    classify.set_defaults(func=cmd_train)
-    gen = train_tasks.add_parser("generate", help="class-conditional image generation with a DiT")
-    _generate_args(gen)
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    gen.set_defaults(func=cmd_train)
-    for task, about in (("mdm", "masked-diffusion language model (MD4-style)"),
+    applies = {}  # task -> the settings its runs have (compare refuses the others)
+    for task, about in (("classify", "image classification with a ViT"),
+                        ("generate", "class-conditional image generation with a DiT"),
+                        ("mdm", "masked-diffusion language model (MD4-style)"),
                         ("ar", "autoregressive language model"),
                         ("recurrent", "recurrent-depth language model (unrolled baseline or one denoiser)")):
-        text = train_tasks.add_parser(task, help=about)
-        _text_args(text, task)
-        text.add_argument("--quiet", action="store_true", help="no progress bar")
-        text.set_defaults(func=cmd_train)
+        task_parser = train_tasks.add_parser(task, help=about)
+        if task in TEXT_TASKS:
+            _text_args(task_parser, task)
+        else:
+            (_classify_args if task == "classify" else _generate_args)(task_parser)
+        applies[task] = {a.dest for a in task_parser._actions}
+        task_parser.add_argument("--config", default=None, help=CONFIG_HELP)
+        task_parser.add_argument("--dry-run", action="store_true", help="build the data and the model, "
+                                 "print them as one JSON line (parameters per block; data missing or "
+                                 "not) and exit without training")
+        task_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        task_parser.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="test accuracy of a classifier, or FID and class accuracy "
                         "of a generator (`eval fid CHECKPOINT`)")
@@ -606,9 +639,11 @@ def main(argv: list[str] | None = None) -> None:
 
     cmp = sub.add_parser("compare", help="train end to end and DiffusionBlocks on the same "
                          "budget and print them side by side (the main job)")
-    cmp.add_argument("--task", default="classify", choices=("classify", "generate", *TEXT_TASKS),
-                     help="which family to compare: classify (ViT), generate (DiT), mdm "
+    cmp.add_argument("--task", default=None, choices=("classify", "generate", *TEXT_TASKS),
+                     help="which family to compare: classify (ViT, default), generate (DiT), mdm "
                      "(masked-diffusion LM), ar (autoregressive LM) or recurrent (recurrent depth)")
+    cmp.add_argument("--config", default=None, help=CONFIG_HELP + "; its task is compared unless "
+                     "--task says otherwise, both modes from the same settings")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
@@ -626,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
         for action in flags._actions:
             if action.dest not in taken and action.dest != "help":
                 extra._add_action(action)
-    cmp.set_defaults(func=cmd_compare)
+    cmp.set_defaults(func=cmd_compare, applies=applies)
 
     merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")
     merge.add_argument("checkpoints", nargs="+", help="checkpoint directories of block jobs "

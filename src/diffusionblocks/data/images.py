@@ -8,6 +8,7 @@
 | cifar10         | DATA/cifar10/cifar10_jpeg_q75.npz, or the python pickle folder |
 |                 | DATA/cifar10/cifar-10-batches-py (data_batch_1..5, test_batch) |
 | cifar10_exact   | DATA/cifar10/cifar10_exact_subset.npz (lossless 5,085/1,017)   |
+| cifar100        | DATA/cifar100/cifar-100-python (train, test; fine labels)      |
 
 DATA is ``--data-dir``, else ``$DIFFUSIONBLOCKS_DATA``, else ``./data``.
 """
@@ -24,7 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact", "cifar100")
+# (channels, height, width) and classes of each, known before its files are read (--dry-run)
+SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+          "cifar10": ((3, 32, 32), 10), "cifar10_exact": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
 
 
 @dataclass
@@ -112,20 +116,22 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) and labels of one batch file of the CIFAR python folder."""
+def _cifar_batch(path: Path, labels: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) and ``labels`` of one batch file of a CIFAR python folder."""
+    name = "CIFAR-10" if labels == b"labels" else "CIFAR-100"
     try:
         with open(path, "rb") as f:
             d = _CifarUnpickler(f, encoding="bytes").load()
-        x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
+        x, y = np.asarray(d[b"data"]), np.asarray(d[labels], dtype=np.int64)
         if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
             raise ValueError(f"data {x.dtype} {x.shape} and labels {y.shape}, not N×3072 bytes and N labels")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: the CIFAR-10 python folder needs data_batch_1…5 "
-                                "and test_batch") from None
+        files = "data_batch_1…5 and test_batch" if name == "CIFAR-10" else "train and test"
+        raise FileNotFoundError(f"{path} is missing: the {name} python folder needs {files}") from None
     except Exception as e:  # noqa: BLE001 - a malformed file can fail in any unpickling step
-        raise ValueError(f"{path} is not a CIFAR-10 batch ({e}); replace it with the original file "
-                         "or remove the folder to use cifar10_jpeg_q75.npz") from None
+        fallback = " or remove the folder to use cifar10_jpeg_q75.npz" if name == "CIFAR-10" else ""
+        raise ValueError(f"{path} is not a {name} batch ({e}); replace it with the original file"
+                         f"{fallback}") from None
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
@@ -154,6 +160,11 @@ def _cifar10(root: Path) -> tuple[np.ndarray, ...]:
     return arrays
 
 
+def _cifar100(root: Path) -> tuple[np.ndarray, ...]:
+    folder = _require(root / "cifar100" / "cifar-100-python", "cifar100")
+    return (*_cifar_batch(folder / "train", b"fine_labels"), *_cifar_batch(folder / "test", b"fine_labels"))
+
+
 SCALINGS = ("standard", "symmetric")
 
 
@@ -173,6 +184,8 @@ def load_images(name: str, root: str | Path | None = None, scaling: str = "stand
         arrays = _npz(_require(root / "fashion_mnist" / "fashion_mnist.npz", name))
     elif name == "cifar10":
         arrays = _cifar10(root)
+    elif name == "cifar100":
+        arrays = _cifar100(root)
     else:
         arrays = _npz(_require(root / "cifar10" / "cifar10_exact_subset.npz", name))
     x_train, y_train, x_test, y_test = arrays

@@ -1,7 +1,8 @@
 """Text from local files (or a Hugging Face ``datasets`` set), as character or byte tokens.
 
 ``--data`` takes a path to any UTF-8 text file, ``tinyshakespeare`` (DATA/tinyshakespeare/
-input.txt, with DATA as for images: ``--data-dir``, ``$DIFFUSIONBLOCKS_DATA`` or ``./data``), or
+input.txt, with DATA as for images: ``--data-dir``, ``$DIFFUSIONBLOCKS_DATA`` or ``./data``),
+``text8`` (DATA/text8/text8: 10^8 characters, so the split below is the standard 90M/5M/5M), or
 ``hf:NAME[:CONFIG]`` for a ``datasets`` set with a ``text`` column (needs that package and the
 data in its cache). The text is split contiguously: the first 90% trains, the next 5% validates,
 the last 5% tests.
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from .images import data_dir, on_device
 
-NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt"}
+NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt", "text8": "text8/text8"}
 TOKENIZERS = ("char", "byte")
 SPLITS = (0.9, 0.05, 0.05)
 

@@ -80,6 +80,7 @@ DATASET_DEFAULTS = {
     "mnist": {"patch_size": 4, "steps": 4000},
     "fashion_mnist": {"patch_size": 4, "steps": 4000},
     "cifar10": {"patch_size": 4, "steps": 10000},
+    "cifar100": {"patch_size": 4, "steps": 10000},
     "cifar10_exact": {"patch_size": 4, "steps": 2000},
 }
 

@@ -49,6 +49,7 @@ DATASET_DEFAULTS = {
     "mnist": {"patch_size": 4, "steps": 12000},
     "fashion_mnist": {"patch_size": 4, "steps": 12000},
     "cifar10": {"patch_size": 4, "steps": 20000},
+    "cifar100": {"patch_size": 4, "steps": 20000},
     "cifar10_exact": {"patch_size": 4, "steps": 4000},
 }
 
