@@ -502,12 +502,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import BenchConfig, run
 
     fields = {f.name for f in dataclasses.fields(BenchConfig)}
+    settings = configs.read_file(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if args.kind == "parallel" and args.blocks is None:
+    if args.kind == "parallel" and "blocks" not in given | settings:
         given["blocks"] = [args.processes]  # one block per process
-    if args.kind == "parallel" and args.dataset is None:
+    if args.kind == "parallel" and "dataset" not in given | settings:
         given["dataset"] = "digits"  # embedded: runs anywhere (memory and speed keep MNIST)
-    cfg = BenchConfig(**given)
+    base = configs.overlay(BenchConfig(), settings, where=f"--config {args.config}")
+    cfg = dataclasses.replace(base, **given)
     print(run(args.kind, cfg, show=not args.quiet, processes=args.processes,
               train_steps=args.train_steps, repeats=args.repeats))
 
@@ -523,6 +525,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         "value, default one block per process); gpu: the paper's ViT and DiT-S/2 "
                         "shapes at B = 1, 2, 3, 4, 6 in fp32 and bf16 on one CUDA device "
                         "(peak memory, step time; only --out applies)")
+    parser.add_argument("--config", default=None, help="benchmark settings from a TOML file (the "
+                        "flags' names, with _ for -); flags given beside it override it")
     parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help=f"default: {d.dataset} (parallel: digits)")
