@@ -127,16 +127,19 @@ def test_rerunning_a_finished_run_says_it_reuses_it(digits, tmp_path, capsys):
 
 
 def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(digits, tmp_path, capsys):
-    first = classify.train(resume_config(tmp_path), digits, show=False)
+    old = classify.replace(resume_config(tmp_path), val_size=0)  # before validation splits: none
+    first = classify.train(old, digits, show=False)
     config_file = tmp_path / "checkpoint" / "config.json"
     older = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in ("augment", "val_size")}
     config_file.write_text(json.dumps(older))  # as written before those fields (and manifests) existed
     (tmp_path / "checkpoint" / "manifest.json").unlink()
-    again = classify.train(resume_config(tmp_path), digits, show=True)
+    again = classify.train(old, digits, show=True)
     assert "already finished" in capsys.readouterr().err
     assert again["history"] == first["history"]
     with pytest.raises(ValueError, match="augment: checkpoint '' vs now 'flip'"):
-        classify.train(classify.replace(resume_config(tmp_path), augment="flip"), digits, show=False)
+        classify.train(classify.replace(old, augment="flip"), digits, show=False)
+    with pytest.raises(ValueError, match="val_size: checkpoint 0 vs now 143"):  # today's default: a tenth
+        classify.train(resume_config(tmp_path), digits, show=False)
 
 
 def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatch):
@@ -159,8 +162,8 @@ def test_resume_after_interruption_is_bit_identical(digits, tmp_path, monkeypatc
     assert resumed["steps"] == straight["steps"]
     assert resumed["layer_evals"] == straight["layer_evals"]
     assert [h["step"] for h in resumed["history"]] == [30, 60]
-    assert ([h["test_accuracy"] for h in resumed["history"]]
-            == [h["test_accuracy"] for h in straight["history"]])
+    assert ([h["val_accuracy"] for h in resumed["history"]]
+            == [h["val_accuracy"] for h in straight["history"]])
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys() == {"shared.safetensors", "block_0.safetensors",
                                     "block_1.safetensors", "block_2.safetensors"}

@@ -135,13 +135,14 @@ def test_cli_compare_writes_the_report(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == {"e2e", "dblocks"}
     for mode, r in report.items():
-        for key in ("test_accuracy", "activation_bytes_per_step", "step_seconds", "layer_evals",
-                    "train_seconds"):
+        for key in ("test_accuracy", "val_accuracy", "activation_bytes_per_step", "step_seconds",
+                    "layer_evals", "train_seconds"):
             assert key in r, (mode, key)
-        assert 0 <= r["test_accuracy"] <= 1
+        assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
+        assert r["val_examples"] == 143  # a tenth of digits' 1,437 training images, by default
     assert report["e2e"]["layer_evals"] == report["dblocks"]["layer_evals"] == 30 * 3
     assert "| e2e |" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "test_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "val_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve watches val
     assert "| dblocks |" in capsys.readouterr().out
 
     # eval of the saved checkpoint reproduces the reported accuracy on all 360 test images

@@ -147,3 +147,22 @@ def test_bench_takes_a_config_file_and_refuses_a_foreign_key(tmp_path, capsys):
     path.write_text("guidance = 2.0\n")
     code, _, err = run(["bench", "speed", "--config", str(path)], capsys)
     assert code == 2 and "'guidance' is not a setting here" in err
+
+
+def test_seeds_report_gives_mean_sd_and_every_seed(tmp_path):
+    from diffusionblocks.report import seeds_report
+
+    reports = {s: {"e2e": {"test_accuracy": a, "val_accuracy": a - 0.01, "steps": 10, "mode": "e2e"},
+                   "dblocks": {"test_accuracy": b, "val_accuracy": b, "steps": 30}}
+               for s, a, b in ((0, 0.90, 0.80), (1, 0.92, 0.84), (2, 0.94, 0.82))}
+    table = seeds_report(tmp_path, reports)
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    e2e = saved["modes"]["e2e"]["test_accuracy"]
+    assert e2e["mean"] == pytest.approx(0.92) and e2e["sd"] == pytest.approx(0.02)
+    assert e2e["seeds"] == {"0": 0.90, "1": 0.92, "2": 0.94} and "steps" not in saved["modes"]["e2e"]
+    assert "| dblocks | test accuracy (%) | 82.00 ± 2.00 | 80.00, 84.00, 82.00 |" in table
+
+
+def test_compare_refuses_fewer_than_one_seed(capsys):
+    code, _, err = run(["compare", "--seeds", "0"], capsys)
+    assert code == 2 and "--seeds must be at least 1" in err

@@ -71,7 +71,7 @@ def test_averages_are_stored_used_by_default_and_resume_bit_for_bit(digits, tmp_
     killed_after_first_checkpoint(
         monkeypatch, lambda: classify.train(ema_config(tmp_path / "resumed"), digits, show=False))
     resumed = classify.train(ema_config(tmp_path / "resumed"), digits, show=False)
-    scores = [[h["test_accuracy"] for h in r["history"]] for r in (resumed, straight)]
+    scores = [[h["val_accuracy"] for h in r["history"]] for r in (resumed, straight)]
     assert scores[0] == scores[1]
     for f in sorted(ckpt.glob("*.safetensors")):
         a, b = load_file(str(f)), load_file(str(tmp_path / "resumed" / "checkpoint" / f.name))
@@ -113,7 +113,7 @@ def test_bf16_and_averages_with_offload_and_checkpointing_resume_bit_for_bit(
     killed_after_first_checkpoint(monkeypatch, lambda: classify.train(cfg(tmp_path / "resumed"), digits,
                                                                       show=False))
     resumed = classify.train(cfg(tmp_path / "resumed"), digits, show=False)
-    scores = [[h["test_accuracy"] for h in r["history"]] for r in (resumed, straight)]
+    scores = [[h["val_accuracy"] for h in r["history"]] for r in (resumed, straight)]
     assert scores[0] == scores[1]
     ckpt = tmp_path / "straight" / "checkpoint"
     assert {f"block_{b}.ema.safetensors" for b in range(3)} <= {p.name for p in ckpt.glob("*.safetensors")}

@@ -38,7 +38,8 @@ HELP = {
     "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
     "batch_size": "training batch size",
     "val_size": "hold this many training examples out as a validation split (a fixed random "
-    "choice): the curve watches it, test is scored once at the end (default 0: the curve watches test)",
+    "choice): the curve watches it and defaults are chosen on it; test is scored once, at the end "
+    "(default: a tenth of the training set; 0: none, the curve watches test)",
     "seed": "random seed (initialization, data order, blocks, noise)",
     "augment": "training augmentation for both modes, comma-separated: flip (random horizontal "
     "flip), crop (random crop after 4 pixels of zero padding); drawn on the device, seeded per step",
@@ -476,19 +477,28 @@ def cmd_compare(args: argparse.Namespace) -> None:
         owners = [t for t, names in args.applies.items() if stray[0] in names]
         raise ValueError(f"--{stray[0].replace('_', '-')} does not apply to --task {task} "
                          f"(it is a setting of {', '.join(owners)})")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     cfg = _task_config(args, task, mode="dblocks")  # compare runs both modes
     given_out = args.out or settings.get("out")  # else a folder of compare's own
     out = Path(cfg.out if given_out else "runs/compare" + ("" if task == "classify" else f"_{task}"))
     if task in TEXT_TASKS:
-        print(_text_module(task).compare(cfg, out, quick=args.quick, show=not args.quiet))
-    elif task == "generate":
-        from .tasks import generate
-
-        print(generate.compare(cfg, out, quick=args.quick, show=not args.quiet))
+        compare = _text_module(task).compare
     else:
-        from .tasks import classify
+        from .tasks import classify, generate
 
-        print(classify.compare(cfg, out, quick=args.quick, show=not args.quiet))
+        compare = generate.compare if task == "generate" else classify.compare
+    if args.seeds == 1:
+        print(compare(cfg, out, quick=args.quick, show=not args.quiet))
+        return
+    from .report import seeds_report
+
+    reports = {}
+    for seed in range(cfg.seed, cfg.seed + args.seeds):  # each seed its own folder, resumable
+        print(compare(dataclasses.replace(cfg, seed=seed), out / f"seed_{seed}", quick=args.quick,
+                      show=not args.quiet))
+        reports[seed] = json.loads((out / f"seed_{seed}" / "report.json").read_text())
+    print(seeds_report(out, reports))
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -649,6 +659,9 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--config", default=None, help=CONFIG_HELP + "; its task is compared unless "
                      "--task says otherwise, both modes from the same settings")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    cmp.add_argument("--seeds", type=int, default=1, help="run N seeds (--seed, --seed + 1, …) of "
+                     "both modes, each in OUT/seed_S, and report mean ± sd and every seed's figure "
+                     "(OUT/seeds.{json,md}; default: 1)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
     generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks

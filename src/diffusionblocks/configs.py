@@ -119,7 +119,7 @@ def dry_run(task: str, cfg) -> dict:
         report |= {"dataset": getattr(cfg, "dataset", None) or cfg.data, "data_missing": str(e)}
         if task in ("classify", "generate"):
             shape, classes = SHAPES[cfg.dataset]
-            data = SimpleNamespace(shape=shape, num_classes=classes)
+            data = SimpleNamespace(shape=shape, num_classes=classes, y_train=())
         else:
             vocab = 256 if cfg.tokenizer == "byte" else cfg.lm.vocab_size
             data = SimpleNamespace(tokenizer=SimpleNamespace(vocab_size=vocab, chars=cfg.vocab))

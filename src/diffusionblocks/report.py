@@ -25,13 +25,15 @@ def markdown_table(rows: list[list[str]], header: list[str]) -> str:
 
 def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") -> str:
     """Markdown table of a side-by-side run, one row per mode, plus the ratios that matter."""
-    header = ["mode", "blocks", metric.replace("_", " "), "train time (s)", "s / step", "steps",
-              "layer evals", "activations / step"]
+    val = "val_accuracy" if metric == "test_accuracy" and all("val_accuracy" in r for r in results.values()) \
+        else None  # chosen on validation, reported beside test
+    header = ["mode", "blocks", *(["val accuracy"] if val else []), metric.replace("_", " "),
+              "train time (s)", "s / step", "steps", "layer evals", "activations / step"]
     rows = []
     for mode, r in results.items():
         value = r[metric]
         rows.append([
-            mode, str(r.get("blocks", 1)),
+            mode, str(r.get("blocks", 1)), *([f"{100 * r[val]:.2f}%"] if val else []),
             f"{100 * value:.2f}%" if "accuracy" in metric else f"{value:.4g}",
             f"{r['train_seconds']:.1f}", f"{r['step_seconds'] * 1000:.1f} ms", str(r["steps"]),
             f"{r['layer_evals']:,}", human_bytes(r["activation_bytes_per_step"]),
@@ -95,4 +97,38 @@ def write_report(out: Path, results: dict[str, dict], metric: str = "test_accura
     watched = "val_accuracy" if any("val_accuracy" in p for r in results.values()
                                    for p in r.get("history", [])) else metric
     plot_history(results, out / f"{watched}.png", watched)
+    return table
+
+
+QUALITY = ("accuracy", "bpc", "fid", "bits", "loss", "mauve", "perplexity")  # what seeds are summarized on
+
+
+def seeds_report(out: Path, reports: dict[int, dict[str, dict]]) -> str:
+    """Mean ± sd over seeds of every quality figure of a comparison (``reports``: seed -> the
+    per-seed report.json, mode -> result), each seed's figure beside it; writes
+    OUT/seeds.json and OUT/seeds.md and returns the table."""
+    import statistics
+
+    seeds = sorted(reports)
+    modes = list(reports[seeds[0]])
+    summary: dict[str, dict] = {}
+    for mode in modes:
+        names = [k for k, v in reports[seeds[0]][mode].items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and any(q in k for q in QUALITY)]
+        for name in names:
+            values = [reports[s][mode].get(name) for s in seeds]
+            if all(isinstance(v, (int, float)) for v in values):
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                summary.setdefault(mode, {})[name] = {"mean": statistics.mean(values), "sd": sd,
+                                                      "seeds": dict(zip(seeds, values))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "modes": summary}, indent=2))
+    pct = lambda name, v: f"{100 * v:.2f}" if "accuracy" in name else f"{v:.4g}"  # noqa: E731
+    rows = [[mode, name.replace("_", " ") + (" (%)" if "accuracy" in name else ""),
+             f"{pct(name, s['mean'])} ± {pct(name, s['sd'])}",
+             ", ".join(pct(name, v) for v in s["seeds"].values())]
+            for mode, figures in summary.items() for name, s in figures.items()]
+    table = markdown_table(rows, ["mode", "figure", f"mean ± sd ({len(seeds)} seeds)",
+                                  f"seeds {', '.join(map(str, seeds))}"])
+    (out / "seeds.md").write_text(table)
     return table

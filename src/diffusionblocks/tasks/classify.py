@@ -101,7 +101,7 @@ class ClassifyConfig:
     match: str = "layers"
     batch_size: int = 128
     augment: str = ""
-    val_size: int = 0
+    val_size: int | None = None  # None: a tenth of the training set; 0: no validation split
     seed: int = 0
     sampler: str = "euler"
     decode: str = "greedy"
@@ -125,7 +125,7 @@ class ClassifyConfig:
         check_numbers(self)
         check_choice("dataset", self.dataset, DATASETS)
         check_at_least_one(self, ("steps", "batch_size", "evals", "patch_size"))
-        if self.val_size < 0:
+        if self.val_size is not None and self.val_size < 0:
             raise ValueError(f"val_size must be 0 (no validation split) or more, got {self.val_size}")
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
@@ -165,6 +165,7 @@ class ClassifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassifyConfig:
+        d = {"val_size": 0, **d}  # a run from before validation splits had none
         return config_from_dict(cls, d, {"vit": ViTConfig, "noise": NoiseConfig, "optim": OptimConfig})
 
 
@@ -221,7 +222,8 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
     optim = asdict(cfg.optim) | {"lr": MODE_LR[cfg.mode] if cfg.optim.lr is None else cfg.optim.lr}
-    cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim}
+    val_size = len(data.y_train) // 10 if cfg.val_size is None else cfg.val_size
+    cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim, "val_size": val_size}
     if cfg.steps is None:
         cfg_dict["steps"] = defaults["steps"]
     return ClassifyConfig.from_dict(cfg_dict)
@@ -402,11 +404,11 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     (its group writes ``OUT/group_g``; rank 0 merges them into ``OUT/checkpoint`` at the end).
     """
     data = data or load_images(cfg.dataset, cfg.data_dir)
+    cfg = resolve_config(cfg, data)
     if cfg.val_size:
         data = data.holdout(cfg.val_size)
     split = "val" if cfg.val_size else "test"  # what the curve watches; test is scored once at the end
     x_watch, y_watch = (data.x_val, data.y_val) if cfg.val_size else (data.x_test, data.y_test)
-    cfg = resolve_config(cfg, data)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     placement, group_pg, device = _place(cfg, device)
