@@ -282,8 +282,9 @@ TINY = ["--width", "32", "--depth", "4", "--heads", "2", "--context", "16", "--b
 def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
     out = tmp_path / task
     blocks = "2" if task == "ar" else "4"
+    prompt = ["--prompt-length", "4"] if task == "ar" else []  # a setting mdm does not have
     cli.main(["compare", "--task", task, "--quick", "--data", str(text_file), "--out", str(out),
-              "--blocks", blocks, "--prompt-length", "4", *TINY])
+              "--blocks", blocks, *prompt, *TINY])
     report = json.loads((out / "report.json").read_text())
     if task == "mdm":
         keys = {"test_bpc", "bpc_stderr"}
@@ -306,7 +307,8 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
 def test_cli_refuses_text_flags_for_classify_and_bad_text_configs(capsys):
     with pytest.raises(SystemExit):
         cli.main(["compare", "--task", "classify", "--data", "x.txt", "--quick"])
-    assert "--data applies to --task mdm, ar or recurrent" in capsys.readouterr().err
+    assert "--data does not apply to --task classify (it is a setting of mdm, ar, recurrent)" in \
+        capsys.readouterr().err
     with pytest.raises(ValueError, match="cannot cut 4 layers into 5 blocks"):
         mdm.MDMConfig(blocks=5, lm=tiny_lm(10))
     with pytest.raises(ValueError, match="unknown tokenizer"):
@@ -405,8 +407,9 @@ def test_recurrent_baseline_unrolls_a_random_depth_and_truncates_backprop():
 
 def test_cli_compare_recurrent_quick(text_file, tmp_path, capsys):
     out = tmp_path / "rec"
+    flags = [f for i, f in enumerate(TINY) if "--depth" not in TINY[max(0, i - 1) : i + 1]]  # no depth
     cli.main(["compare", "--task", "recurrent", "--quick", "--data", str(text_file), "--out", str(out),
-              "--prompt-length", "4", *TINY])
+              "--prompt-length", "4", *flags])
     report = json.loads((out / "report.json").read_text())
     for mode in ("baseline", "dblocks"):
         keys = {"layer_evals_per_step", "train_seconds", "activation_bytes_per_step", "judge_bpc"}
@@ -438,3 +441,42 @@ def test_rotary_attention_depends_on_relative_position_and_caches_exactly():
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
     with pytest.raises(ValueError, match="rotary positions"):
         ar.ARConfig(lm=LMConfig(depth=8, rope=True))
+
+
+# --- subword tokenizers --------------------------------------------------------------------------
+
+
+def test_bpe_learns_from_the_training_split_only_and_round_trips(text_file, tmp_path):
+    pytest.importorskip("tokenizers")
+    data = load_text(str(text_file), tokenizer="bpe", bpe_vocab=300)
+    tok = data.tokenizer
+    assert tok.kind == "bpe" and 256 < tok.vocab_size <= 300
+    pieces = [tok.decode(ids) for ids in (data.train, data.val, data.test)]
+    assert "".join(pieces) == TEXT and len(pieces[0]) == int(0.9 * len(TEXT))  # split by characters
+    assert data.chars_per_token("test") == len(pieces[2]) / len(data.test) > 1.5
+    again = Tokenizer.from_dict(tok.to_dict())  # what a checkpoint keeps
+    assert torch.equal(again.encode(pieces[2]), data.test)
+    saved = tmp_path / "tokenizer.json"
+    saved.write_text(tok.chars)
+    from_file = load_text(str(text_file), tokenizer=str(saved))
+    assert torch.equal(from_file.test, data.test)
+
+
+@pytest.mark.parametrize("task,mode", [("mdm", "dblocks"), ("ar", "e2e")])  # those with a likelihood
+def test_a_bpe_run_reports_bits_per_character_and_per_token(task, mode, text_file, tmp_path):
+    pytest.importorskip("tokenizers")
+    module = {"mdm": mdm, "ar": ar}[task]
+    cls = {"mdm": mdm.MDMConfig, "ar": ar.ARConfig}[task]
+    extra = {"bound_passes": 2} if task == "mdm" else {"prompt_length": 4}
+    cfg = cls(mode=mode, data=str(text_file), tokenizer="bpe", bpe_vocab=300, device="cpu", batch_size=4,
+              evals=1, blocks=2, steps=4, num_samples=1, sample_length=8, lm=tiny_lm(1, context=16),
+              out=str(tmp_path / task), **extra)
+    result = module.train(cfg, show=False)
+    data = load_text(str(text_file), tokenizer="bpe", bpe_vocab=300)
+    assert result["test_bpc"] == pytest.approx(result["test_bits_per_token"] / data.chars_per_token("test"))
+    assert result["test_bits_per_token"] > result["test_bpc"] > 0
+    saved = json.loads((tmp_path / task / "checkpoint" / "config.json").read_text())
+    assert saved["tokenizer"] == "bpe" and saved["lm"]["vocab_size"] == data.tokenizer.vocab_size
+    model, loaded = module.load(tmp_path / task / "checkpoint")  # the tokenizer comes back with it
+    assert Tokenizer(loaded.tokenizer, loaded.vocab).encode("the fox").tolist() == \
+        data.tokenizer.encode("the fox").tolist()

@@ -15,7 +15,6 @@ from pathlib import Path
 from . import configs
 from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
-from .data.text import TOKENIZERS
 from .models.vit import ViTConfig
 from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
@@ -120,7 +119,10 @@ TEXT_HELP = {
     "data": "text to train on: a UTF-8 file path, tinyshakespeare (DATA/tinyshakespeare/input.txt "
     "under --data-dir), text8 (DATA/text8/text8: 90M/5M/5M characters), or hf:NAME[:CONFIG] (a "
     "Hugging Face `datasets` set with a text column); split 90/5/5 in order",
-    "tokenizer": "char: the text's characters (default); byte: UTF-8 bytes (256 tokens)",
+    "tokenizer": "char: the text's characters (default); byte: UTF-8 bytes (256 tokens); bpe: "
+    "byte-level subwords learned from the training split (--bpe-vocab of them; needs the bpe extra); "
+    "or the path of a tokenizer.json. Bits per character stay per character (bits per token beside)",
+    "bpe_vocab": "subwords a bpe tokenizer learns (default: 4096)",
     "context": "context length in tokens (the training window)",
     "steps": "end-to-end training steps, the budget",
     "evals": "validation evaluations (and checkpoints) during training",
@@ -156,7 +158,7 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
     "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
-    "offload": OFFLOAD_TARGETS, "tokenizer": TOKENIZERS, "precision": PRECISIONS,
+    "offload": OFFLOAD_TARGETS, "precision": PRECISIONS,
 }
 
 

@@ -19,33 +19,71 @@ from torch import Tensor
 from .images import data_dir, on_device
 
 NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt", "text8": "text8/text8"}
-TOKENIZERS = ("char", "byte")
+TOKENIZERS = ("char", "byte", "bpe")  # or the path of a tokenizer.json
 SPLITS = (0.9, 0.05, 0.05)
+
+
+def check_tokenizer(kind: str) -> None:
+    if kind not in TOKENIZERS and not kind.endswith(".json"):
+        raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZERS)} or give "
+                         "the path of a tokenizer.json")
+
+
+def _bpe():
+    try:
+        import tokenizers
+    except ImportError:
+        raise ValueError("the bpe tokenizer needs the tokenizers package: "
+                         "pip install 'diffusionblocks[bpe]'") from None
+    return tokenizers
 
 
 class Tokenizer:
     """Characters (the vocabulary is the sorted set of characters of the whole text, as
-    nanoGPT's char-level models) or raw UTF-8 bytes (256 tokens, any text)."""
+    nanoGPT's char-level models), raw UTF-8 bytes (256 tokens, any text), or subwords: a
+    byte-level BPE (Hugging Face ``tokenizers``) trained on the training split, or read from a
+    ``tokenizer.json``. ``chars`` is the state a checkpoint keeps: the characters, or the BPE's
+    JSON."""
 
     def __init__(self, kind: str, chars: str | None = None):
-        if kind not in TOKENIZERS:
-            raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZERS)}")
-        if kind == "char" and not chars:
-            raise ValueError("a char tokenizer needs its vocabulary (the characters of the text)")
-        self.kind, self.chars = kind, chars if kind == "char" else None
+        check_tokenizer(kind)
+        if kind.endswith(".json"):  # a tokenizer file: its JSON is the state from now on
+            try:
+                chars = chars or Path(kind).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise ValueError(f"tokenizer file {kind} does not exist") from None
+            kind = "bpe"
+        if kind in ("char", "bpe") and not chars:
+            raise ValueError(f"a {kind} tokenizer needs its vocabulary (fit it on the training text)")
+        self.kind, self.chars = kind, chars if kind != "byte" else None
         self.index = {c: i for i, c in enumerate(chars)} if kind == "char" else None
+        self.subwords = _bpe().Tokenizer.from_str(chars) if kind == "bpe" else None
 
     @classmethod
-    def fit(cls, kind: str, text: str) -> Tokenizer:
+    def fit(cls, kind: str, text: str, vocab_size: int = 4096) -> Tokenizer:
+        """A tokenizer of ``kind`` for ``text``; bpe learns ``vocab_size`` byte-level subwords."""
+        if kind == "bpe":
+            tk = _bpe()
+            bpe = tk.Tokenizer(tk.models.BPE())
+            bpe.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+            bpe.decoder = tk.decoders.ByteLevel()
+            trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                             initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+            bpe.train_from_iterator([text], trainer)
+            return cls("bpe", bpe.to_str())
         return cls(kind, "".join(sorted(set(text))) if kind == "char" else None)
 
     @property
     def vocab_size(self) -> int:
+        if self.kind == "bpe":
+            return self.subwords.get_vocab_size()
         return len(self.chars) if self.kind == "char" else 256
 
     def encode(self, text: str) -> Tensor:
         if self.kind == "byte":
             return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+        if self.kind == "bpe":
+            return torch.tensor(self.subwords.encode(text).ids, dtype=torch.long)
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
             raise ValueError(
@@ -58,6 +96,8 @@ class Tokenizer:
         ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
         if self.kind == "byte":
             return bytes(ids).decode("utf-8", errors="replace")
+        if self.kind == "bpe":
+            return self.subwords.decode(ids)
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
@@ -76,6 +116,14 @@ class TextData:
     val: Tensor
     test: Tensor
     tokenizer: Tokenizer
+    characters: tuple[int, int, int] | None = None  # per split, where tokens are not characters
+
+    def chars_per_token(self, split: str) -> float:
+        """Characters per token of ``split``: bits per character = bits per token / this."""
+        if self.characters is None:
+            return 1.0
+        ids = getattr(self, split)
+        return self.characters[("train", "val", "test").index(split)] / len(ids)
 
 
 def read_text(source: str, root: str | Path | None = None) -> str:
@@ -107,11 +155,21 @@ def _hf_text(spec: str) -> str:
     return "\n".join(t for split in parts.values() for t in split["text"])
 
 
-def load_text(source: str, root: str | Path | None = None, tokenizer: str | Tokenizer = "char") -> TextData:
-    """Tokenize ``source`` and split it 90/5/5, in order (no shuffling: no leak across splits)."""
+def load_text(source: str, root: str | Path | None = None, tokenizer: str | Tokenizer = "char",
+              bpe_vocab: int = 4096) -> TextData:
+    """Tokenize ``source`` and split it 90/5/5, in order (no shuffling: no leak across splits).
+    Subwords split the characters instead, and a BPE learns from the training split alone."""
     text = read_text(source, root)
     if len(text) < 1000:
         raise ValueError(f"{source} holds {len(text)} characters; a language model needs at least 1,000")
+    if tokenizer == "bpe" or isinstance(tokenizer, str) and tokenizer.endswith(".json") or \
+            isinstance(tokenizer, Tokenizer) and tokenizer.kind == "bpe":
+        a = int(SPLITS[0] * len(text))
+        b = a + int(SPLITS[1] * len(text))
+        pieces = (text[:a], text[a:b], text[b:])
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else (
+            Tokenizer.fit("bpe", pieces[0], bpe_vocab) if tokenizer == "bpe" else Tokenizer(tokenizer))
+        return TextData(*(tok.encode(p) for p in pieces), tok, tuple(len(p) for p in pieces))
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.fit(tokenizer, text)
     ids = tok.encode(text)
     a = int(SPLITS[0] * len(ids))

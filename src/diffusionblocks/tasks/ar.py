@@ -43,7 +43,17 @@ from ..noise import GRIDS, NoiseConfig, scalings
 from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched_budget
-from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
+from .text import (
+    LN2,
+    TextConfig,
+    batched,
+    check_sampling,
+    load_data,
+    per_character,
+    resolved,
+    windows,
+    write_comparison,
+)
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
@@ -349,7 +359,7 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         return w[:, :-1], w[:, 1:]
 
     def on_eval(p) -> dict:
-        return {f"val_{k}": v for k, v in scores(model, val, cfg).items()}
+        return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val")
 
     progress, history, step_times = train_run(
         cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}")
@@ -378,7 +388,7 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
 def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
                    judge: CausalLM | None = None) -> dict:
     """Scores on every test character, samples, and their judge BPC when there is a judge."""
-    result = scores(model, test_windows(data.test, cfg.lm.context), cfg)
+    result = per_character(scores(model, test_windows(data.test, cfg.lm.context), cfg), data)
     ids = samples(model, cfg, data)
     result["samples"] = write_samples(ids, cfg, data, out / "samples.txt")
     judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model

@@ -31,7 +31,17 @@ from ..memory import activation_bytes
 from ..models.lm import LMConfig, TokenStem, make_layers
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, OptimConfig, matched_budget
-from .text import LN2, TextConfig, batched, check_sampling, load_data, resolved, windows, write_comparison
+from .text import (
+    LN2,
+    TextConfig,
+    batched,
+    check_sampling,
+    load_data,
+    per_character,
+    resolved,
+    windows,
+    write_comparison,
+)
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sample_steps",
@@ -57,11 +67,9 @@ class MDMConfig(TextConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_at_least_one(self, ("sample_steps", "bound_passes", "num_samples", "sample_length"))
-        if self.sample_length is None:
-            self.sample_length = self.lm.context
         if self.bound_passes < 2:
             raise ValueError(f"bound_passes must be at least 2 (for an error bar), got {self.bound_passes}")
-        if self.sample_length > self.lm.context:
+        if self.sample_length is not None and self.sample_length > self.lm.context:
             raise ValueError(f"sample_length {self.sample_length} exceeds the context {self.lm.context}")
         check_sampling(self)
 
@@ -249,7 +257,7 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
         return w, w
 
     def on_eval(p) -> dict:
-        return {"val_bpc": bound(model, val, passes=4, seed=cfg.seed)[0]}
+        return per_character({"val_bpc": bound(model, val, passes=4, seed=cfg.seed)[0]}, data, "val")
 
     progress, history, step_times = train_run(
         cfg, strategy, model.parts(), batch_at, total, warmup, on_eval, RESUMABLE, show,
@@ -276,12 +284,14 @@ def evaluate_model(model: MaskedDiffusion, cfg: MDMConfig, data: TextData, out: 
     """Test bits per character (every test character, with its standard error) and samples."""
     bpc, stderr = bound(model, windows(data.test, cfg.lm.context), cfg.bound_passes, cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed + 2024)
-    ids = sample(model, cfg.num_samples, cfg.sample_length, cfg.sample_steps, gen, cfg.temperature)
+    ids = sample(model, cfg.num_samples, cfg.sample_length or cfg.lm.context, cfg.sample_steps, gen,
+                 cfg.temperature)
     texts = [data.tokenizer.decode(s) for s in ids]
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.txt").write_text("\n\n-----\n\n".join(texts) + "\n")
-    return {"test_bpc": bpc, "bpc_stderr": stderr, "bound_passes": cfg.bound_passes,
-            "test_characters": len(data.test), "samples": texts}
+    scale = data.chars_per_token("test")
+    return per_character({"test_bpc": bpc, "bpc_stderr": stderr / scale, "bound_passes": cfg.bound_passes,
+                          "test_characters": round(len(data.test) * scale), "samples": texts}, data)
 
 
 def compare(cfg: MDMConfig, out: Path, quick: bool = False, show: bool = True) -> str:

@@ -36,7 +36,7 @@ from ..noise import NoiseConfig
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
 from . import ar
-from .text import TextConfig, check_sampling, load_data, resolved, write_comparison
+from .text import TextConfig, check_sampling, load_data, per_character, resolved, write_comparison
 
 MODES = ("baseline", "dblocks")
 RESUMABLE = ar.RESUMABLE | {"depth_k", "k_sweep"}
@@ -252,7 +252,7 @@ def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True,
         return w[:, :-1], w[:, 1:]
 
     def on_eval(p) -> dict:
-        return {f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}
+        return per_character({f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}, data, "val")
 
     progress, history, step_times = train_run(cfg, strategy, parts, batch_at, cfg.steps, cfg.optim.warmup,
                                               on_eval, RESUMABLE, show, desc=f"recurrent {cfg.mode}")
@@ -282,7 +282,7 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
     """The autoregressive family's metrics at K = ``depth_k`` (every test character), the same
     scores for each K of ``k_sweep`` on the first 16k test characters, samples and judge BPC."""
     pieces = ar.test_windows(data.test, cfg.lm.context)
-    result = ar.scores(model, pieces, cfg)
+    result = per_character(ar.scores(model, pieces, cfg), data)
     sweep = {}
     for k in cfg.k_sweep:
         sweep[k] = ar.scores(model, pieces[:128], with_depth(model, cfg, k))

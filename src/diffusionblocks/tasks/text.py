@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import split_layers
-from ..data.text import TOKENIZERS, TextData, Tokenizer, load_text
+from ..data.text import TextData, Tokenizer, check_tokenizer, load_text
 from ..models.lm import LMConfig
 from ..noise import GRIDS
 from ..runs import check_at_least_one, check_choice, check_device_name, check_numbers
@@ -33,8 +33,9 @@ class TextConfig:
     mode: str = "dblocks"
     data: str = "tinyshakespeare"
     data_dir: str | None = None
-    tokenizer: str = "char"
-    vocab: str | None = None  # the char tokenizer's characters, filled in from the data
+    tokenizer: str = "char"  # char, byte, bpe, or the path of a tokenizer.json
+    vocab: str | None = None  # the tokenizer's state (characters, or the BPE's JSON), from the data
+    bpe_vocab: int = 4096  # subwords a bpe tokenizer learns from the training split
     blocks: int = 3
     split: list[int] | None = None
     steps: int = 2000
@@ -51,7 +52,7 @@ class TextConfig:
     def __post_init__(self) -> None:
         check_numbers(self)
         check_choice("mode", self.mode, self.MODES)
-        check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        check_tokenizer(self.tokenizer)
         check_choice("budget match", self.match, ("layers", "steps"))
         check_at_least_one(self, ("steps", "batch_size", "evals", "blocks"))
         check_device_name(self.device)
@@ -82,7 +83,17 @@ def check_sampling(cfg, next_token: bool = False) -> None:
 def load_data(cfg: TextConfig) -> TextData:
     """The run's text, tokenized with the checkpoint's vocabulary when it has one."""
     tok = Tokenizer(cfg.tokenizer, cfg.vocab) if cfg.vocab or cfg.tokenizer == "byte" else cfg.tokenizer
-    return load_text(cfg.data, cfg.data_dir, tok)
+    return load_text(cfg.data, cfg.data_dir, tok, cfg.bpe_vocab)
+
+
+def per_character(result: dict, data: TextData, split: str = "test") -> dict:
+    """``result``'s bits per token as bits per character where tokens are subwords (the total bits
+    over the split's characters), bits per token kept beside them."""
+    name = f"{split}_bpc"
+    if data.characters is None or name not in result:
+        return result
+    return result | {f"{split}_bits_per_token": result[name],
+                     name: result[name] / data.chars_per_token(split)}
 
 
 def resolved(cfg: TextConfig, data: TextData) -> dict:
