@@ -166,3 +166,48 @@ def test_seeds_report_gives_mean_sd_and_every_seed(tmp_path):
 def test_compare_refuses_fewer_than_one_seed(capsys):
     code, _, err = run(["compare", "--seeds", "0"], capsys)
     assert code == 2 and "--seeds must be at least 1" in err
+
+
+@pytest.mark.parametrize("name,task,mode,published", [
+    ("dit_cifar10", "generate", "e2e", 33e6),        # DiT-S/2
+    ("vit_tinyimagenet", "classify", "e2e", 86e6),   # ViT-B (12 layers of 768)
+])
+def test_paper_models_are_within_ten_percent_of_their_published_size(name, task, mode, published, capsys):
+    report = dry_run(["train", task, "--config", str(REPO / f"configs/paper/{name}.toml"), "--mode", mode],
+                     capsys)
+    assert abs(report["parameters"] - published) <= 0.1 * published
+
+
+def write_folder(root, tiny_imagenet=False):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = lambda h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # noqa: E731
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            folder = root / split / c / ("images" if split == "train" else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            if split == "val" and tiny_imagenet:
+                continue
+            for i in range(n):
+                image(40, 30).save(folder / f"{c}{i}.png")
+    if tiny_imagenet:  # val/images + val_annotations.txt, as the Tiny-ImageNet archive
+        (root / "val" / "images").mkdir(parents=True)
+        lines = []
+        for i, c in enumerate(("dog", "cat", "dog")):
+            image(64, 64).save(root / "val/images" / f"v{i}.png")
+            lines.append(f"v{i}.png\t{c}\t0\t0\t10\t10")
+        (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("tiny_imagenet", [False, True])
+def test_an_image_folder_is_read_by_class_and_resized(tmp_path, monkeypatch, tiny_imagenet):
+    pytest.importorskip("PIL")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_folder(tmp_path / "set", tiny_imagenet)
+    data = load_images(f"folder:{tmp_path / 'set'}", size=16)
+    assert data.shape == (3, 16, 16) and data.num_classes == 2
+    assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1]  # cat, dog: sorted class names
+    assert data.y_test.tolist() == ([1, 0, 1] if tiny_imagenet else [0, 0, 1, 1])
+    again = load_images(f"folder:{tmp_path / 'set'}", size=16)  # from the cache
+    assert (again.x_train == data.x_train).all()

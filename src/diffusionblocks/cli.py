@@ -25,7 +25,9 @@ from .training import PRECISIONS, OptimConfig
 HELP = {
     # run
     "mode": "e2e: plain backprop through the whole network; dblocks: DiffusionBlocks",
-    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
+    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir), "
+    "or folder:PATH, an image folder (PATH/train/CLASS/*.jpg, PATH/val/CLASS/…)",
+    "image_size": "image folders (folder:PATH, tinyimagenet): resize to this side (default 64)",
     "data_dir": "folder holding the dataset files (default: $DIFFUSIONBLOCKS_DATA, else ./data)",
     "blocks": "number of blocks B the layers are cut into",
     "split": "explicit layers per block when depth is not divisible by B, e.g. --split 3 2 2",
@@ -96,7 +98,9 @@ HELP = {
 
 # Where a generation run means something else, or has fields classification does not.
 GENERATE_HELP = {
-    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir)",
+    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir), "
+    "or folder:PATH, an image folder (PATH/train/CLASS/*.jpg, PATH/val/CLASS/…)",
+    "image_size": "image folders (folder:PATH, tinyimagenet): resize to this side (default 64)",
     "patch_size": "DiT patch size (default: 2 for digits, 4 otherwise)",
     "steps": "end-to-end training steps, the budget (default per dataset: digits 1500, mnist and "
     "fashion_mnist 12000, cifar10 and cifar100 20000, cifar10_exact 4000)",
@@ -155,7 +159,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out
 
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
-    "mode": MODES, "dataset": DATASETS, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
+    "mode": MODES, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
     "offload": OFFLOAD_TARGETS, "precision": PRECISIONS,
@@ -346,7 +350,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, cfg = classify.load(args.checkpoint, averaged=not args.no_ema)
     names = ("sampler", "grid", "sample_steps", "decode", "readout")
     cfg = dataclasses.replace(cfg, **_inference_overrides(args, names))  # validated like any config
-    data = load_images(cfg.dataset, args.data_dir or cfg.data_dir)
+    data = load_images(cfg.dataset, args.data_dir or cfg.data_dir, size=cfg.image_size)
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": cfg.dataset, "mode": cfg.mode,
                       **classify.score(model, data, cfg)}, indent=2))
 

@@ -109,7 +109,8 @@ def dry_run(task: str, cfg) -> dict:
     report = {"task": task, "mode": cfg.mode}
     try:
         if task in ("classify", "generate"):
-            data = load_images(cfg.dataset, cfg.data_dir) if task == "classify" else generate.load_data(cfg)
+            data = (load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size) if task == "classify"
+                    else generate.load_data(cfg))
             report |= {"dataset": cfg.dataset, "train_examples": len(data.y_train),
                        "test_examples": len(data.y_test)}
         else:
@@ -118,7 +119,9 @@ def dry_run(task: str, cfg) -> dict:
     except (OSError, ValueError) as e:  # the model part still says what would train
         report |= {"dataset": getattr(cfg, "dataset", None) or cfg.data, "data_missing": str(e)}
         if task in ("classify", "generate"):
-            shape, classes = SHAPES[cfg.dataset]
+            shape, classes = SHAPES.get(cfg.dataset, ((3, 64, 64), 10))  # an image folder: classes unknown
+            if cfg.image_size:
+                shape = (shape[0], cfg.image_size, cfg.image_size)
             data = SimpleNamespace(shape=shape, num_classes=classes, y_train=())
         else:
             vocab = 256 if cfg.tokenizer == "byte" else cfg.lm.vocab_size

@@ -9,12 +9,17 @@
 |                 | DATA/cifar10/cifar-10-batches-py (data_batch_1..5, test_batch) |
 | cifar10_exact   | DATA/cifar10/cifar10_exact_subset.npz (lossless 5,085/1,017)   |
 | cifar100        | DATA/cifar100/cifar-100-python (train, test; fine labels)      |
+| tinyimagenet    | DATA/tinyimagenet/tiny-imagenet-200 (train/, val/ labelled)    |
+| folder:PATH     | PATH/train/CLASS/… and PATH/val/CLASS/… (or test/), any images |
+
+Image folders are resized to ``size`` (default 64) and decoded once into a cache.
 
 DATA is ``--data-dir``, else ``$DIFFUSIONBLOCKS_DATA``, else ``./data``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -25,10 +30,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact", "cifar100")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_exact", "cifar100", "tinyimagenet")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # (channels, height, width) and classes of each, known before its files are read (--dry-run)
 SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
-          "cifar10": ((3, 32, 32), 10), "cifar10_exact": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+          "cifar10": ((3, 32, 32), 10), "cifar10_exact": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+          "tinyimagenet": ((3, 64, 64), 200)}
+
+
+def check_dataset(name: str) -> None:
+    """A known dataset name, or ``folder:PATH`` (an image folder in class-subfolder layout)."""
+    if name not in DATASETS and not (name.startswith("folder:") and len(name) > 7):
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or "
+                         "folder:PATH for an image folder (PATH/train/CLASS/*.jpg, PATH/val/CLASS/…)")
+
+
+def dataset_kind(name: str) -> str:
+    """The key of per-dataset defaults: the name, or ``folder`` for any image folder."""
+    return "folder" if name.startswith("folder:") else name
 
 
 @dataclass
@@ -165,18 +184,73 @@ def _cifar100(root: Path) -> tuple[np.ndarray, ...]:
     return (*_cifar_batch(folder / "train", b"fine_labels"), *_cifar_batch(folder / "test", b"fine_labels"))
 
 
+def _image_folder(path: Path, size: int) -> tuple[np.ndarray, ...]:
+    """Images of ``path``'s train/ and val/ (or test/) class subfolders, searched recursively,
+    RGB, resized to size×size; Tiny-ImageNet's val/images with val_annotations.txt too. Decoded
+    once per folder and size into the cache."""
+    train = path / "train"
+    if not train.is_dir():
+        raise FileNotFoundError(f"image folder {path} needs train/CLASS/ subfolders (and val/ or test/)")
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    held = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    if not classes or held is None:
+        raise FileNotFoundError(f"image folder {path} needs class subfolders in train/ and a val/ or test/")
+
+    def listed(folder: Path) -> list[tuple[Path, int]]:
+        notes = folder / "val_annotations.txt"  # Tiny-ImageNet: file<TAB>class<TAB>box
+        if notes.exists():
+            rows = [line.split("\t") for line in notes.read_text().splitlines() if line.strip()]
+            return [(folder / "images" / r[0], index[r[1]]) for r in rows if r[1] in index]
+        return [(f, index[c.name]) for c in sorted(folder.iterdir()) if c.name in index
+                for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+
+    stamp = f"{path.resolve()}|{size}|{max(p.stat().st_mtime for p in (train, held))}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffusionblocks"
+    cached = cache / f"folder_{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.npz"
+    if cached.exists():
+        return _npz(cached)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError("image folders need Pillow to decode: "
+                         "pip install 'diffusionblocks[cifar]'") from None
+
+    def read(items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+        if not items:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
+        x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC))
+                      for f, _ in items])
+        return x, np.array([c for _, c in items], dtype=np.int64)
+
+    arrays = (*read(listed(train)), *read(listed(held)))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
+        tmp.replace(cached)
+    except OSError:
+        pass
+    return arrays
+
+
 SCALINGS = ("standard", "symmetric")
 
 
-def load_images(name: str, root: str | Path | None = None, scaling: str = "standard") -> ImageData:
+def load_images(name: str, root: str | Path | None = None, scaling: str = "standard",
+                size: int | None = None) -> ImageData:
     """Load a dataset by name. ``standard``: pixels standardized per channel with the training
-    split's statistics (classification); ``symmetric``: pixels mapped to [-1, 1] (generation)."""
+    split's statistics (classification); ``symmetric``: pixels mapped to [-1, 1] (generation).
+    ``size``: the side image folders are resized to (default 64)."""
     if scaling not in SCALINGS:
         raise ValueError(f"unknown image scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    check_dataset(name)
     root = data_dir(root)
-    if name == "digits":
+    if name.startswith("folder:"):
+        arrays = _image_folder(Path(name[7:]), size or 64)
+    elif name == "tinyimagenet":
+        arrays = _image_folder(_require(root / "tinyimagenet" / "tiny-imagenet-200", name), size or 64)
+    elif name == "digits":
         arrays = _digits()
     elif name == "mnist":
         arrays = _npz(_require(root / "mnist" / "mnist.npz", name))

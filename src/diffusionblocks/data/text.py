@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .images import data_dir, on_device
 
-NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt", "text8": "text8/text8"}
+NAMED = {"tinyshakespeare": "tinyshakespeare/input.txt", "text8": "text8/text8", "lm1b": "lm1b/lm1b.txt"}
 TOKENIZERS = ("char", "byte", "bpe")  # or the path of a tokenizer.json
 SPLITS = (0.9, 0.05, 0.05)
 

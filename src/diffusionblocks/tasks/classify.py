@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .. import checkpoint, parallel
 from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace, split_layers
-from ..data.images import DATASETS, Batches, ImageData, load_images, parse_augment
+from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
@@ -81,6 +81,8 @@ DATASET_DEFAULTS = {
     "fashion_mnist": {"patch_size": 4, "steps": 4000},
     "cifar10": {"patch_size": 4, "steps": 10000},
     "cifar100": {"patch_size": 4, "steps": 10000},
+    "tinyimagenet": {"patch_size": 8, "steps": 10000},
+    "folder": {"patch_size": 8, "steps": 10000},
     "cifar10_exact": {"patch_size": 4, "steps": 2000},
 }
 
@@ -93,6 +95,7 @@ class ClassifyConfig:
     mode: str = "dblocks"
     dataset: str = "digits"
     data_dir: str | None = None
+    image_size: int | None = None  # image folders: resized to this (default 64)
     blocks: int = 3
     split: list[int] | None = None
     patch_size: int | None = None
@@ -123,7 +126,7 @@ class ClassifyConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        check_choice("dataset", self.dataset, DATASETS)
+        check_dataset(self.dataset)
         check_at_least_one(self, ("steps", "batch_size", "evals", "patch_size"))
         if self.val_size is not None and self.val_size < 0:
             raise ValueError(f"val_size must be 0 (no validation split) or more, got {self.val_size}")
@@ -217,7 +220,7 @@ class LabelSpace(TokenSpace):
 def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     """Fill in what the data decides: image shape, classes, patch size and step defaults."""
     channels, size, _ = data.shape
-    defaults = DATASET_DEFAULTS[cfg.dataset]
+    defaults = DATASET_DEFAULTS[dataset_kind(cfg.dataset)]
     patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
@@ -403,7 +406,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     :func:`merge`); with ``cfg.parallel`` this is one ``torchrun`` rank of a block-parallel run
     (its group writes ``OUT/group_g``; rank 0 merges them into ``OUT/checkpoint`` at the end).
     """
-    data = data or load_images(cfg.dataset, cfg.data_dir)
+    data = data or load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size)
     cfg = resolve_config(cfg, data)
     if cfg.val_size:
         data = data.holdout(cfg.val_size)
@@ -665,7 +668,7 @@ def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = Tr
     from ..report import write_report
 
     modes = {"e2e": replace(cfg, mode="e2e", offload=None), "dblocks": replace(cfg, mode="dblocks")}
-    data = load_images(cfg.dataset, cfg.data_dir)  # both configs validated before any training
+    data = load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size)  # both configs validated first
     if quick:
         modes = {m: replace(c, steps=min(c.steps or 30, 30), evals=2) for m, c in modes.items()}
     results = {}

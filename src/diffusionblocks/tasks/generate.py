@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import checkpoint
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
-from ..data.images import DATASETS, Batches, ImageData, load_images
+from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images
 from ..models.dit import DiTAdapter, DiTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
 from ..offload import OFFLOAD_TARGETS
@@ -50,6 +50,8 @@ DATASET_DEFAULTS = {
     "fashion_mnist": {"patch_size": 4, "steps": 12000},
     "cifar10": {"patch_size": 4, "steps": 20000},
     "cifar100": {"patch_size": 4, "steps": 20000},
+    "tinyimagenet": {"patch_size": 8, "steps": 20000},
+    "folder": {"patch_size": 8, "steps": 20000},
     "cifar10_exact": {"patch_size": 4, "steps": 4000},
 }
 
@@ -62,6 +64,7 @@ class GenerateConfig:
     mode: str = "dblocks"
     dataset: str = "digits"
     data_dir: str | None = None
+    image_size: int | None = None  # image folders: resized to this (default 64)
     blocks: int = 3
     split: list[int] | None = None
     patch_size: int | None = None
@@ -88,7 +91,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self)
-        check_choice("dataset", self.dataset, DATASETS)
+        check_dataset(self.dataset)
         check_choice("mode", self.mode, MODES)
         check_at_least_one(self, ("steps", "batch_size", "evals", "num_samples", "sample_steps",
                                   "feature_steps", "patch_size"))
@@ -125,13 +128,13 @@ RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "
 
 
 def load_data(cfg: GenerateConfig) -> ImageData:
-    return load_images(cfg.dataset, cfg.data_dir, scaling="symmetric")
+    return load_images(cfg.dataset, cfg.data_dir, scaling="symmetric", size=cfg.image_size)
 
 
 def resolve_config(cfg: GenerateConfig, data: ImageData) -> GenerateConfig:
     """Fill in what the data decides: image shape, classes, patch size and step defaults."""
     channels, size, _ = data.shape
-    defaults = DATASET_DEFAULTS[cfg.dataset]
+    defaults = DATASET_DEFAULTS[dataset_kind(cfg.dataset)]
     patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     dit = asdict(cfg.dit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
