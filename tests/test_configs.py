@@ -86,6 +86,7 @@ def test_a_runs_config_json_reproduces_the_run(tmp_path, capsys):
     ('task = "classify"\nvit = 3\n', "is a table of settings"),
     ('task = "generate"\n', "is a generate config, not classify"),
     ('task = "classify"\nsteps = [\n', "not valid TOML"),
+    ('task = "classify"\n[optim]\nbetas = [0.9]\n', "expected 2 values"),
 ])
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, text, why):
     path = tmp_path / "bad.toml"
@@ -99,6 +100,7 @@ def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, text, why):
     (["--task", "mdm", "--gamma", "0.2"], "--gamma does not apply to --task mdm"),
     (["--data", "x.txt"], "--data does not apply to --task classify"),
     (["--task", "generate", "--decode", "draw"], "--decode does not apply to --task generate"),
+    (["--guidance", "0"], "--guidance does not apply to --task classify"),  # a zero is a value too
 ])
 def test_compare_refuses_a_setting_of_another_family(argv, why, capsys):
     code, _, err = run(["compare", "--quick", *argv], capsys)

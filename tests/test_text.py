@@ -475,6 +475,10 @@ def test_a_bpe_run_reports_bits_per_character_and_per_token(task, mode, text_fil
     data = load_text(str(text_file), tokenizer="bpe", bpe_vocab=300)
     assert result["test_bpc"] == pytest.approx(result["test_bits_per_token"] / data.chars_per_token("test"))
     assert result["test_bits_per_token"] > result["test_bpc"] > 0
+    last = result["history"][-1]  # the validation curve is per character too
+    key = "val_bpc" if task == "mdm" else "val_test_bpc"
+    per_token = last[key.replace("bpc", "bits_per_token")]
+    assert last[key] == pytest.approx(per_token / data.chars_per_token("val"))
     saved = json.loads((tmp_path / task / "checkpoint" / "config.json").read_text())
     assert saved["tokenizer"] == "bpe" and saved["lm"]["vocab_size"] == data.tokenizer.vocab_size
     model, loaded = module.load(tmp_path / task / "checkpoint")  # the tokenizer comes back with it

@@ -154,7 +154,7 @@ def _build(run, device: torch.device, blocks: list[int] | None = None):
 def _timed_step(strategy, x, y, t: int, device: torch.device) -> tuple[float, dict]:
     """Seconds for training step ``t`` (CUDA synchronized) and its record."""
     start = time.perf_counter()
-    record = strategy.step(x, y, step_generator(0, t))
+    record = strategy.step(x, y, step_generator(0, t, device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start, record
@@ -413,7 +413,7 @@ def measure_gpu_row(name: str, blocks: int, precision: str, device: torch.device
     batch = (labels, images.clamp(-1, 1)) if task == "generate" else (images, labels)
     model, strategy = _build(run, device)
     for t in range(warmup):
-        strategy.step(*batch, step_generator(0, t))
+        strategy.step(*batch, step_generator(0, t, device))
     times = []
     with PeakMemory(device) as peak:
         for t in range(warmup, warmup + steps):
@@ -483,11 +483,11 @@ def _block_steps(cfg: BenchConfig, blocks: int, mine: list[int], threads: int, s
         batches, meta = _batches(cfg, cfg.warmup + cfg.steps, device)
         _, strategy = _build(_run_config(cfg, "dblocks", blocks, meta), device, mine)
         for t, (x, y) in enumerate(batches[: cfg.warmup]):
-            strategy.step(x, y, step_generator(0, t))
+            strategy.step(x, y, step_generator(0, t, device))
         start.wait()
         begin = time.perf_counter()
         for t, (x, y) in enumerate(batches[cfg.warmup :], cfg.warmup):
-            strategy.step(x, y, step_generator(0, t))
+            strategy.step(x, y, step_generator(0, t, device))
         times.put(time.perf_counter() - begin)
     except threading.BrokenBarrierError:
         pass  # another worker failed and says why

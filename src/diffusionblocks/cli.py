@@ -288,6 +288,9 @@ def _task_config(args: argparse.Namespace, task: str, **extra):
         if named != task:
             raise ValueError(f"--config {args.config} is a {named} config, not {task}")
         base = configs.overlay(_config_class(task)(), settings, where=f"--config {args.config}")
+        if task in TEXT_TASKS and any(getattr(args, k, None) is not None for k in ("data", "tokenizer",
+                                                                                  "bpe_vocab")):
+            base = dataclasses.replace(base, vocab=None)  # a run's vocabulary belongs to its text
     if task in TEXT_TASKS:
         return _text_config(args, task, base, **extra)
     return (_generate_config if task == "generate" else _classify_config)(args, base, **extra)
@@ -478,7 +481,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     settings = configs.read_file(args.config) if args.config else {}
     task = args.task or settings.get("task", "classify")
     every = set().union(*args.applies.values())
-    stray = sorted(k for k in every - args.applies[task] if getattr(args, k, None) not in (None, False))
+    stray = sorted(k for k in every - args.applies[task]
+                   if getattr(args, k, None) is not None and getattr(args, k) is not False)
     if stray:
         owners = [t for t, names in args.applies.items() if stray[0] in names]
         raise ValueError(f"--{stray[0].replace('_', '-')} does not apply to --task {task} "
@@ -662,8 +666,8 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--task", default=None, choices=("classify", "generate", *TEXT_TASKS),
                      help="which family to compare: classify (ViT, default), generate (DiT), mdm "
                      "(masked-diffusion LM), ar (autoregressive LM) or recurrent (recurrent depth)")
-    cmp.add_argument("--config", default=None, help=CONFIG_HELP + "; its task is compared unless "
-                     "--task says otherwise, both modes from the same settings")
+    cmp.add_argument("--config", default=None, help=CONFIG_HELP + "; its task is the one compared, "
+                     "both modes from the same settings")
     cmp.add_argument("--quick", action="store_true", help="a smoke run of seconds")
     cmp.add_argument("--seeds", type=int, default=1, help="run N seeds (--seed, --seed + 1, …) of "
                      "both modes, each in OUT/seed_S, and report mean ± sd and every seed's figure "

@@ -81,7 +81,10 @@ def typed(value, hint, where: str):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        items = [typed(v, args[0], where) for v in value]
+        if origin is tuple and Ellipsis not in args and len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        items = [typed(v, args[min(i, len(args) - 1)] if origin is tuple else args[0], where)
+                 for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -119,9 +122,9 @@ def dry_run(task: str, cfg) -> dict:
     except (OSError, ValueError) as e:  # the model part still says what would train
         report |= {"dataset": getattr(cfg, "dataset", None) or cfg.data, "data_missing": str(e)}
         if task in ("classify", "generate"):
-            shape, classes = SHAPES.get(cfg.dataset, ((3, 64, 64), 10))  # an image folder: classes unknown
-            if cfg.image_size:
-                shape = (shape[0], cfg.image_size, cfg.image_size)
+            shape, classes = SHAPES.get(cfg.dataset, ((3, 64, 64), 10))  # a folder: classes unknown
+            if cfg.image_size and (cfg.dataset == "tinyimagenet" or cfg.dataset.startswith("folder:")):
+                shape = (3, cfg.image_size, cfg.image_size)  # folders are resized
             data = SimpleNamespace(shape=shape, num_classes=classes, y_train=())
         else:
             vocab = 256 if cfg.tokenizer == "byte" else cfg.lm.vocab_size

@@ -203,7 +203,7 @@ def tensorboard_writer(folder: Path, start: int = 0):
     except ImportError:
         raise ValueError("--tensorboard needs the tensorboard package: "
                          "pip install 'diffusionblocks[tensorboard]'") from None
-    return SummaryWriter(str(folder), purge_step=start + 1 if start else None)  # the first new step
+    return SummaryWriter(str(folder), purge_step=start + 1)  # drop what a killed or moved-away run left
 
 
 def kept_metrics(path: Path, step: int) -> list[dict]:

@@ -201,15 +201,24 @@ def _image_folder(path: Path, size: int) -> tuple[np.ndarray, ...]:
         notes = folder / "val_annotations.txt"  # Tiny-ImageNet: file<TAB>class<TAB>box
         if notes.exists():
             rows = [line.split("\t") for line in notes.read_text().splitlines() if line.strip()]
+            if any(len(r) < 2 for r in rows):
+                raise ValueError(f"{notes}: every line must be FILE<TAB>CLASS…")
             return [(folder / "images" / r[0], index[r[1]]) for r in rows if r[1] in index]
         return [(f, index[c.name]) for c in sorted(folder.iterdir()) if c.name in index
                 for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
 
-    stamp = f"{path.resolve()}|{size}|{max(p.stat().st_mtime for p in (train, held))}"
+    items = listed(train), listed(held)
+    stamp = hashlib.sha256(f"{path.resolve()}|{size}".encode())
+    for f, c in (*items[0], *items[1]):  # any image added, removed, replaced or relabelled
+        st = f.stat()
+        stamp.update(f"{f}|{c}|{st.st_size}|{st.st_mtime_ns}".encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffusionblocks"
-    cached = cache / f"folder_{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.npz"
+    cached = cache / f"folder_{stamp.hexdigest()[:16]}.npz"
     if cached.exists():
-        return _npz(cached)
+        try:
+            return _npz(cached)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt from the images
+            cached.unlink(missing_ok=True)
     try:
         from PIL import Image
     except ImportError:
@@ -223,10 +232,10 @@ def _image_folder(path: Path, size: int) -> tuple[np.ndarray, ...]:
                       for f, _ in items])
         return x, np.array([c for _, c in items], dtype=np.int64)
 
-    arrays = (*read(listed(train)), *read(listed(held)))
+    arrays = (*read(items[0]), *read(items[1]))
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks decoding at once do not collide
         np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3])
         tmp.replace(cached)
     except OSError:
@@ -278,15 +287,18 @@ def load_images(name: str, root: str | Path | None = None, scaling: str = "stand
     return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
 
 
-def on_device(t: Tensor, device, share: float = 0.25) -> Tensor:
-    """``t`` where training reads it: moved to an accelerator once when it takes at most ``share``
-    of the free device memory, else kept on the host in pinned memory (copied per batch, without
-    blocking); on the CPU, as it is."""
+def on_device(tensors: tuple[Tensor, ...], device, share: float = 0.25) -> tuple[Tensor, ...]:
+    """A dataset's tensors where training reads them: all moved to an accelerator once when
+    together they take at most ``share`` of its free memory, else all left on the host (each batch
+    is gathered there and copied over); on the CPU, as they are."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return t.to(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    return t.to(device) if t.numel() * t.element_size() <= share * free else t.pin_memory()
+    if device.type == "cpu":
+        return tensors
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if sum(t.numel() * t.element_size() for t in tensors) > share * free:
+            return tensors
+    return tuple(t.to(device) for t in tensors)
 
 
 AUGMENTATIONS = ("flip", "crop")
@@ -333,7 +345,7 @@ class Batches:
                  augment: tuple[str, ...] = ()):
         if batch_size > len(y):
             raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
-        self.x, self.y = on_device(x, device), on_device(y, device)
+        self.x, self.y = on_device((x, y), device)
         self.batch_size, self.seed, self.device, self.augment = batch_size, seed, device, augment
         self.per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
@@ -343,10 +355,10 @@ class Batches:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             perm = torch.randperm(len(self.y), generator=g)
-            self._epoch, self._perm = epoch, perm.to(self.y.device)
+            self._epoch, self._perm = epoch, perm.to(self.x.device)
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        x = self.x[idx].to(self.device, non_blocking=True)
-        y = self.y[idx].to(self.device, non_blocking=True)
+        x = self.x[idx].to(self.device)
+        y = self.y[idx].to(self.device)
         if self.augment:
             g = torch.Generator(x.device).manual_seed(self.seed * 1_000_033 + step)
             x = augment(x, self.augment, g)

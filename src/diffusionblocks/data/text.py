@@ -57,7 +57,12 @@ class Tokenizer:
             raise ValueError(f"a {kind} tokenizer needs its vocabulary (fit it on the training text)")
         self.kind, self.chars = kind, chars if kind != "byte" else None
         self.index = {c: i for i, c in enumerate(chars)} if kind == "char" else None
-        self.subwords = _bpe().Tokenizer.from_str(chars) if kind == "bpe" else None
+        self.subwords = None
+        if kind == "bpe":
+            try:
+                self.subwords = _bpe().Tokenizer.from_str(chars)
+            except Exception as e:  # noqa: BLE001 - the package raises a bare Exception
+                raise ValueError(f"not a tokenizer.json ({str(e)[:120]})") from None
 
     @classmethod
     def fit(cls, kind: str, text: str, vocab_size: int = 4096) -> Tokenizer:
@@ -179,19 +184,19 @@ def load_text(source: str, root: str | Path | None = None, tokenizer: str | Toke
 
 class Windows:
     """Step t's batch of random training windows (N, T), reproducible from (seed, t); the tokens
-    live on ``device`` when they fit (:func:`on_device`), and the window starts are drawn there."""
+    live on ``device`` when they fit (:func:`on_device`); the window starts are drawn there always."""
 
     def __init__(self, ids: Tensor, batch_size: int, length: int, seed: int, device=None):
         if len(ids) <= length:
             raise ValueError(f"{len(ids)} training tokens cannot fill a window of {length}")
         self.device = torch.device(device or "cpu")
-        self.ids = on_device(ids, self.device)
+        (self.ids,) = on_device((ids,), self.device)
         self.batch_size, self.length, self.seed = batch_size, length, seed
         self.offsets = torch.arange(length, device=self.ids.device)
 
     def __call__(self, t: int) -> Tensor:
-        g = torch.Generator(self.ids.device).manual_seed(self.seed * 1_000_033 + t)
-        starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g,
-                               device=self.ids.device)
-        return self.ids[starts[:, None] + self.offsets].to(self.device, non_blocking=True)
+        g = torch.Generator(self.device).manual_seed(self.seed * 1_000_033 + t)  # the same draws
+        starts = torch.randint(len(self.ids) - self.length, (self.batch_size,), generator=g,  # wherever
+                               device=self.device).to(self.ids.device)  # the tokens live
+        return self.ids[starts[:, None] + self.offsets].to(self.device)
 

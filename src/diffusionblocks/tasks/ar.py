@@ -359,7 +359,8 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         return w[:, :-1], w[:, 1:]
 
     def on_eval(p) -> dict:
-        return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val")
+        return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val",
+                             "val_test_bpc")
 
     progress, history, step_times = train_run(
         cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}")

@@ -127,7 +127,7 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         check_numbers(self)
         check_dataset(self.dataset)
-        check_at_least_one(self, ("steps", "batch_size", "evals", "patch_size"))
+        check_at_least_one(self, ("steps", "batch_size", "evals", "patch_size", "image_size"))
         if self.val_size is not None and self.val_size < 0:
             raise ValueError(f"val_size must be 0 (no validation split) or more, got {self.val_size}")
         if self.sample_steps is not None and self.sample_steps < 2:

@@ -93,7 +93,7 @@ class GenerateConfig:
         check_numbers(self)
         check_dataset(self.dataset)
         check_choice("mode", self.mode, MODES)
-        check_at_least_one(self, ("steps", "batch_size", "evals", "num_samples", "sample_steps",
+        check_at_least_one(self, ("steps", "batch_size", "evals", "num_samples", "sample_steps", "image_size",
                                   "feature_steps", "patch_size"))
         if self.guidance < 0:
             raise ValueError(f"guidance scale must be ≥ 0 (1: conditional, 0: unconditional), "

@@ -252,7 +252,8 @@ def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True,
         return w[:, :-1], w[:, 1:]
 
     def on_eval(p) -> dict:
-        return per_character({f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}, data, "val")
+        return per_character({f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}, data, "val",
+                             "val_test_bpc")
 
     progress, history, step_times = train_run(cfg, strategy, parts, batch_at, cfg.steps, cfg.optim.warmup,
                                               on_eval, RESUMABLE, show, desc=f"recurrent {cfg.mode}")
@@ -285,7 +286,7 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
     result = per_character(ar.scores(model, pieces, cfg), data)
     sweep = {}
     for k in cfg.k_sweep:
-        sweep[k] = ar.scores(model, pieces[:128], with_depth(model, cfg, k))
+        sweep[k] = per_character(ar.scores(model, pieces[:128], with_depth(model, cfg, k)), data)
     with_depth(model, cfg, cfg.depth_k)
     result["k_sweep"] = sweep
     gen = torch.Generator().manual_seed(cfg.seed + 2024)
@@ -329,7 +330,7 @@ def seconds_per_step(cfg: RecurrentConfig, data: TextData, steps: int = 12) -> f
     for t in range(steps + 3):
         w = windows(t)
         start = time.perf_counter()
-        strategy.step(w[:, :-1], w[:, 1:], step_generator(cfg.seed, t))
+        strategy.step(w[:, :-1], w[:, 1:], step_generator(cfg.seed, t, device))
         times.append(time.perf_counter() - start)
     return statistics.mean(times[3:])  # the baseline's depth varies step to step
 

@@ -86,13 +86,13 @@ def load_data(cfg: TextConfig) -> TextData:
     return load_text(cfg.data, cfg.data_dir, tok, cfg.bpe_vocab)
 
 
-def per_character(result: dict, data: TextData, split: str = "test") -> dict:
-    """``result``'s bits per token as bits per character where tokens are subwords (the total bits
-    over the split's characters), bits per token kept beside them."""
-    name = f"{split}_bpc"
+def per_character(result: dict, data: TextData, split: str = "test", name: str | None = None) -> dict:
+    """``result``'s bits per token (``name``, default ``{split}_bpc``) as bits per character where
+    tokens are subwords (the total bits over ``split``'s characters), bits per token beside."""
+    name = name or f"{split}_bpc"
     if data.characters is None or name not in result:
         return result
-    return result | {f"{split}_bits_per_token": result[name],
+    return result | {name.replace("bpc", "bits_per_token"): result[name],
                      name: result[name] / data.chars_per_token(split)}
 
 
