@@ -2,6 +2,7 @@
 own range of noise levels (Shing, Koyama, Akiba, ICLR 2026)."""
 
 from .blocks import Adapter, Block, DiffusionBlocks, SharedParts, split_layers
+from .convert import Conditioned, conditioned
 from .noise import (
     NoiseConfig,
     block_ranges,
@@ -16,9 +17,9 @@ from .sampling import sample_euler, sample_heun
 from .training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, fit
 
 __all__ = [
-    "Adapter", "Block", "Blockwise", "DiffusionBlocks", "EndToEnd", "NoiseConfig", "OptimConfig",
-    "SharedParts", "block_ranges", "blockwise_loss", "fit", "loss_weight", "partition",
-    "sample_euler", "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob",
+    "Adapter", "Block", "Blockwise", "Conditioned", "DiffusionBlocks", "EndToEnd", "NoiseConfig",
+    "OptimConfig", "SharedParts", "block_ranges", "blockwise_loss", "conditioned", "fit", "loss_weight",
+    "partition", "sample_euler", "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob",
     "sigmas_karras", "split_layers",
 ]
 __version__ = "0.1.0"

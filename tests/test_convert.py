@@ -1,0 +1,115 @@
+"""Bring your own layers: a wrapped layer computes exactly what it did before, until its
+modulations learn; and it trains inside DiffusionBlocks."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from diffusionblocks.convert import Conditioned, conditioned, is_norm
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_a_wrapped_transformer_layer_is_the_original_at_initialisation(norm_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=norm_first)
+    layer.eval()  # the fused fast path is taken in eval only without grad; both must agree
+    h, c = torch.randn(3, 7, 32), torch.randn(3, 16)
+    want = layer(h)
+    wrapped = Conditioned(layer, cond_dim=16)
+    assert len(wrapped.mods) == 2  # norm1 and norm2
+    assert torch.allclose(wrapped(h, c), want, atol=1e-6)
+    mask = nn.Transformer.generate_square_subsequent_mask(7)
+    assert torch.allclose(wrapped(h, c, mask), layer(h, mask), atol=1e-6)
+
+
+def test_the_modulation_depends_on_c_once_it_has_learned():
+    torch.manual_seed(0)
+    wrapped = Conditioned(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 8)
+    h = torch.randn(2, 5, 16)
+    c = torch.randn(2, 8, requires_grad=True)
+    wrapped(h, c).square().sum().backward()
+    grads = [p.grad for p in wrapped.mods.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        for p in wrapped.mods.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    c2 = torch.randn(2, 8)
+    assert not torch.allclose(wrapped(h, c), wrapped(h, c2))
+    assert torch.allclose(wrapped.layer(h), wrapped.layer(h))  # outside the wrapper: unmodulated
+
+
+class ResidualMLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, h):
+        return h + self.fc(h)
+
+
+def test_a_layer_without_norms_has_its_input_modulated():
+    torch.manual_seed(0)
+    layer = ResidualMLP(12)
+    with pytest.raises(ValueError, match="give width="):
+        Conditioned(layer, 4)
+    wrapped = Conditioned(layer, 4, width=12)
+    h, c = torch.randn(5, 12), torch.randn(5, 4)  # 2-D hidden states broadcast too
+    assert torch.equal(wrapped(h, c), layer(h))
+
+
+def test_a_deep_copy_modulates_with_its_own_parameters():
+    torch.manual_seed(0)
+    wrapped = Conditioned(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 8)
+    twin = copy.deepcopy(wrapped)
+    with torch.no_grad():
+        for p in twin.mods.parameters():
+            p.add_(0.5)
+    h, c = torch.randn(2, 5, 16), torch.randn(2, 8)
+    assert not torch.allclose(twin(h, c), wrapped(h, c))
+    assert torch.allclose(wrapped(h, c), wrapped.layer(h), atol=1e-6)  # the original is untouched
+
+
+def test_tuple_outputs_give_their_first_item_and_norms_are_found_by_name():
+    class GPT2LikeLayerNorm(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(width))
+
+        def forward(self, x):
+            return x / x.norm(dim=-1, keepdim=True) * self.weight
+
+    class HFStyleBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = GPT2LikeLayerNorm(8)
+            self.mlp = nn.Linear(8, 8)
+
+        def forward(self, h, attention_mask=None):
+            return (h + self.mlp(self.ln_1(h)), None)
+
+    block = HFStyleBlock()
+    assert is_norm(block.ln_1)
+    wrapped = Conditioned(block, 4)
+    h, c = torch.randn(2, 3, 8), torch.randn(2, 4)
+    assert torch.equal(wrapped(h, c), block(h)[0])
+
+
+def test_converted_layers_train_as_diffusion_blocks(digits):
+    from diffusionblocks import DiffusionBlocks
+    from diffusionblocks.models.vit import ViTConfig
+    from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter
+    from diffusionblocks.training import Blockwise, OptimConfig, step_generator
+
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=8, channels=1, patch_size=2, width=16, depth=4, heads=2, num_classes=10)
+    plain = [nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+             for _ in range(4)]
+    layers = conditioned(plain, cond_dim=16)
+    shared = LabelSpace(10, 16)
+    model = DiffusionBlocks(layers, shared, lambda: ViTAdapter(vit, shared.embed_dim), 2, cond_dim=16)
+    strategy = Blockwise(model, OptimConfig(lr=3e-3))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    losses = [strategy.step(x, y, step_generator(0, t))["loss"] for t in range(40)]
+    assert sum(losses[-10:]) < sum(losses[:10])
