@@ -113,3 +113,28 @@ def test_converted_layers_train_as_diffusion_blocks(digits):
     x, y = digits.x_train[:64], digits.y_train[:64]
     losses = [strategy.step(x, y, step_generator(0, t))["loss"] for t in range(40)]
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_hugging_face_gpt2_and_llama_layers_are_the_originals_at_initialisation():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2Model(transformers.GPT2Config(
+        n_layer=4, n_embd=32, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0)).eval()
+    h, c = torch.randn(2, 7, 32), torch.randn(2, 16)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731 - versions differ
+    want, got = h, h
+    wrapped = conditioned(copy.deepcopy(list(gpt2.h)), cond_dim=16)
+    assert all(len(w.mods) == 2 for w in wrapped)  # ln_1 and ln_2
+    for block, layer in zip(gpt2.h, wrapped):
+        want, got = first(block(want)), layer(got, c)
+    assert (got - want).abs().max() <= 1e-5
+
+    llama = transformers.LlamaModel(transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=50, bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    rotary = llama.rotary_emb(h, torch.arange(7)[None].expand(2, -1))
+    layer = llama.layers[0]
+    want = first(layer(h, position_embeddings=rotary))
+    wrapped = Conditioned(layer, cond_dim=16)
+    assert len(wrapped.mods) == 2  # input_layernorm and post_attention_layernorm (RMSNorm)
+    assert (wrapped(h, c, position_embeddings=rotary) - want).abs().max() <= 1e-5
