@@ -138,3 +138,14 @@ def test_hugging_face_gpt2_and_llama_layers_are_the_originals_at_initialisation(
     wrapped = Conditioned(layer, cond_dim=16)
     assert len(wrapped.mods) == 2  # input_layernorm and post_attention_layernorm (RMSNorm)
     assert (wrapped(h, c, position_embeddings=rotary) - want).abs().max() <= 1e-5
+
+
+def test_the_readme_program_runs_as_written_and_learns_the_circle():
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    program = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(program, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert abs(float(namespace["radius"].median()) - 1.0) < 0.15
+    assert namespace["history"][-1]["loss"] < namespace["history"][0]["loss"]
