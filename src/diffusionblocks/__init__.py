@@ -2,6 +2,7 @@
 own range of noise levels (Shing, Koyama, Akiba, ICLR 2026)."""
 
 from .blocks import Adapter, Block, DiffusionBlocks, SharedParts, split_layers
+from .conditioning import AdaLNZero, NoiseEmbedding
 from .convert import Conditioned, conditioned
 from .noise import (
     NoiseConfig,
@@ -13,13 +14,13 @@ from .noise import (
     sigmas_equiprob,
     sigmas_karras,
 )
-from .sampling import sample_euler, sample_heun
+from .sampling import initial_noise, sample_euler, sample_heun
 from .training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, fit
 
 __all__ = [
-    "Adapter", "Block", "Blockwise", "Conditioned", "DiffusionBlocks", "EndToEnd", "NoiseConfig",
-    "OptimConfig", "SharedParts", "block_ranges", "blockwise_loss", "conditioned", "fit", "loss_weight",
-    "partition", "sample_euler", "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob",
-    "sigmas_karras", "split_layers",
+    "AdaLNZero", "Adapter", "Block", "Blockwise", "Conditioned", "DiffusionBlocks", "EndToEnd",
+    "NoiseConfig", "NoiseEmbedding", "OptimConfig", "SharedParts", "block_ranges", "blockwise_loss",
+    "conditioned", "fit", "initial_noise", "loss_weight", "partition", "sample_euler",
+    "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob", "sigmas_karras", "split_layers",
 ]
 __version__ = "0.1.0"
