@@ -169,11 +169,14 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, words):
     assert err.startswith("diffusionblocks: error: ") and words in err
 
 
-def test_cli_unknown_choice_is_an_argparse_error(capsys):
+def test_cli_unknown_choice_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--sampler", "nope"])  # a fixed set: argparse refuses it
+    assert info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # datasets also take folder:PATH, so the config refuses
         cli.main(["compare", "--dataset", "nope"])
-    assert info.value.code == 2
-    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and "unknown dataset 'nope'" in err
 
 
 # --- real data --------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_fp16_keeps_a_scaler_per_block_in_the_checkpoint_and_resumes(tmp_path):
     assert scaler["scale"] > 0
     cli.main(args)  # finished: resumed from the checkpoint, scalers included, and reused
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == 30 and records[-1]["test_accuracy"] > 0
+    assert records[-1]["step"] == 30 and records[-1]["val_accuracy"] > 0
 
 
 def test_bench_gpu_refuses_without_cuda_and_measures_every_row_on_a_given_device(tmp_path, capsys):
