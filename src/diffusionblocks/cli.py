@@ -187,7 +187,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None
                                help=help[f.name] + shown)
 
 
-VIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
+MODEL_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # ViT, DiT: set from the data
 
 
 def _filled(cls, args: argparse.Namespace, skip=(), base=None, **extra):
@@ -201,22 +201,19 @@ def _classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
     from .tasks.classify import ClassifyConfig
 
     _add_fields(parser, ClassifyConfig, skip=skip)
-    _add_fields(parser, ViTConfig, skip=VIT_DERIVED, title="model")
+    _add_fields(parser, ViTConfig, skip=MODEL_DERIVED, title="model")
     _add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)")
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
 
 
-def _classify_config(args: argparse.Namespace, base=None, **extra):
-    from .tasks.classify import ClassifyConfig
-
-    base = base or ClassifyConfig()
-    return _filled(ClassifyConfig, args, base=base,
-                   vit=_filled(ViTConfig, args, skip=VIT_DERIVED, base=base.vit),
+def _image_config(args: argparse.Namespace, base, model: str, **extra):
+    """An image task's config (``base``: its defaults or a file's) with the flags given, ``model``
+    naming its nested model config (vit, dit)."""
+    shape = getattr(base, model)
+    return _filled(type(base), args, base=base,
+                   **{model: _filled(type(shape), args, skip=MODEL_DERIVED, base=shape)},
                    noise=_filled(NoiseConfig, args, base=base.noise),
                    optim=_filled(OptimConfig, args, base=base.optim), **extra)
-
-
-DIT_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # set from the data
 
 
 def _generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
@@ -224,20 +221,9 @@ def _generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
     from .tasks.generate import GenerateConfig
 
     _add_fields(parser, GenerateConfig, skip=skip, help=GENERATE_HELP)
-    _add_fields(parser, DiTConfig, skip=DIT_DERIVED, title="model", help=GENERATE_HELP)
+    _add_fields(parser, DiTConfig, skip=MODEL_DERIVED, title="model", help=GENERATE_HELP)
     _add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP)
     _add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP)
-
-
-def _generate_config(args: argparse.Namespace, base=None, **extra):
-    from .models.dit import DiTConfig
-    from .tasks.generate import GenerateConfig
-
-    base = base or GenerateConfig()
-    return _filled(GenerateConfig, args, base=base,
-                   dit=_filled(DiTConfig, args, skip=DIT_DERIVED, base=base.dit),
-                   noise=_filled(NoiseConfig, args, base=base.noise),
-                   optim=_filled(OptimConfig, args, base=base.optim), **extra)
 
 
 def _text_args(parser: argparse.ArgumentParser, task: str, skip=()) -> None:
@@ -293,7 +279,7 @@ def _task_config(args: argparse.Namespace, task: str, **extra):
             base = dataclasses.replace(base, vocab=None)  # a run's vocabulary belongs to its text
     if task in TEXT_TASKS:
         return _text_config(args, task, base, **extra)
-    return (_generate_config if task == "generate" else _classify_config)(args, base, **extra)
+    return _image_config(args, base or _config_class(task)(), "dit" if task == "generate" else "vit", **extra)
 
 
 def _text_module(task: str):
