@@ -3,6 +3,8 @@ peak process or CUDA memory), and activation checkpointing of a run of layers.""
 
 from __future__ import annotations
 
+import functools
+import mmap
 from collections.abc import Callable, Iterable
 
 import torch
@@ -109,11 +111,9 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # reset the high-water mark to the current RSS
-            except OSError:
-                self.exact = False
+            self.exact = _hwm_resets()
+            if self.exact:
+                _reset_hwm()
             self.start = _rss()
         return self
 
@@ -124,6 +124,32 @@ class PeakMemory:
         else:
             self.peak = _hwm() if self.exact else _max_rss()
         self.above_start = self.peak - self.start
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+@functools.cache
+def _hwm_resets() -> bool:
+    """Whether this kernel really resets and tracks VmHWM (a sandbox may accept the write to
+    ``clear_refs`` and ignore it): the mark must drop to the resident set, then keep 8 MiB of
+    fresh anonymous pages touched and released."""
+    if _status("VmHWM") is None or not _reset_hwm():
+        return False
+    size = 8 * 2**20
+    start = _rss()
+    if _hwm() - start > size // 8:  # the reset was ignored: the mark is still the lifetime peak
+        return False
+    with mmap.mmap(-1, size) as pages:
+        for i in range(0, size, mmap.PAGESIZE):
+            pages[i] = 1
+    return _hwm() - start >= size * 3 // 4
 
 
 def _status(field: str) -> int | None:
