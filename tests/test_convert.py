@@ -149,3 +149,68 @@ def test_the_readme_program_runs_as_written_and_learns_the_circle():
     exec(compile(program, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert abs(float(namespace["radius"].median()) - 1.0) < 0.15
     assert namespace["history"][-1]["loss"] < namespace["history"][0]["loss"]
+
+
+# --- pretrained conversion: an end-to-end ViT becomes DiffusionBlocks -----------------------
+
+
+def test_an_adopted_layer_computes_the_plain_one_for_any_conditioning():
+    from diffusionblocks.models.vit import TransformerLayer
+
+    torch.manual_seed(0)
+    plain, cond = TransformerLayer(16, 2), TransformerLayer(16, 2, cond_dim=8)
+    with torch.no_grad():  # trained norms are not the identity
+        for p in [*plain.norm1.parameters(), *plain.norm2.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    cond.adopt(plain)
+    h = torch.randn(3, 5, 16)
+    for c in (torch.randn(3, 8), 10 * torch.randn(3, 8)):
+        assert torch.allclose(cond(h, c), plain(h), atol=1e-5)
+        assert torch.allclose(cond(h, c, queries=1), plain(h, queries=1), atol=1e-5)
+    with pytest.raises(ValueError, match="plain layer into a conditioned one"):
+        plain.adopt(cond)
+
+
+def _config(digits, **overrides):
+    from diffusionblocks.models.vit import ViTConfig
+    from diffusionblocks.tasks import classify
+
+    cfg = classify.ClassifyConfig(**{"dataset": "digits", "blocks": 3,
+                                     "vit": ViTConfig(width=16, depth=6, heads=2), **overrides})
+    return classify.resolve_config(cfg, digits)
+
+
+def test_a_converted_block_is_the_end_to_end_model_cut_to_its_layers(digits, tmp_path):
+    from diffusionblocks.tasks import classify
+
+    e2e_cfg = _config(digits, mode="e2e", steps=100, evals=1, val_size=0, out=str(tmp_path / "e2e"))
+    assert classify.train(e2e_cfg, digits, show=False)["test_accuracy"] > 0.2  # trained, not at init
+    e2e, _ = classify.load(tmp_path / "e2e" / "checkpoint")
+    cfg = _config(digits, init_from=str(tmp_path / "e2e" / "checkpoint"))
+    model = classify.build(cfg)
+    classify.init_from(model, classify.pretrained(cfg))
+    x = digits.x_test[:64]
+    with torch.no_grad():
+        for b, (lo, hi) in enumerate(model.ranges):  # each block, from the noise mean at its σ
+            h = e2e.stem(x, e2e.cls.expand(len(x), -1))
+            for layer in e2e.layers[2 * b : 2 * b + 2]:
+                h = layer(h)
+            z = torch.zeros(len(x), model.shared.embed_dim)
+            logits = model.shared.logits(model.denoise(z, (lo * hi) ** 0.5, x, block=b))
+            assert torch.allclose(logits, e2e.head(e2e.norm(h[:, 0])), atol=1e-4)
+
+
+def test_init_from_refuses_what_it_cannot_convert(digits, tmp_path, capsys):
+    from diffusionblocks import cli
+    from diffusionblocks.tasks import classify
+
+    with pytest.raises(ValueError, match="needs --mode dblocks"):
+        _config(digits, mode="e2e", init_from="x")
+    classify.train(_config(digits, mode="e2e", steps=2, evals=1, out=str(tmp_path / "e2e")),
+                   digits, show=False)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "classify", "--dataset", "digits", "--depth", "3", "--width", "16",
+                  "--heads", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "db"),
+                  "--init-from", str(tmp_path / "e2e" / "checkpoint")])
+    assert exit.value.code == 2 and not (tmp_path / "db" / "checkpoint").exists()
+    assert "another backbone (depth: 6 vs 3)" in capsys.readouterr().err

@@ -66,6 +66,9 @@ HELP = {
     "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
     "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
     "ranks every N steps",
+    "init_from": "dblocks: start from this end-to-end checkpoint (same model flags): each block "
+    "takes a copy of its layers, the stem and the read-out, converted to compute the end-to-end "
+    "model at every σ, then trains block-wise (pretrained conversion)",
     "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
     # model
     "width": "transformer width",
@@ -659,7 +662,7 @@ def main(argv: list[str] | None = None) -> None:
                      "both modes, each in OUT/seed_S, and report mean ± sd and every seed's figure "
                      "(OUT/seeds.{json,md}; default: 1)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every"))
+    _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every", "init_from"))
     generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks
     _generate_args(generate_only, skip=("mode",))
     text_only = argparse.ArgumentParser(add_help=False)  # flags of the language models

@@ -125,6 +125,22 @@ class TransformerLayer(nn.Module):
         return torch.addcmul(h, gate2, self.mlp[2](hidden))
 
 
+    @torch.no_grad()
+    def adopt(self, plain: TransformerLayer) -> None:
+        """Take a plain layer's weights so that this AdaLN-Zero layer computes exactly what the
+        plain one does, whatever its conditioning (pretrained conversion): the modulation's
+        weight stays zero and its bias carries the norms' affine maps (shift β, scale γ - 1) and
+        opens both gates. Fine-tuning then learns how σ should change them."""
+        if not hasattr(self, "ada") or hasattr(plain, "ada"):
+            raise ValueError("adopt copies a plain layer into a conditioned one")
+        self.attn.load_state_dict(plain.attn.state_dict())
+        self.mlp.load_state_dict(plain.mlp.state_dict())
+        gate = torch.ones_like(plain.norm1.weight)
+        self.ada.proj[1].weight.zero_()
+        self.ada.proj[1].bias.copy_(torch.cat([plain.norm1.bias, plain.norm1.weight - 1, gate,
+                                               plain.norm2.bias, plain.norm2.weight - 1, gate]))
+
+
 def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
     return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim) for _ in range(cfg.depth)]
 

@@ -26,7 +26,7 @@ from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace, spli
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, ViTClassifier, ViTConfig, make_layers
-from ..noise import GRIDS, NoiseConfig
+from ..noise import GRIDS, NoiseConfig, scalings
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
     MetricsLog,
@@ -119,6 +119,7 @@ class ClassifyConfig:
     block: int | None = None
     parallel: bool = False
     sync_every: int = 100
+    init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
     out: str = "runs/classify"
     vit: ViTConfig = field(default_factory=ViTConfig)
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(sigma_min=SIGMA_MIN, partition=PARTITION))
@@ -160,6 +161,9 @@ class ClassifyConfig:
         if self.block is not None and self.parallel:
             raise ValueError("--block trains one block as its own job; --parallel places blocks on "
                              "torchrun ranks: use one or the other")
+        if self.init_from is not None and self.mode != "dblocks":
+            raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
+                             "needs --mode dblocks")
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
 
@@ -244,6 +248,51 @@ def build(cfg: ClassifyConfig) -> nn.Module:
         cond_dim=cfg.vit.width, noise=cfg.noise, split=cfg.split, shared_policy=cfg.shared_policy,
         checkpointing=cfg.checkpointing,
     )
+
+
+@torch.no_grad()
+def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
+    """Start DiffusionBlocks from a trained end-to-end ViT (pretrained conversion).
+
+    Each block takes a copy of its own layers (made to compute what they did, for any σ: see
+    :meth:`TransformerLayer.adopt`), of the patch stem, the [CLS] token and the final norm, and a
+    read-out F that, through the label table, gives the head's logits at its σ from the noise
+    mean: s·c_out·F·Tᵀ = W·h + b, solved by the table's pseudo-inverse. The noisy label enters
+    with zero weight. So block b starts as the end-to-end model cut to its own layers (stem,
+    layers of b, head); fine-tuning teaches it to work without the layers before it.
+    """
+    if len(e2e.layers) != sum(model.sizes):
+        raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
+    table = model.shared.embeddings()  # (classes, embed)
+    scale = model.shared.logit_scale.exp()
+    start = 0
+    for block, (lo, hi) in zip(model.blocks, model.ranges):
+        for layer, plain in zip(block.layers, e2e.layers[start:]):
+            layer.adopt(plain)
+        start += len(block.layers)
+        a = block.adapter
+        a.stem.load_state_dict(e2e.stem.state_dict())
+        a.read_in.weight.zero_()
+        a.read_in.bias.copy_(e2e.cls[0])
+        a.norm.load_state_dict(e2e.norm.state_dict())
+        _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), model.noise.sigma_data)
+        inverse = torch.linalg.pinv(table) / (scale * c_out)  # (embed, classes)
+        a.read_out.weight.copy_(inverse @ e2e.head.weight)
+        a.read_out.bias.copy_(inverse @ e2e.head.bias)
+
+
+def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
+    """The end-to-end model of ``cfg.init_from``, checked to have ``cfg``'s backbone."""
+    e2e, e2e_cfg = load(cfg.init_from)
+    if e2e_cfg.mode != "e2e":
+        raise ValueError(f"--init-from {cfg.init_from} holds a {e2e_cfg.mode} model; it takes an "
+                         "end-to-end classification checkpoint (train classify --mode e2e)")
+    if e2e_cfg.vit != cfg.vit:
+        diff = ", ".join(f"{k}: {v!r} vs {getattr(cfg.vit, k)!r}" for k, v in asdict(e2e_cfg.vit).items()
+                         if getattr(cfg.vit, k) != v)
+        raise ValueError(f"--init-from {cfg.init_from} has another backbone ({diff}); give this run "
+                         "the same model flags")
+    return e2e
 
 
 def make_strategy(
@@ -419,7 +468,10 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     run_dir = out / f"group_{placement.group}" if cfg.parallel else out
     writer = placement is None or placement.leader  # DDP replicas of a group write nothing
 
-    model = build(cfg).to(device)
+    model = build(cfg)
+    if cfg.init_from:  # before the optimizers and weight averages see the weights
+        init_from(model, pretrained(cfg))
+    model = model.to(device)
     strategy, total, warmup = make_strategy(cfg, model, run_dir / "offload", mine)
     if cfg.parallel and len(placement.members) > 1:
         for b in mine:
