@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from torch import nn
 
+from diffusionblocks.adapters import ImageToLabel
 from diffusionblocks.blocks import DiffusionBlocks, split_layers
 from diffusionblocks.conditioning import ModulatedLinear, modulated_linear
 from diffusionblocks.models.vit import ViTConfig, make_layers
 from diffusionblocks.noise import NoiseConfig, loss_weight, scalings, sigmas_equiprob, sigmas_uniform
 from diffusionblocks.sampling import sample_euler, sample_heun
 from diffusionblocks.tasks import classify
-from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter, build
+from diffusionblocks.tasks.classify import LabelSpace, build
 from diffusionblocks.training import Blockwise, OptimConfig, blockwise_loss, step_generator
 
 
@@ -23,7 +24,7 @@ def make_model(blocks=3, depth=6, split=None, shared_policy="cotrained", width=1
     torch.manual_seed(0)
     vit = ViTConfig(image_size=8, channels=1, patch_size=2, width=width, depth=depth, heads=2)
     return DiffusionBlocks(make_layers(vit, cond_dim=width), LabelSpace(10, width),
-                           lambda: ViTAdapter(vit, width), blocks, cond_dim=width, split=split,
+                           lambda: ImageToLabel(vit, width), blocks, cond_dim=width, split=split,
                            shared_policy=shared_policy)
 
 
@@ -61,7 +62,7 @@ def test_explicit_uneven_split_puts_every_layer_in_exactly_one_block():
     torch.manual_seed(0)
     vit = ViTConfig(width=16, depth=7, heads=2)
     layers = make_layers(vit, cond_dim=16)
-    model = DiffusionBlocks(layers, LabelSpace(10, 16), lambda: ViTAdapter(vit, 16), 3, cond_dim=16,
+    model = DiffusionBlocks(layers, LabelSpace(10, 16), lambda: ImageToLabel(vit, 16), 3, cond_dim=16,
                             split=[3, 2, 2])
     assert model.sizes == [3, 2, 2]
     assert [len(b.layers) for b in model.blocks] == [3, 2, 2]

@@ -98,8 +98,9 @@ def test_tuple_outputs_give_their_first_item_and_norms_are_found_by_name():
 
 def test_converted_layers_train_as_diffusion_blocks(digits):
     from diffusionblocks import DiffusionBlocks
+    from diffusionblocks.adapters import ImageToLabel
     from diffusionblocks.models.vit import ViTConfig
-    from diffusionblocks.tasks.classify import LabelSpace, ViTAdapter
+    from diffusionblocks.tasks.classify import LabelSpace
     from diffusionblocks.training import Blockwise, OptimConfig, step_generator
 
     torch.manual_seed(0)
@@ -108,7 +109,7 @@ def test_converted_layers_train_as_diffusion_blocks(digits):
              for _ in range(4)]
     layers = conditioned(plain, cond_dim=16)
     shared = LabelSpace(10, 16)
-    model = DiffusionBlocks(layers, shared, lambda: ViTAdapter(vit, shared.embed_dim), 2, cond_dim=16)
+    model = DiffusionBlocks(layers, shared, lambda: ImageToLabel(vit, shared.embed_dim), 2, cond_dim=16)
     strategy = Blockwise(model, OptimConfig(lr=3e-3))
     x, y = digits.x_train[:64], digits.y_train[:64]
     losses = [strategy.step(x, y, step_generator(0, t))["loss"] for t in range(40)]

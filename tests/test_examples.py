@@ -1,0 +1,37 @@
+"""Every script in examples/ runs with --quick and ends with one JSON line that shows it worked."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str) -> dict:
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_example_is_tested():
+    tested = {"residual_mlp.py", "torch_transformer.py", "pretrained_to_blocks.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_residual_mlp_samples_lie_on_the_moons():
+    summary = run_example("residual_mlp.py")
+    assert summary["loss_last"] < summary["loss_first"]
+    assert summary["median_distance_to_moons"] < summary["median_distance_of_gaussian_noise"] / 5
+
+
+def test_a_torch_transformer_encoder_classifies_digits():
+    assert run_example("torch_transformer.py")["test_accuracy"] > 0.6  # chance: 0.1
+
+
+def test_a_converted_model_fine_tunes_block_wise():
+    summary = run_example("pretrained_to_blocks.py")
+    assert min(summary["test_accuracy"].values()) > 0.5
+    assert summary["c_val_accuracy"][-1] > summary["c_val_accuracy"][0]
+
