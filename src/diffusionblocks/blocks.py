@@ -78,6 +78,7 @@ class TokenSpace(SharedParts):
         return self.embeddings()[y]
 
     def logits(self, denoised: Tensor) -> Tensor:
+        """Logits of D against the normalized table, times the (learned) logit scale."""
         return denoised @ self.embeddings().T * self.logit_scale.exp()
 
     def example_loss(self, denoised: Tensor, y: Tensor) -> Tensor:

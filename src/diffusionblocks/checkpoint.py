@@ -272,6 +272,7 @@ class Snapshot:
                                  "it was written with another config") from None
 
     def load_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Load each named optimizer's state from its ``NAME.optim.pt`` (weights-only unpickling)."""
         for name, opt in optimizers.items():
             path = self.path / f"{name}.optim.pt"
             try:

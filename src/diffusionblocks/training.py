@@ -124,6 +124,7 @@ class Precision:
             self.scalers = {u: torch.amp.GradScaler(device.type) for u in self.scalers}
 
     def autocast(self) -> AbstractContextManager:
+        """The autocast context of the chosen precision (none for fp32)."""
         if self.precision in _LOW:
             return torch.autocast(self.device_type, dtype=_LOW[self.precision])
         return nullcontext()
@@ -169,10 +170,13 @@ class Averages:
         self.shadows = {n: _shadow(m, device) for n, m in parts.items()}
 
     def stored(self) -> dict[str, nn.Module]:
+        """The averages as checkpoint parts, each named ``NAME.ema``."""
         return {f"{n}.ema": s for n, s in self.shadows.items()}
 
     @torch.no_grad()
     def update(self, names) -> None:
+        """Move the averages of ``names`` (the parts that just stepped) toward their weights,
+        with the decay warmed up as min(decay, (1 + n)/(10 + n)) after n updates."""
         for name in names:
             shadow = self.shadows[name]
             n = int(shadow.ema_updates)
@@ -288,6 +292,7 @@ class Blockwise:
         return self.offload.gathered() if self.offload else nullcontext()
 
     def layers_per_step(self, block: int) -> int:
+        """Layer evaluations of one training step of ``block``."""
         return self.model.sizes[block]
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
@@ -366,6 +371,7 @@ class EndToEnd:
         return {"loss": loss.item(), "layers": self.layers}
 
     def gathered(self) -> AbstractContextManager:
+        """The whole model resident (always, end to end)."""
         return nullcontext()
 
 
@@ -376,7 +382,10 @@ class Strategy(Protocol):
     optimizers: dict[str, torch.optim.Optimizer]
     states: dict  # optimizers and anything else a checkpoint must keep (fp16 scalers)
 
-    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict: ...
+    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
+        """One optimizer step on the batch (x, y), every draw from ``gen``; returns at least
+        ``loss`` and ``layers`` (the step's layer evaluations)."""
+        ...
 
 
 @dataclass

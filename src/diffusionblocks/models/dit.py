@@ -92,5 +92,6 @@ class DiTAdapter(Adapter):
 
 
 def make_layers(cfg: DiTConfig) -> list[TransformerLayer]:
+    """The DiT's ``depth`` AdaLN-Zero layers, conditioned on a ``width`` vector."""
     return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim=cfg.width)
             for _ in range(cfg.depth)]

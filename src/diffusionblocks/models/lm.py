@@ -37,6 +37,8 @@ class LMConfig:
 
 
 def make_layers(cfg: LMConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
+    """The language model's ``depth`` layers (AdaLN-Zero with ``cond_dim``; rotary positions
+    with ``cfg.rope``)."""
     return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim, cfg.rope)
             for _ in range(cfg.depth)]
 
@@ -89,6 +91,8 @@ class KVCache:
         return 0 if self.k is None else self.k.shape[2]
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The cached keys and values with ``k``, ``v`` appended (kept for later calls when
+        ``keep``), and the mask of the new queries over all of them."""
         past, new = len(self), k.shape[2]
         if past:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)

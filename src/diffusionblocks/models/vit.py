@@ -142,6 +142,7 @@ class TransformerLayer(nn.Module):
 
 
 def make_layers(cfg: ViTConfig, cond_dim: int | None = None) -> list[TransformerLayer]:
+    """The ViT's ``depth`` layers: plain pre-norm, or AdaLN-Zero conditioned with ``cond_dim``."""
     return [TransformerLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cond_dim) for _ in range(cfg.depth)]
 
 
