@@ -1,9 +1,12 @@
 """Every script in examples/ runs with --quick and ends with one JSON line that shows it worked."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -16,7 +19,7 @@ def run_example(name: str) -> dict:
 
 
 def test_every_example_is_tested():
-    tested = {"residual_mlp.py", "torch_transformer.py", "pretrained_to_blocks.py"}
+    tested = {"residual_mlp.py", "torch_transformer.py", "pretrained_to_blocks.py", "hf_gpt2.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -35,3 +38,11 @@ def test_a_converted_model_fine_tunes_block_wise():
     assert min(summary["test_accuracy"].values()) > 0.5
     assert summary["c_val_accuracy"][-1] > summary["c_val_accuracy"][0]
 
+
+
+def test_a_hugging_face_gpt2_learns_tiny_shakespeare_block_wise():
+    summary = run_example("hf_gpt2.py")
+    if "skipped" in summary:  # no transformers or no text here; CI has both
+        assert not os.environ.get("CI"), summary["skipped"]
+        pytest.skip(summary["skipped"])
+    assert summary["teacher_forced_accuracy"] > summary["chance"] + 0.05
