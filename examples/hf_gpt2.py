@@ -64,9 +64,8 @@ def main() -> None:
     start = time.perf_counter()
     cfg = ar.ARConfig.from_dict(resolved(cfg, data))  # the vocabulary from the data
     lm, steps, batch = cfg.lm, 400 if args.quick else 4000, 16 if args.quick else 32
-    gpt2 = GPT2Config(n_embd=lm.width, n_head=lm.heads, n_layer=lm.depth, n_positions=2 * lm.context + 2,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    gpt2._attn_implementation = "sdpa"
+    gpt2 = GPT2Config(n_embd=lm.width, n_head=lm.heads, n_layer=lm.depth, resid_pdrop=0.0, embd_pdrop=0.0,
+                      attn_pdrop=0.0, attn_implementation="sdpa")
     layers = conditioned([GPT2Layer(GPT2Block(gpt2, layer_idx=i)) for i in range(lm.depth)],
                          cond_dim=lm.width)
     tokens = TokenSpace(lm.vocab_size, lm.width)

@@ -55,7 +55,7 @@ class Points(Adapter):
 
 
 def moons(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Two interleaved half-circles of radius 1, scaled to unit spread, without noise."""
+    """Two interleaved half-circles of radius 1, centred, without noise."""
     t = torch.rand(n, generator=generator) * math.pi
     upper = torch.rand(n, generator=generator) < 0.5
     x = torch.where(upper, t.cos(), 1 - t.cos())

@@ -68,8 +68,7 @@ def main() -> None:
     labels = TokenSpace(10, width)  # unit-length label embeddings; logits read against them
     noise = NoiseConfig(sigma_min=2.0, partition="uniform")  # a label's range (docs/cifar10.md)
     model = DiffusionBlocks(layers, labels, lambda: ImageToLabel(shape, width), blocks=3, cond_dim=width,
-                            noise=noise)
-    labels.requires_grad_(False)  # the table stays fixed: blocks share nothing that moves
+                            noise=noise, shared_policy="frozen")  # blocks share nothing that moves
     strategy = Blockwise(model, OptimConfig(lr=5e-3))
 
     def batch_at(t: int):

@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("pdoc")
 
@@ -36,8 +37,13 @@ def test_an_undocumented_public_name_is_named(monkeypatch):
         def method(self):
             pass
 
-    for obj in (helper, Thing):
+    class Layer(torch.nn.Module):  # torch's docstrings do not count
+        def forward(self, h):
+            return h
+
+    for obj in (helper, Thing, Layer):
         obj.__module__ = "fake_public"
         setattr(module, obj.__name__, obj)
     monkeypatch.setitem(sys.modules, "fake_public", module)
-    assert _api().undocumented("fake_public") == ["fake_public.helper", "fake_public.Thing.method"]
+    assert _api().undocumented("fake_public") == ["fake_public.helper", "fake_public.Thing.method",
+                                                  "fake_public.Layer", "fake_public.Layer.forward"]

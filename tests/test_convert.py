@@ -2,6 +2,7 @@
 modulations learn; and it trains inside DiffusionBlocks."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -201,17 +202,56 @@ def test_a_converted_block_is_the_end_to_end_model_cut_to_its_layers(digits, tmp
             assert torch.allclose(logits, e2e.head(e2e.norm(h[:, 0])), atol=1e-4)
 
 
+def test_a_converted_run_starts_from_the_conversion_and_resumes_without_its_source(digits, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from conftest import killed_after_first_checkpoint
+
+    from diffusionblocks.tasks import classify
+
+    source = tmp_path / "e2e" / "checkpoint"
+    classify.train(_config(digits, mode="e2e", steps=30, evals=1, out=str(tmp_path / "e2e")), digits,
+                   show=False)
+    cfg = _config(digits, steps=20, evals=2, init_from=str(source), out=str(tmp_path / "db"))
+    model = classify.build(cfg)
+    classify.init_from(model, classify.pretrained(cfg))
+    held = digits.holdout(cfg.val_size)
+    want = classify.evaluate(model, held.x_val, held.y_val, cfg)
+    killed_after_first_checkpoint(monkeypatch, lambda: classify.train(cfg, digits, show=False))
+    first = [json.loads(line) for line in (tmp_path / "db" / "metrics.jsonl").read_text().splitlines()]
+    assert first[0]["step"] == 0 and first[0]["val_accuracy"] == want  # the converted model, scored
+    shutil.rmtree(source.parent)  # a resume needs only its own checkpoint
+    result = classify.train(cfg, digits, show=False)
+    assert [r["step"] for r in result["history"]] == [0, 30, 60]
+
+
 def test_init_from_refuses_what_it_cannot_convert(digits, tmp_path, capsys):
+    from dataclasses import replace
+
     from diffusionblocks import cli
+    from diffusionblocks.models.vit import ViTConfig
     from diffusionblocks.tasks import classify
 
     with pytest.raises(ValueError, match="needs --mode dblocks"):
         _config(digits, mode="e2e", init_from="x")
     classify.train(_config(digits, mode="e2e", steps=2, evals=1, out=str(tmp_path / "e2e")),
                    digits, show=False)
+    with pytest.raises(ValueError, match="holds a dblocks model"):
+        classify.pretrained(_config(digits, init_from=str(_dblocks_run(digits, tmp_path))))
+    with pytest.raises(ValueError, match="10 classes in a 8-dimensional label table"):
+        small = _config(digits, mode="e2e", vit=ViTConfig(width=8, depth=6, heads=2))
+        classify.init_from(classify.build(replace(small, mode="dblocks")), classify.build(small))
     with pytest.raises(SystemExit) as exit:
         cli.main(["train", "classify", "--dataset", "digits", "--depth", "3", "--width", "16",
                   "--heads", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "db"),
                   "--init-from", str(tmp_path / "e2e" / "checkpoint")])
     assert exit.value.code == 2 and not (tmp_path / "db" / "checkpoint").exists()
     assert "another backbone (depth: 6 vs 3)" in capsys.readouterr().err
+
+
+def _dblocks_run(digits, tmp_path):
+    from diffusionblocks.tasks import classify
+
+    classify.train(_config(digits, steps=2, evals=1, out=str(tmp_path / "db_source")), digits, show=False)
+    return tmp_path / "db_source" / "checkpoint"

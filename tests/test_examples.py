@@ -11,11 +11,14 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str) -> dict:
-    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick"], capture_output=True,
-                          text=True, timeout=300)
+def run_example(name: str, *args: str) -> dict:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # as the suite's own threads (conftest.py)
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", *args], capture_output=True,
+                          text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"{name} printed nothing"
+    return json.loads(lines[-1])
 
 
 def test_every_example_is_tested():
@@ -39,9 +42,8 @@ def test_a_converted_model_fine_tunes_block_wise():
     assert summary["c_val_accuracy"][-1] > summary["c_val_accuracy"][0]
 
 
-
-def test_a_hugging_face_gpt2_learns_tiny_shakespeare_block_wise():
-    summary = run_example("hf_gpt2.py")
+def test_a_hugging_face_gpt2_learns_tiny_shakespeare_block_wise(data_dir):
+    summary = run_example("hf_gpt2.py", "--data-dir", str(data_dir))
     if "skipped" in summary:  # no transformers or no text here; CI has both
         assert not os.environ.get("CI"), summary["skipped"]
         pytest.skip(summary["skipped"])

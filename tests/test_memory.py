@@ -2,7 +2,6 @@
 offload (bit-exact round trips and training), peak memory, and the bench command."""
 
 import json
-import mmap
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from diffusionblocks import bench, checkpoint, cli
 from diffusionblocks.conditioning import modulated_linear
-from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes
+from diffusionblocks.memory import PeakMemory, SavedTensors, run_layers, state_bytes, touch_fresh_pages
 from diffusionblocks.models.vit import TransformerLayer, ViTConfig
 from diffusionblocks.offload import Offload, pack, unpack
 from diffusionblocks.tasks import classify
@@ -195,14 +194,21 @@ def test_offload_config_errors():
 def test_peak_memory_sees_a_transient_allocation():
     with PeakMemory() as outer:
         pass
-    with PeakMemory() as peak:  # fresh anonymous pages: no allocator can hand back resident ones
-        with mmap.mmap(-1, 64 * 2**20) as pages:
-            for i in range(0, len(pages), mmap.PAGESIZE):
-                pages[i] = 1
+    with PeakMemory() as peak:
+        touch_fresh_pages(64 * 2**20)
     if not peak.exact:
         pytest.skip("no resettable high-water mark on this platform")
     assert 60 * 2**20 <= peak.above_start < 80 * 2**20
     assert outer.above_start < 16 * 2**20
+
+
+def test_a_high_water_mark_reset_that_the_kernel_ignores_is_not_trusted(monkeypatch):
+    from diffusionblocks import memory
+
+    if not memory._hwm_resets():
+        pytest.skip("no resettable high-water mark on this platform")
+    monkeypatch.setattr(memory, "_reset_hwm", lambda: True)  # accepted, and nothing happens
+    assert not memory._hwm_resets.__wrapped__()
 
 
 def test_bench_memory_and_speed_write_their_records(tmp_path, capsys):

@@ -20,8 +20,8 @@ from .training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, fit
 
 __all__ = [
     "AdaLNZero", "Adapter", "Block", "Blockwise", "Conditioned", "DiffusionBlocks", "EndToEnd",
-    "ImageToImage", "ImageToLabel", "TokenSpace",
-    "NoiseConfig", "NoiseEmbedding", "OptimConfig", "SharedParts", "block_ranges", "blockwise_loss",
+    "ImageToImage", "ImageToLabel", "NoiseConfig", "NoiseEmbedding", "OptimConfig", "SharedParts",
+    "TokenSpace", "block_ranges", "blockwise_loss",
     "conditioned", "fit", "initial_noise", "loss_weight", "partition", "sample_euler",
     "sample_heun", "sample_sigma", "scalings", "sigmas_equiprob", "sigmas_karras", "split_layers",
 ]

@@ -6,7 +6,9 @@ An adapter is a block's own way in and out of its layers (:class:`~.blocks.Adapt
 - :class:`ImageToImage`: noisy image in, image out, class-conditioned (DiT-style generation).
 
 Both take their shapes from a config (:class:`~.models.vit.ViTConfig`,
-:class:`~.models.dit.DiTConfig`); the layers between them are any ``layer(h, c, *args)``.
+:class:`~.models.dit.DiTConfig`). The layers between them are called ``layer(h, c, *args)``;
+with :class:`ImageToLabel` the last one also gets ``queries=1`` (only [CLS] is read): the
+library's layers and any layer wrapped by :func:`~.convert.conditioned` accept it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import Adapter, TokenSpace
-from .models.dit import DiTAdapter as ImageToImage
+from .models.dit import DiTAdapter, DiTConfig
 from .models.vit import PatchStem, ViTConfig
 
-__all__ = ["ImageToImage", "ImageToLabel", "TokenSpace", "ViTConfig"]
+__all__ = ["DiTConfig", "ImageToImage", "ImageToLabel", "TokenSpace", "ViTConfig"]
+
+ImageToImage = DiTAdapter  # the DiT's own adapter, under its shape's name
 
 
 class ImageToLabel(Adapter):

@@ -203,6 +203,7 @@ class DiffusionBlocks(nn.Module):
 
     @property
     def num_blocks(self) -> int:
+        """B, the number of blocks."""
         return len(self.blocks)
 
     def route(self, sigma: float | Tensor) -> int:

@@ -224,10 +224,12 @@ class Snapshot:
 
     @property
     def config(self) -> dict:
+        """The run config the checkpoint was written with (``config.json``)."""
         return _json(self, CONFIG, dict)
 
     @property
     def progress(self) -> Progress | None:
+        """Steps, layer evaluations and seconds trained so far; None when not recorded."""
         if PROGRESS not in self.files:
             return None
         d = _json(self, PROGRESS, dict)

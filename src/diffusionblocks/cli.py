@@ -66,9 +66,10 @@ HELP = {
     "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
     "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
     "ranks every N steps",
-    "init_from": "dblocks: start from this end-to-end checkpoint (same model flags): each block "
-    "takes a copy of its layers, the stem and the read-out, converted to compute the end-to-end "
-    "model at every σ, then trains block-wise (pretrained conversion)",
+    "init_from": "dblocks: start from this end-to-end checkpoint (same model flags), then train "
+    "block-wise (pretrained conversion): each block starts as the end-to-end model cut to its own "
+    "layers (a copy of the stem, its layers, exact under AdaLN at every σ, and the head); "
+    "validation is scored once before fine-tuning (step 0)",
     "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
     # model
     "width": "transformer width",

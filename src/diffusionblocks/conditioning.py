@@ -32,6 +32,7 @@ class NoiseEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(features, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, c_noise: Tensor) -> Tensor:
+        """The conditioning vector (N, dim) of c_noise (N,)."""
         return self.mlp(sinusoidal(c_noise, self.features))
 
 
@@ -49,6 +50,7 @@ class AdaLNZero(nn.Module):
         nn.init.zeros_(self.proj[1].bias)
 
     def forward(self, c: Tensor) -> tuple[Tensor, ...]:
+        """``chunks`` modulation vectors, each (N, 1, width), from the conditioning c (N, cond_dim)."""
         return self.proj(c)[:, None].chunk(self.chunks, dim=-1)
 
 
@@ -69,6 +71,7 @@ class ModulatedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, weight: Tensor, bias: Tensor | None,
                 eps: float) -> Tensor:
+        """The modulated norm's linear map; saves x̂ and 1/std."""
         # A unit affine: PyTorch's CPU kernel without one is about 2× slower (torch 2.13).
         ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
         xhat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], ones, torch.zeros_like(ones), eps)
@@ -78,6 +81,7 @@ class ModulatedLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        """Gradients of x, shift, scale, weight and bias, recomputing the modulated input."""
         xhat, rstd, shift, scale, weight, bias = ctx.saved_tensors
         flat_grad = grad.flatten(0, -2)
         modulated = torch.addcmul(shift, xhat, 1 + scale)

@@ -39,6 +39,7 @@ class SavedTensors:
 
     @property
     def bytes(self) -> int:
+        """Bytes of the distinct tensors saved for backward."""
         return sum(self.seen.values())
 
 
@@ -98,8 +99,9 @@ def state_bytes(
 
 class PeakMemory:
     """Peak memory over a ``with`` block: CUDA allocated bytes on a CUDA device, otherwise the
-    process's resident set (Linux: the high-water mark reset at entry; elsewhere the lifetime
-    peak, ``exact`` False). ``peak`` is absolute; ``above_start`` is the rise from entry."""
+    process's resident set (Linux: the high-water mark reset at entry; where it cannot be reset,
+    or the kernel ignores the reset, the lifetime peak, ``exact`` False). ``peak`` is absolute;
+    ``above_start`` is the rise from entry."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -111,9 +113,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
-            self.exact = _hwm_resets()
-            if self.exact:
-                _reset_hwm()
+            self.exact = _hwm_resets() and _reset_hwm()
             self.start = _rss()
         return self
 
@@ -124,6 +124,14 @@ class PeakMemory:
         else:
             self.peak = _hwm() if self.exact else _max_rss()
         self.above_start = self.peak - self.start
+
+
+def touch_fresh_pages(size: int) -> None:
+    """Make ``size`` bytes of new anonymous pages resident, then release them: a transient no
+    allocator can serve from memory already resident."""
+    with mmap.mmap(-1, size) as pages:
+        for i in range(0, size, mmap.PAGESIZE):
+            pages[i] = 1
 
 
 def _reset_hwm() -> bool:
@@ -138,17 +146,16 @@ def _reset_hwm() -> bool:
 @functools.cache
 def _hwm_resets() -> bool:
     """Whether this kernel really resets and tracks VmHWM (a sandbox may accept the write to
-    ``clear_refs`` and ignore it): the mark must drop to the resident set, then keep 8 MiB of
-    fresh anonymous pages touched and released."""
-    if _status("VmHWM") is None or not _reset_hwm():
-        return False
+    ``clear_refs`` and ignore it): with the mark raised 8 MiB above the resident set by a
+    transient, a reset must bring it down to the resident set, and a second transient up again."""
     size = 8 * 2**20
-    start = _rss()
-    if _hwm() - start > size // 8:  # the reset was ignored: the mark is still the lifetime peak
+    if _status("VmHWM") is None:
         return False
-    with mmap.mmap(-1, size) as pages:
-        for i in range(0, size, mmap.PAGESIZE):
-            pages[i] = 1
+    touch_fresh_pages(size)  # the mark now stands above the resident set, whatever came before
+    if not _reset_hwm() or _hwm() - _rss() > size // 8:  # not reset: still the earlier peak
+        return False
+    start = _rss()
+    touch_fresh_pages(size)
     return _hwm() - start >= size * 3 // 4
 
 

@@ -131,6 +131,7 @@ class Offload:
 
     @property
     def resident(self) -> list[str]:
+        """Names of the parts on the device now."""
         return [n for n in self.parts if n not in self.host]
 
     @contextmanager

@@ -356,6 +356,7 @@ class EndToEnd:
 
     @property
     def states(self) -> dict:
+        """Everything a checkpoint keeps to resume exactly: the optimizer and fp16 scalers."""
         return self.optimizers | self.precision.states()
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:

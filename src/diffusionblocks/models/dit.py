@@ -45,6 +45,7 @@ class DiTConfig:
 
     @property
     def grid(self) -> int:
+        """Patches per side."""
         return self.image_size // self.patch_size
 
     @property

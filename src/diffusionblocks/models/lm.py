@@ -53,6 +53,7 @@ class TokenStem(nn.Module):
         nn.init.normal_(self.tokens.weight, std=0.02)
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
+        """Token plus position embeddings of ``ids`` (N, T) at positions start, start + 1, …"""
         return self.tokens(ids) + self.pos[start : start + ids.shape[1]]
 
 

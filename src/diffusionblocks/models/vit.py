@@ -44,6 +44,7 @@ class ViTConfig:
 
     @property
     def num_patches(self) -> int:
+        """Patches per image."""
         return (self.image_size // self.patch_size) ** 2
 
 
@@ -59,6 +60,9 @@ def rotary(x: Tensor, start: int = 0) -> Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention (optionally with rotary positions): qkv projection, scaled dot
+    products, output projection."""
+
     def __init__(self, width: int, heads: int, rope: bool = False):
         super().__init__()
         self.heads, self.rope = heads, rope
@@ -85,6 +89,7 @@ class Attention(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor | None = None, cache=None,
                 queries: int | None = None) -> Tensor:
+        """Attention of ``h`` (N, T, width) over itself, projected; arguments as :meth:`mix`."""
         return self.out(self.mix(self.qkv(h), mask, cache, queries))
 
 
@@ -123,7 +128,6 @@ class TransformerLayer(nn.Module):
         h = torch.addcmul(first, gate1, self.attn.out(mixed))
         hidden = self.mlp[1](modulated_linear(h, shift2, scale2, self.mlp[0]))
         return torch.addcmul(h, gate2, self.mlp[2](hidden))
-
 
     @torch.no_grad()
     def adopt(self, plain: TransformerLayer) -> None:
@@ -201,6 +205,7 @@ class ViTClassifier(nn.Module):
         self.head = nn.Linear(cfg.width, cfg.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, classes) of images (N, C, H, W), read from the final [CLS] token."""
         h = self.stem(x, self.cls.expand(x.shape[0], -1))
         h = run_layers(self.layers, h, checkpointing=self.checkpointing, queries=1)
         return self.head(self.norm(h[:, 0]))

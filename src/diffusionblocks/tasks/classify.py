@@ -57,6 +57,7 @@ from ..training import (
     stored_averages,
 )
 
+ViTAdapter = ImageToLabel  # its earlier name
 MODES = ("e2e", "dblocks")
 # How the label is decoded: greedy starts the sampler at the noise mean, draw from noise.
 DECODES = ("greedy", "draw")
@@ -162,24 +163,26 @@ class ClassifyConfig:
         if self.block is not None and self.parallel:
             raise ValueError("--block trains one block as its own job; --parallel places blocks on "
                              "torchrun ranks: use one or the other")
-        if self.init_from is not None and self.mode != "dblocks":
+        if self.init_from and self.mode != "dblocks":
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
 
     def to_dict(self) -> dict:
+        """The config as JSON-ready data (``config.json``), with its task named."""
         return {"task": "classify", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassifyConfig:
+        """The config of :meth:`to_dict`'s data (a run's ``config.json``)."""
         d = {"val_size": 0, **d}  # a run from before validation splits had none
         return config_from_dict(cls, d, {"vit": ViTConfig, "noise": NoiseConfig, "optim": OptimConfig})
 
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "decode", "readout", "grid",
-             "sample_steps", "checkpointing", "tensorboard", "offload"}
+             "sample_steps", "checkpointing", "tensorboard", "offload", "init_from"}
 # Fields block jobs may differ in and still be merged into one model.
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
 
@@ -237,6 +240,9 @@ def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
     if len(e2e.layers) != sum(model.sizes):
         raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
     table = model.shared.embeddings()  # (classes, embed)
+    if table.shape[0] > table.shape[1]:  # then T·pinv(T) is a projection, not the identity
+        raise ValueError(f"{table.shape[0]} classes in a {table.shape[1]}-dimensional label table: "
+                         "the head cannot be converted exactly; use a width of at least the classes")
     scale = model.shared.logit_scale.exp()
     start = 0
     for block, (lo, hi) in zip(model.blocks, model.ranges):
@@ -255,7 +261,8 @@ def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
 
 
 def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
-    """The end-to-end model of ``cfg.init_from``, checked to have ``cfg``'s backbone."""
+    """The end-to-end model of ``cfg.init_from`` (its weight average when it has one), checked
+    to have ``cfg``'s backbone."""
     e2e, e2e_cfg = load(cfg.init_from)
     if e2e_cfg.mode != "e2e":
         raise ValueError(f"--init-from {cfg.init_from} holds a {e2e_cfg.mode} model; it takes an "
@@ -442,8 +449,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     writer = placement is None or placement.leader  # DDP replicas of a group write nothing
 
     model = build(cfg)
-    if cfg.init_from:  # before the optimizers and weight averages see the weights
-        init_from(model, pretrained(cfg))
+    if cfg.init_from and not checkpoint.exists(run_dir / "checkpoint"):  # a resume has its weights
+        init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
     model = model.to(device)
     strategy, total, warmup = make_strategy(cfg, model, run_dir / "offload", mine)
     if cfg.parallel and len(placement.members) > 1:
@@ -502,6 +509,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         try:
             with (MetricsLog(run_dir, cfg.mode, total, cfg.tensorboard, progress.step) if writer
                   else nullcontext()) as metrics:
+                if cfg.init_from and restored is None:
+                    on_every(progress)  # step 0: the converted model, before any fine-tuning
                 log = metrics.step if writer else None
                 progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
                                desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
