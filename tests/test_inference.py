@@ -93,3 +93,40 @@ def test_augmented_batches_are_rebuilt_exactly_from_their_step(digits):
     assert torch.equal(a(57)[0], b(57)[0])  # resume: the same batch, the same draws
     assert not torch.equal(a(57)[0], plain(57)[0]) and torch.equal(a(57)[1], plain(57)[1])
     assert not torch.equal(a(57)[0], a(58 + a.per_epoch)[0])
+
+
+def test_randaugment_operations_are_exact_at_zero_strength_and_shift_by_whole_pixels():
+    from diffusionblocks.data.images import RANDAUGMENT_OPS
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 16, 16), generator=g).float() / 255  # 8-bit pixels
+    zero = torch.zeros(4)
+    for name in ("identity", "rotate", "solarize", "color", "posterize", "contrast", "brightness",
+                 "sharpness", "shear_x", "shear_y", "translate_x", "translate_y"):
+        assert torch.allclose(RANDAUGMENT_OPS[name](x, zero), x, atol=1e-6), name
+    s = torch.full((4,), 2 * 4 / (16 * 0.9))  # 4 of 16 pixels
+    moved = RANDAUGMENT_OPS["translate_x"](x, s)
+    assert torch.allclose(moved[..., :12], x[..., 4:]) and torch.all(moved[..., 12:] == 0.5)
+    solar = RANDAUGMENT_OPS["solarize"](x, torch.full((4,), 0.5))
+    assert torch.equal(solar, torch.where(x * 255 >= 128, 1 - x, x))
+    assert torch.allclose(RANDAUGMENT_OPS["brightness"](x, torch.full((4,), -0.5)), 0.55 * x)
+
+
+def test_randaugment_batches_are_standardized_images_rebuilt_from_their_step():
+    from diffusionblocks.data.images import load_images, randaugment
+
+    data = load_images("digits")
+    assert data.pixels is not None and data.holdout(100).pixels is data.pixels
+    a = Batches(data.x_train, data.y_train, 64, seed=0, augment=("randaugment",), pixels=data.pixels)
+    plain = Batches(data.x_train, data.y_train, 64, seed=0)
+    x, y = a(3)
+    assert torch.equal(x, a(3)[0]) and torch.equal(y, plain(3)[1])
+    changed = (x - plain(3)[0]).flatten(1).abs().amax(1) > 1e-4
+    assert 0.5 < changed.float().mean() < 1  # two ops per image, identity among 14 choices
+    mean, std = data.pixels
+    assert torch.all(x * std + mean >= -1e-5) and torch.all(x * std + mean <= 1 + 1e-5)
+    with pytest.raises(ValueError, match="pixel scale"):
+        Batches(data.x_train, data.y_train, 64, seed=0, augment=("randaugment",))(0)
+    pixels = torch.rand(8, 1, 8, 8)
+    assert torch.equal(randaugment(pixels, torch.Generator().manual_seed(1)),
+                       randaugment(pixels, torch.Generator().manual_seed(1)))

@@ -43,7 +43,8 @@ HELP = {
     "(default: a tenth of the training set; 0: none, the curve watches test)",
     "seed": "random seed (initialization, data order, blocks, noise)",
     "augment": "training augmentation for both modes, comma-separated: flip (random horizontal "
-    "flip), crop (random crop after 4 pixels of zero padding); drawn on the device, seeded per step",
+    "flip), crop (random crop after 4 pixels of zero padding), randaugment (2 of 14 operations per "
+    "image at magnitude 9, as Cubuk et al.); drawn on the device, seeded per step",
     "sampler": "ODE sampler at inference: euler (paper) or heun",
     "readout": "mean: the prediction averages the log-probabilities of every denoiser call of the "
     "chain (each block's estimate alike); last: the final call's, at σ_min (the ODE's answer)",

@@ -23,7 +23,7 @@ import hashlib
 import io
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ class ImageData:
     num_classes: int
     x_val: Tensor | None = None
     y_val: Tensor | None = None
+    pixels: tuple[Tensor, Tensor] | None = None  # (mean, std): x = (pixel - mean) / std, pixels in [0, 1]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -75,8 +76,8 @@ class ImageData:
                              f"examples, got {n}")
         perm = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))
         keep, held = perm[:-n], perm[-n:]
-        return ImageData(self.x_train[keep], self.y_train[keep], self.x_test, self.y_test,
-                         self.num_classes, self.x_train[held], self.y_train[held])
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep],
+                       x_val=self.x_train[held], y_val=self.y_train[held])
 
 
 def data_dir(path: str | Path | None = None) -> Path:
@@ -281,10 +282,12 @@ def load_images(name: str, root: str | Path | None = None, scaling: str = "stand
     ytr = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     yte = torch.from_numpy(np.asarray(y_test, dtype=np.int64))
     if scaling == "symmetric":
-        return ImageData(2 * xtr - 1, ytr, 2 * xte - 1, yte, int(ytr.max()) + 1)
+        half = torch.full((1, xtr.shape[1], 1, 1), 0.5)
+        return ImageData(2 * xtr - 1, ytr, 2 * xte - 1, yte, int(ytr.max()) + 1, pixels=(half, half))
     mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
     std = xtr.std(dim=(0, 2, 3), keepdim=True)
-    return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1)
+    return ImageData((xtr - mean) / std, ytr, (xte - mean) / std, yte, int(ytr.max()) + 1,
+                     pixels=(mean, std))
 
 
 def on_device(tensors: tuple[Tensor, ...], device, share: float = 0.25) -> tuple[Tensor, ...]:
@@ -301,7 +304,7 @@ def on_device(tensors: tuple[Tensor, ...], device, share: float = 0.25) -> tuple
     return tuple(t.to(device) for t in tensors)
 
 
-AUGMENTATIONS = ("flip", "crop")
+AUGMENTATIONS = ("flip", "crop", "randaugment")
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:
@@ -314,10 +317,13 @@ def parse_augment(spec: str) -> tuple[str, ...]:
     return names
 
 
-def augment(x: Tensor, ops: tuple[str, ...], generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random horizontal flip and random crop of a batch (N, C, H, W), one draw per image, on the
-    batch's device. The crop pads ``pad`` zeros on every side (the mean pixel, for standardized
-    images) and cuts an H×W window at a random offset, as torchvision's RandomCrop(padding=4)."""
+def augment(x: Tensor, ops: tuple[str, ...], generator: torch.Generator, pad: int = 4,
+            pixels: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Random horizontal flip, random crop and RandAugment of a batch (N, C, H, W), one draw per
+    image, on the batch's device, in that order. The crop pads ``pad`` zeros on every side (the
+    mean pixel, for standardized images) and cuts an H×W window at a random offset, as
+    torchvision's RandomCrop(padding=4). RandAugment (:func:`randaugment`) works on pixels in
+    [0, 1]: ``pixels`` = (mean, std) of the standardization undoes it and redoes it."""
     n, _, h, w = x.shape
     if "flip" in ops:
         flip = torch.rand(n, generator=generator, device=x.device) < 0.5
@@ -329,6 +335,119 @@ def augment(x: Tensor, ops: tuple[str, ...], generator: torch.Generator, pad: in
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         x = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * pad)).gather(
             3, cols.expand(n, x.shape[1], h, w))
+    if "randaugment" in ops:
+        if pixels is None:
+            raise ValueError("randaugment needs the images' pixel scale (ImageData.pixels)")
+        mean, std = (t.to(x.device) for t in pixels)
+        x = (randaugment((x * std + mean).clamp(0, 1), generator) - mean) / std
+    return x
+
+
+def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
+    """PIL's ImageEnhance: b + factor·(a − b), clipped to [0, 1] (factor 1: a itself)."""
+    return (b + factor * (a - b)).clamp(0, 1)
+
+
+def _gray(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+
+
+def _affine(x: Tensor, theta: Tensor) -> Tensor:
+    """Resample each image through its 2×3 affine map (normalized coordinates), nearest pixel,
+    filling outside with grey (0.5), as the RandAugment reference fills with a constant."""
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    inside = torch.nn.functional.grid_sample(torch.ones_like(x[:, :1]), grid, mode="nearest",
+                                             align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="nearest", align_corners=False)
+    return out * inside + 0.5 * (1 - inside)
+
+
+def _equalize(x: Tensor) -> Tensor:
+    """Histogram equalization per image and channel over 256 grey levels."""
+    n, c, h, w = x.shape
+    levels = (x * 255).round().long().view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device, dtype=x.dtype)
+    hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=x.dtype))
+    cdf = hist.cumsum(1)
+    lo = cdf.gather(1, levels.min(1, keepdim=True).values)  # the cdf at the darkest level present
+    mapped = (cdf - lo) / (h * w - lo).clamp(min=1)
+    return mapped.gather(1, levels).view(n, c, h, w).clamp(0, 1)
+
+
+def _factor(s: Tensor) -> Tensor:
+    return (1 + 0.9 * s).view(-1, 1, 1, 1)  # an enhancement factor in [0.1, 1.9]
+
+
+def _shift(i: int, j: int, scale: float):
+    """A shear (off-diagonal) or translation (last column) of the affine map by scale·s."""
+    def op(x: Tensor, s: Tensor) -> Tensor:
+        theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(len(x), 1, 1)
+        theta[:, i, j] = scale * s
+        return _affine(x, theta)
+    return op
+
+
+def _rotate(x: Tensor, s: Tensor) -> Tensor:
+    a = s * (30 * torch.pi / 180)
+    zero = torch.zeros_like(a)
+    return _affine(x, torch.stack([torch.stack([a.cos(), -a.sin(), zero], 1),
+                                   torch.stack([a.sin(), a.cos(), zero], 1)], 1))
+
+
+def _autocontrast(x: Tensor, s: Tensor) -> Tensor:
+    lo, hi = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+    return torch.where(hi > lo, (x - lo) / (hi - lo).clamp(min=1e-6), x)
+
+
+def _posterize(x: Tensor, s: Tensor) -> Tensor:
+    step = 2 ** (4 * s.abs()).round().view(-1, 1, 1, 1)  # keep 8 - round(4|s|) bits
+    return ((x * 255).floor() / step).floor() * step / 255
+
+
+def _sharpness(x: Tensor, s: Tensor) -> Tensor:
+    kernel = torch.tensor([[1, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device, dtype=x.dtype) / 13
+    smooth = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"),
+                                        kernel.expand(x.shape[1], 1, 3, 3), groups=x.shape[1])
+    return _blend(x, smooth, _factor(s))
+
+
+# RandAugment's 14 operations (Cubuk et al., 2020) on images in [0, 1], each at a signed strength
+# s ∈ {-m, m} per image (m = magnitude / 30), with the reference implementation's ranges.
+RANDAUGMENT_OPS = {
+    "identity": lambda x, s: x,
+    "autocontrast": _autocontrast,
+    "equalize": lambda x, s: _equalize(x),
+    "rotate": _rotate,  # ±30° at m = 1
+    "solarize": lambda x, s: torch.where(x * 255 >= 256 * (1 - s.abs().view(-1, 1, 1, 1)), 1 - x, x),
+    "color": lambda x, s: _blend(x, _gray(x), _factor(s)),
+    "posterize": _posterize,  # 4 to 8 bits
+    "contrast": lambda x, s: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), _factor(s)),
+    "brightness": lambda x, s: _blend(x, torch.zeros_like(x), _factor(s)),
+    "sharpness": _sharpness,
+    "shear_x": _shift(0, 1, 0.3),
+    "shear_y": _shift(1, 0, 0.3),
+    "translate_x": _shift(0, 2, 0.9),  # up to 45% of the side (coordinates span 2)
+    "translate_y": _shift(1, 2, 0.9),
+}
+
+
+def randaugment(x: Tensor, generator: torch.Generator, n_ops: int = 2, magnitude: float = 9) -> Tensor:
+    """RandAugment of a batch of images in [0, 1]: ``n_ops`` operations in turn, each chosen
+    uniformly per image among :data:`RANDAUGMENT_OPS` (identity included) at strength
+    ``magnitude``/30 with a random sign, all drawn from ``generator`` on the batch's device."""
+    ops = list(RANDAUGMENT_OPS.values())
+    for _ in range(n_ops):
+        choice = torch.randint(len(ops), (len(x),), generator=generator, device=x.device)
+        sign = torch.randint(2, (len(x),), generator=generator, device=x.device) * 2 - 1
+        strength = sign.to(x.dtype) * (magnitude / 30)
+        out = x.clone()
+        for k, op in enumerate(ops):
+            idx = (choice == k).nonzero().flatten()
+            if len(idx):
+                out[idx] = op(x[idx], strength[idx])
+        x = out
     return x
 
 
@@ -342,11 +461,12 @@ class Batches:
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device="cpu",
-                 augment: tuple[str, ...] = ()):
+                 augment: tuple[str, ...] = (), pixels: tuple[Tensor, Tensor] | None = None):
         if batch_size > len(y):
             raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
         self.x, self.y = on_device((x, y), device)
         self.batch_size, self.seed, self.device, self.augment = batch_size, seed, device, augment
+        self.pixels = pixels
         self.per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
 
@@ -361,5 +481,5 @@ class Batches:
         y = self.y[idx].to(self.device)
         if self.augment:
             g = torch.Generator(x.device).manual_seed(self.seed * 1_000_033 + step)
-            x = augment(x, self.augment, g)
+            x = augment(x, self.augment, g, pixels=self.pixels)
         return x, y

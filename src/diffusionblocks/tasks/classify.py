@@ -458,7 +458,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             model.blocks[b] = parallel.data_parallel(model.blocks[b], group_pg, device)
     stored = parts(model, mine) | stored_averages(strategy)
     seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device, parse_augment(cfg.augment))
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device, parse_augment(cfg.augment),
+                      data.pixels)
     syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
     if syncing:
         parallel.sync_shared(strategy, model.shared, cfg.sync_every, placement, group_pg)
