@@ -239,7 +239,7 @@ def test_init_from_refuses_what_it_cannot_convert(digits, tmp_path, capsys):
                    digits, show=False)
     with pytest.raises(ValueError, match="holds a dblocks model"):
         classify.pretrained(_config(digits, init_from=str(_dblocks_run(digits, tmp_path))))
-    with pytest.raises(ValueError, match="10 classes in a 8-dimensional label table"):
+    with pytest.raises(ValueError, match="10 tokens in a 8-dimensional table"):
         small = _config(digits, mode="e2e", vit=ViTConfig(width=8, depth=6, heads=2))
         classify.init_from(classify.build(replace(small, mode="dblocks")), classify.build(small))
     with pytest.raises(SystemExit) as exit:

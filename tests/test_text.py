@@ -9,7 +9,8 @@ import torch
 
 from diffusionblocks import cli
 from diffusionblocks.data.text import Tokenizer, Windows, load_text
-from diffusionblocks.models.lm import LMConfig, denoising_mask
+from diffusionblocks.models.lm import LMConfig, causal_mask, denoising_mask
+from diffusionblocks.noise import scalings
 from diffusionblocks.sampling import sample_euler
 from diffusionblocks.tasks import ar, mdm
 from diffusionblocks.tasks.text import windows
@@ -484,3 +485,44 @@ def test_a_bpe_run_reports_bits_per_character_and_per_token(task, mode, text_fil
     model, loaded = module.load(tmp_path / task / "checkpoint")  # the tokenizer comes back with it
     assert Tokenizer(loaded.tokenizer, loaded.vocab).encode("the fox").tolist() == \
         data.tokenizer.encode("the fox").tolist()
+
+
+# --- pretrained conversion -----------------------------------------------------------------------
+
+
+def test_a_converted_ar_block_reads_the_end_to_end_model_cut_to_its_layers():
+    from diffusionblocks.models.lm import CausalLM
+
+    torch.manual_seed(0)
+    model, cfg = ar_model(vocab=11, blocks=2)
+    e2e = CausalLM(cfg.lm).eval()
+    for p in e2e.parameters():  # trained-looking weights: norms and biases off their init
+        p.data += 0.1 * torch.randn_like(p)
+    ar.init_from(model, e2e)
+    x = torch.randint(0, 11, (3, 16))
+    with torch.no_grad():
+        for b, (block, (lo, hi)) in enumerate(zip(model.blocks, model.ranges)):
+            c = block.noise_embed(torch.full((3,), 0.7))  # any σ: the layers ignore it at conversion
+            h = block.adapter.encode(x, torch.randn(3, 16, model.shared.embed_dim))
+            for layer in block.layers:
+                h = layer(h, c, block.adapter.attention_mask(x))
+            want = e2e.stem(x)
+            for layer in e2e.layers[2 * b : 2 * b + 2]:
+                want = layer(want, None, causal_mask(16))
+            assert torch.allclose(h[:, :16], want, atol=1e-5)  # the clean stream
+            _, c_out, _, _ = scalings(torch.tensor((lo * hi) ** 0.5), model.noise.sigma_data)
+            logits = model.shared.logits(c_out * block.adapter.read(h[:, :16]))
+            assert torch.allclose(logits, e2e.head(e2e.norm(want)), atol=1e-4)
+
+
+def test_cli_converts_an_ar_model_and_scores_it_before_fine_tuning(text_file, tmp_path):
+    common = ["--data", str(text_file), "--blocks", "2", "--steps", "4", "--evals", "1",
+              "--prompt-length", "4", *TINY]
+    cli.main(["train", "ar", "--mode", "e2e", *common, "--out", str(tmp_path / "e2e")])
+    cli.main(["train", "ar", "--mode", "dblocks", *common, "--out", str(tmp_path / "db"),
+              "--init-from", str(tmp_path / "e2e" / "checkpoint")])
+    records = [json.loads(line) for line in (tmp_path / "db" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in records if "val_teacher_forced_accuracy" in r]
+    assert evals == [0, 8]  # the converted model, then after fine-tuning (2 blocks × 4 steps)
+    with pytest.raises(ValueError, match="needs --mode dblocks"):
+        ar.ARConfig(mode="e2e", init_from="x")

@@ -89,6 +89,18 @@ class TokenSpace(SharedParts):
     def estimate(self, denoised: Tensor) -> Tensor:
         return self.logits(denoised).softmax(-1) @ self.embeddings()
 
+    @torch.no_grad()
+    def read_out_of(self, head: nn.Linear, c_out: float) -> tuple[Tensor, Tensor]:
+        """Weight and bias of a read-out F = A·h + a whose logits, at D = c_out·F, are the
+        ``head``'s: s·c_out·(A·h + a)·Tᵀ = W·h + b, by the table's pseudo-inverse (pretrained
+        conversion). Exact when the table's rows are independent (tokens ≤ dimensions)."""
+        table = self.embeddings()
+        if table.shape[0] > table.shape[1]:  # then T·pinv(T) is a projection, not the identity
+            raise ValueError(f"{table.shape[0]} tokens in a {table.shape[1]}-dimensional table: a "
+                             "head cannot be converted exactly; use a width of at least the tokens")
+        inverse = torch.linalg.pinv(table) / (self.logit_scale.exp() * c_out)  # (embed, tokens)
+        return inverse @ head.weight, inverse @ head.bias
+
 
 class Adapter(nn.Module):
     """A block's own way in and out of its layers; subclasses give ``encode`` and ``decode``.

@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     text_only = argparse.ArgumentParser(add_help=False)  # flags of the language models
     _text_args(text_only, "mdm", skip=("mode",))
     for task in ("ar", "recurrent"):
-        taken = ("mode", *(a.dest for a in text_only._actions))
+        taken = ("mode", "init_from", *(a.dest for a in text_only._actions))
         _add_fields(text_only, _text_class(task), skip=taken, help=TEXT_HELP)
     groups = (("generate only", generate_only), ("language models (mdm, ar, recurrent)", text_only))
     for title, flags in groups:

@@ -223,10 +223,11 @@ def kept_metrics(path: Path, step: int) -> list[dict]:
 
 
 def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
-              resumable: set[str], show: bool = True, desc: str = "train"):
+              resumable: set[str], show: bool = True, desc: str = "train", first: bool = False):
     """The training run every task shares: lock ``cfg.out``, resume from its checkpoint (same
     config outside ``resumable``), log steps to metrics.jsonl, and every ``total // cfg.evals``
-    steps record ``evaluate(progress)`` (a dict) and write a checkpoint atomically.
+    steps record ``evaluate(progress)`` (a dict) and write a checkpoint atomically. ``first``:
+    also at step 0 of a fresh run (a converted model, before fine-tuning).
 
     Returns the final progress, the evaluation records and the measured step times.
     """
@@ -260,6 +261,8 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
 
         try:
             with MetricsLog(out, cfg.mode, total, cfg.tensorboard, progress.step) as metrics:
+                if first and restored is None:
+                    on_every(progress)
                 progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
                                max(1, total // cfg.evals), on_every, metrics.step, desc=desc, show=show)
         finally:

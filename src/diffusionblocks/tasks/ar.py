@@ -18,6 +18,7 @@ is how teacher-forced accuracy is read (:func:`initial_state`).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ from .text import (
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
-             "sample_steps", "num_samples", "prompt_length", "sample_length", "temperature"}
+             "sample_steps", "num_samples", "prompt_length", "sample_length", "temperature", "init_from"}
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ARConfig(TextConfig):
     prompt_length: int = 32
     sample_length: int = 128
     temperature: float = 1.0
+    init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
     out: str = "runs/ar"
     lm: LMConfig = field(default_factory=lambda: LMConfig(depth=8))
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(gamma=0.1, partition="uniform"))
@@ -86,6 +88,9 @@ class ARConfig(TextConfig):
         check_at_least_one(self, ("num_samples", "prompt_length", "sample_length"))
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
+        if self.init_from and self.mode != "dblocks":
+            raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
+                             "needs --mode dblocks")
 
     def to_dict(self) -> dict:
         return {"task": "ar", **asdict(self)}
@@ -138,6 +143,53 @@ def build(cfg: ARConfig) -> nn.Module:
         cond_dim=width, noise=cfg.noise, split=cfg.split, shared_policy=cfg.shared_policy,
         checkpointing=cfg.checkpointing,
     )
+
+
+@torch.no_grad()
+def init_from(model: DiffusionBlocks, e2e: CausalLM) -> None:
+    """Start DiffusionBlocks from a trained end-to-end language model (pretrained conversion).
+
+    Each block takes a copy of its own layers (exact under AdaLN at every σ: see
+    :meth:`TransformerLayer.adopt`), of the token and position embeddings (the noisy slots'
+    extra last position takes the last one), of the final norm, and a read-out that gives the
+    head's logits through the token table at the block's σ (:meth:`TokenSpace.read_out_of`).
+    The clean stream of block b is then the end-to-end model cut to its layers; the noisy
+    slots, read in with zero weight, start without a token of their own.
+    """
+    if len(e2e.layers) != sum(model.sizes):
+        raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
+    start = 0
+    for block, (lo, hi) in zip(model.blocks, model.ranges):
+        for layer, plain in zip(block.layers, e2e.layers[start:]):
+            layer.adopt(plain)
+        start += len(block.layers)
+        a = block.adapter
+        a.stem.tokens.load_state_dict(e2e.stem.tokens.state_dict())
+        n = len(e2e.stem.pos)
+        a.stem.pos[:n] = e2e.stem.pos
+        a.stem.pos[n:] = e2e.stem.pos[-1]
+        a.read_in.weight.zero_()
+        a.read_in.bias.zero_()
+        a.norm.load_state_dict(e2e.norm.state_dict())
+        _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), model.noise.sigma_data)
+        weight, bias = model.shared.read_out_of(e2e.head, c_out.item())
+        a.read_out.weight.copy_(weight)
+        a.read_out.bias.copy_(bias)
+
+
+def pretrained(cfg: ARConfig) -> CausalLM:
+    """The end-to-end model of ``cfg.init_from`` (its weight average when it has one), checked
+    to have ``cfg``'s backbone and vocabulary."""
+    e2e, e2e_cfg = load(cfg.init_from)
+    if e2e_cfg.mode != "e2e":
+        raise ValueError(f"--init-from {cfg.init_from} holds a {e2e_cfg.mode} model; it takes an "
+                         "end-to-end autoregressive checkpoint (train ar --mode e2e)")
+    if e2e_cfg.lm != cfg.lm or e2e_cfg.vocab != cfg.vocab:
+        diff = ", ".join(f"{k}: {v!r} vs {getattr(cfg.lm, k)!r}" for k, v in asdict(e2e_cfg.lm).items()
+                         if getattr(cfg.lm, k) != v) or "the vocabulary"
+        raise ValueError(f"--init-from {cfg.init_from} has another backbone ({diff}); give this run "
+                         "the same model flags and data")
+    return e2e
 
 
 def sigma_grid(cfg: ARConfig) -> Tensor:
@@ -344,7 +396,10 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
     data = data or load_data(cfg)
     cfg = ARConfig.from_dict(resolved(cfg, data))
     device = resolve_device(cfg.device)
-    model = build(cfg).to(device)
+    model = build(cfg)
+    if cfg.init_from and not checkpoint.exists(Path(cfg.out) / "checkpoint"):  # a resume has its weights
+        init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
+    model = model.to(device)
     total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
     if cfg.mode == "dblocks":
         strategy = Blockwise(model, cfg.optim)
@@ -363,7 +418,8 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
                              "val_test_bpc")
 
     progress, history, step_times = train_run(
-        cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}")
+        cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}",
+        first=bool(cfg.init_from))
     x, y = batch_at(0)
     if isinstance(model, DiffusionBlocks):
         per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)

@@ -233,17 +233,12 @@ def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
     Each block takes a copy of its own layers (made to compute what they did, for any σ: see
     :meth:`TransformerLayer.adopt`), of the patch stem, the [CLS] token and the final norm, and a
     read-out F that, through the label table, gives the head's logits at its σ from the noise
-    mean: s·c_out·F·Tᵀ = W·h + b, solved by the table's pseudo-inverse. The noisy label enters
+    mean (:meth:`TokenSpace.read_out_of`). The noisy label enters
     with zero weight. So block b starts as the end-to-end model cut to its own layers (stem,
     layers of b, head); fine-tuning teaches it to work without the layers before it.
     """
     if len(e2e.layers) != sum(model.sizes):
         raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
-    table = model.shared.embeddings()  # (classes, embed)
-    if table.shape[0] > table.shape[1]:  # then T·pinv(T) is a projection, not the identity
-        raise ValueError(f"{table.shape[0]} classes in a {table.shape[1]}-dimensional label table: "
-                         "the head cannot be converted exactly; use a width of at least the classes")
-    scale = model.shared.logit_scale.exp()
     start = 0
     for block, (lo, hi) in zip(model.blocks, model.ranges):
         for layer, plain in zip(block.layers, e2e.layers[start:]):
@@ -255,9 +250,9 @@ def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
         a.read_in.bias.copy_(e2e.cls[0])
         a.norm.load_state_dict(e2e.norm.state_dict())
         _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), model.noise.sigma_data)
-        inverse = torch.linalg.pinv(table) / (scale * c_out)  # (embed, classes)
-        a.read_out.weight.copy_(inverse @ e2e.head.weight)
-        a.read_out.bias.copy_(inverse @ e2e.head.bias)
+        weight, bias = model.shared.read_out_of(e2e.head, c_out.item())
+        a.read_out.weight.copy_(weight)
+        a.read_out.bias.copy_(bias)
 
 
 def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
