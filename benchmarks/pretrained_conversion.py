@@ -1,14 +1,19 @@
-"""Pretrained conversion on an image dataset (docs/results.md, "Pretrained conversion").
+"""Pretrained conversion (docs/results.md, "Pretrained conversion").
 
 (a) end to end for N steps; (b) DiffusionBlocks from scratch for the same layer evaluations;
 (c) (a)'s model converted (``--init-from``: each block a copy of its layers, the stem and the
-head) and fine-tuned block-wise for N/2 end-to-end steps' worth. Defaults are chosen on the
-validation split the runs hold out (a tenth of the training images); test is scored once per
-run. (c) is also scored on validation right after conversion (step 0), before fine-tuning.
+head) and fine-tuned block-wise for N/2 end-to-end steps' worth, scored on validation right
+after conversion (step 0) and during fine-tuning. Test is scored once per run at the end.
 Every run trains into OUT/NAME and is reused when finished.
 
-    python benchmarks/pretrained_conversion.py --dataset mnist --data-dir ../shared/data \\
-        --out runs/conversion --report docs/bench/conversion
+    python benchmarks/pretrained_conversion.py --task classify --dataset mnist --steps 1000 \\
+        --data-dir ../shared/data --out runs/conversion_mnist --report docs/bench/conversion
+    python benchmarks/pretrained_conversion.py --task ar --data-dir ../shared/data \\
+        --out runs/conversion_ar --report docs/bench/conversion
+
+Images: validation is a tenth of the training images (the default split). Text (Tiny
+Shakespeare, the documented CPU scale of the autoregressive family): validation is the 5%
+split after training; (b) and (c) sample 128-character continuations judged by (a).
 """
 
 from __future__ import annotations
@@ -19,52 +24,75 @@ from pathlib import Path
 
 import torch
 
-from diffusionblocks.data.images import load_images
-from diffusionblocks.tasks import classify
+from diffusionblocks.tasks import ar, classify
+
+ROWS = (("a", "(a) end to end"), ("b", "(b) DiffusionBlocks from scratch"),
+        ("c", "(c) (a) converted, fine-tuned"))
+
+
+def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
+    from diffusionblocks.data.images import load_images
+
+    data = load_images(args.dataset, args.data_dir)
+
+    def run(name: str, **settings) -> dict:
+        cfg = classify.ClassifyConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                                      out=str(out / name), **settings)
+        return classify.train(cfg, data)
+
+    a = run("a_e2e", mode="e2e", steps=args.steps)
+    b = run("b_scratch", steps=a["steps"])
+    c = run("c_converted", steps=a["steps"] // 2, init_from=str(out / "a_e2e" / "checkpoint"))
+    return {"a": a, "b": b, "c": c}, "val_accuracy", ["val_accuracy", "test_accuracy"]
+
+
+def text(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
+    def config(name: str, **settings) -> ar.ARConfig:
+        return ar.ARConfig(data_dir=args.data_dir, seed=args.seed, out=str(out / name), device="cpu",
+                           **({"steps": args.steps} if args.steps else {}) | settings)
+
+    a_cfg = config("a_e2e", mode="e2e")
+    a = ar.train(a_cfg)
+    judge, _ = ar.load(out / "a_e2e" / "checkpoint")
+    b = ar.train(config("b_scratch"), judge=judge)
+    c = ar.train(config("c_converted", steps=a_cfg.steps // 2, init_from=str(out / "a_e2e" / "checkpoint")),
+                 judge=judge)
+    a["teacher_forced_accuracy"] = a["next_char_accuracy"]  # an end-to-end model's is the argmax
+    return ({"a": a, "b": b, "c": c}, "val_teacher_forced_accuracy",
+            ["teacher_forced_accuracy", "sampled_accuracy", "judge_bpc"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--task", choices=("classify", "ar"), default="classify")
+    parser.add_argument("--dataset", default="mnist", help="classify: the image dataset")
     parser.add_argument("--data-dir")
-    parser.add_argument("--steps", type=int, default=None, help="N (default: the dataset's budget)")
+    parser.add_argument("--steps", type=int, default=None, help="N (default: the task's budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/conversion")
     parser.add_argument("--report", default="docs/bench/conversion")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_images(args.dataset, args.data_dir)
-    out = Path(args.out)
-
-    def config(name: str, **settings) -> classify.ClassifyConfig:
-        cfg = classify.ClassifyConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
-                                      out=str(out / name), **settings)
-        return classify.resolve_config(cfg, data)
-
-    a = classify.train(config("a_e2e", mode="e2e", steps=args.steps), data)
-    steps = a["steps"]
-    b = classify.train(config("b_scratch", steps=steps), data)
-    c = classify.train(config("c_converted", steps=steps // 2, init_from=str(out / "a_e2e" / "checkpoint")),
-                       data)
-    rows = [("(a) end to end", a), ("(b) DiffusionBlocks from scratch", b),
-            ("(c) (a) converted, fine-tuned", c)]
+    runs, curve_key, shown = (images if args.task == "classify" else text)(args, Path(args.out))
+    name = args.dataset if args.task == "classify" else "tinyshakespeare_ar"
+    curve = [(r["layer_evals"], r[curve_key]) for r in runs["c"]["history"] if curve_key in r]
     record = {
-        "dataset": args.dataset, "seed": args.seed, "steps": steps,
-        "runs": {k: {f: r[f] for f in ("mode", "steps", "layer_evals", "val_accuracy", "test_accuracy")}
-                 for k, r in zip(("a", "b", "c"), (a, b, c))},
-        "c_val_at_conversion": c["history"][0]["val_accuracy"],  # step 0, before fine-tuning
-        "c_val_curve": [(r["layer_evals"], r["val_accuracy"]) for r in c["history"]],
+        "task": args.task, "data": name, "seed": args.seed, "steps": runs["a"]["steps"],
+        "runs": {k: {f: r.get(f) for f in ("mode", "steps", "layer_evals", *shown)} for k, r in runs.items()},
+        "c_validation_curve": curve,  # the first point is the converted model, before fine-tuning
     }
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
-    (report / f"{args.dataset}.json").write_text(json.dumps(record, indent=2))
-    lines = [f"Pretrained conversion, {args.dataset}, N = {steps} end-to-end steps, seed {args.seed}", "",
-             "| run | layer evaluations | validation | test |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['layer_evals']:,} | {100 * r['val_accuracy']:.2f}% "
-              f"| {100 * r['test_accuracy']:.2f}% |" for name, r in rows]
-    lines += ["", "(c) on validation, by layer evaluations of fine-tuning: "
-              + ", ".join(f"{n:,}: {100 * v:.2f}%" for n, v in record["c_val_curve"])]
-    (report / f"{args.dataset}.md").write_text("\n".join(lines) + "\n")
+    (report / f"{name}.json").write_text(json.dumps(record, indent=2))
+    lines = [f"Pretrained conversion, {name}, N = {record['steps']} end-to-end steps, seed {args.seed}", "",
+             "| run | layer evaluations | " + " | ".join(shown) + " |", "|---" * (2 + len(shown)) + "|"]
+    for key, label in ROWS:
+        r = runs[key]
+        cells = [f"{r[f]:.4f}" if isinstance(r.get(f), float) else "–" for f in shown]
+        lines.append(f"| {label} | {r['layer_evals']:,} | " + " | ".join(cells) + " |")
+    lines += ["", f"(c) {curve_key} by layer evaluations of fine-tuning (0: as converted): "
+              + ", ".join(f"{n:,}: {v:.4f}" for n, v in curve)]
+    (report / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
