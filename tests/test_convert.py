@@ -242,6 +242,9 @@ def test_init_from_refuses_what_it_cannot_convert(digits, tmp_path, capsys):
     with pytest.raises(ValueError, match="10 tokens in a 8-dimensional table"):
         small = _config(digits, mode="e2e", vit=ViTConfig(width=8, depth=6, heads=2))
         classify.init_from(classify.build(replace(small, mode="dblocks")), classify.build(small))
+    with pytest.raises(ValueError, match="the end-to-end model has 5 layers, this one 6"):
+        e2e = classify.build(_config(digits, mode="e2e"))
+        classify.build(_config(digits)).adopt(e2e.layers[:5], e2e.head, lambda adapter: None)
     with pytest.raises(SystemExit) as exit:
         cli.main(["train", "classify", "--dataset", "digits", "--depth", "3", "--width", "16",
                   "--heads", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "db"),

@@ -25,6 +25,13 @@ def test_lr_factor_warms_up_linearly_then_decays_by_cosine():
     assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_lr_factor_constant_schedule_keeps_the_peak_after_warm_up():
+    assert lr_factor(4, 100, 10, "constant") == pytest.approx(0.5)
+    assert [lr_factor(t, 100, 10, "constant") for t in (9, 50, 99)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        OptimConfig(schedule="linear")
+
+
 def test_matched_budget_gives_b_times_the_steps_and_warmup():
     assert matched_budget(1000, 100, 3) == (3000, 300)
     assert matched_budget(1000, 100, 3, match="steps") == (1000, 100)

@@ -17,6 +17,7 @@ the hidden sequence ``h`` and a conditioning vector ``c`` (N, cond_dim).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -252,6 +253,24 @@ class DiffusionBlocks(nn.Module):
     def denoiser(self, x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         """A sampler-ready callable ``(z, σ) -> estimate`` that routes σ to its block."""
         return lambda z, sigma: self.shared.estimate(self.denoise(z, sigma, x))
+
+    @torch.no_grad()
+    def adopt(self, layers: Sequence[nn.Module], head: nn.Linear, adapter: Callable[[Adapter], None]) -> None:
+        """Pretrained conversion: start each block as a trained end-to-end model cut to its own
+        layers. Block b takes copies of its run of ``layers`` (each layer's ``adopt``, exact at
+        every σ), ``adapter(block.adapter)`` copies the end-to-end stem and final norm into it,
+        and its ``read_out`` gives the ``head``'s logits at the block's central σ through the
+        token table (:meth:`TokenSpace.read_out_of`)."""
+        if len(layers) != sum(self.sizes):
+            raise ValueError(f"the end-to-end model has {len(layers)} layers, this one {sum(self.sizes)}")
+        for block, (lo, hi), start in zip(self.blocks, self.ranges, itertools.accumulate([0, *self.sizes])):
+            for layer, plain in zip(block.layers, layers[start:]):
+                layer.adopt(plain)
+            adapter(block.adapter)
+            _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), self.noise.sigma_data)
+            weight, bias = self.shared.read_out_of(head, c_out.item())
+            block.adapter.read_out.weight.copy_(weight)
+            block.adapter.read_out.bias.copy_(bias)
 
     def parts(self) -> dict[str, nn.Module]:
         """Separately trainable and storable parts: ``shared`` and ``block_0`` … ``block_{B-1}``."""

@@ -20,7 +20,7 @@ from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
 from .sampling import SAMPLERS
 from .tasks.classify import DECODES, MODES, READOUTS
-from .training import PRECISIONS, OptimConfig
+from .training import PRECISIONS, SCHEDULES, OptimConfig
 
 HELP = {
     # run
@@ -91,6 +91,8 @@ HELP = {
     "lr": "peak learning rate (AdamW; default 3e-3 end to end, 5e-3 DiffusionBlocks)",
     "weight_decay": "AdamW weight decay (matrices only)",
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
+    "schedule": "learning rate after the warm-up: cosine (decay to 0 at the last step, the "
+    "default) or constant (the peak rate to the end, as EDM and DiT train with an EMA)",
     "clip": "gradient-norm clip (0: off)",
     "ema": "decay of an exponential moving average of the weights, kept per block and updated "
            "when that block trains (warm-up: min(decay, (1+n)/(10+n))); eval, sample and FID use "
@@ -167,7 +169,7 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
     "mode": MODES, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
-    "offload": OFFLOAD_TARGETS, "precision": PRECISIONS,
+    "offload": OFFLOAD_TARGETS, "precision": PRECISIONS, "schedule": SCHEDULES,
 }
 
 

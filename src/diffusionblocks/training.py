@@ -28,6 +28,7 @@ from .offload import Offload
 from .runs import check_numbers
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "constant")
 _LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -40,6 +41,7 @@ class OptimConfig:
     lr: float | None = 3e-3
     weight_decay: float = 0.05
     warmup: int = 100
+    schedule: str = "cosine"  # after the warm-up: cosine decay to 0, or constant (EDM, DiT)
     clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     precision: str = "auto"  # fp32 on CPU, bf16 on CUDA where supported
@@ -50,6 +52,8 @@ class OptimConfig:
         check_numbers(self)
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1) (a decay such as 0.999; 0: off), got {self.ema}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr is not None and self.lr <= 0:
@@ -76,10 +80,12 @@ def matched_budget(steps: int, warmup: int, blocks: int, match: str = "layers") 
     raise ValueError(f"unknown budget match {match!r}; choose 'layers' or 'steps'")
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 0."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up, then cosine decay to 0 (or, ``constant``, the peak rate to the end)."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -420,7 +426,7 @@ def fit(
     bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not show, dynamic_ncols=True)
     while progress.step < total:
         t = progress.step
-        factor = lr_factor(t, total, warmup)
+        factor = lr_factor(t, total, warmup, strategy.cfg.schedule)
         for opt in strategy.optimizers.values():
             for g in opt.param_groups:
                 g["lr"] = strategy.cfg.lr * factor

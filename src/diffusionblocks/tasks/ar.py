@@ -18,7 +18,6 @@ is how teacher-forced accuracy is read (:func:`initial_state`).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,14 +155,7 @@ def init_from(model: DiffusionBlocks, e2e: CausalLM) -> None:
     The clean stream of block b is then the end-to-end model cut to its layers; the noisy
     slots, read in with zero weight, start without a token of their own.
     """
-    if len(e2e.layers) != sum(model.sizes):
-        raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
-    start = 0
-    for block, (lo, hi) in zip(model.blocks, model.ranges):
-        for layer, plain in zip(block.layers, e2e.layers[start:]):
-            layer.adopt(plain)
-        start += len(block.layers)
-        a = block.adapter
+    def adapter(a: Adapter) -> None:
         a.stem.tokens.load_state_dict(e2e.stem.tokens.state_dict())
         n = len(e2e.stem.pos)
         a.stem.pos[:n] = e2e.stem.pos
@@ -171,10 +163,8 @@ def init_from(model: DiffusionBlocks, e2e: CausalLM) -> None:
         a.read_in.weight.zero_()
         a.read_in.bias.zero_()
         a.norm.load_state_dict(e2e.norm.state_dict())
-        _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), model.noise.sigma_data)
-        weight, bias = model.shared.read_out_of(e2e.head, c_out.item())
-        a.read_out.weight.copy_(weight)
-        a.read_out.bias.copy_(bias)
+
+    model.adopt(e2e.layers, e2e.head, adapter)
 
 
 def pretrained(cfg: ARConfig) -> CausalLM:

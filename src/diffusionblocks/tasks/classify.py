@@ -27,7 +27,7 @@ from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
-from ..noise import GRIDS, NoiseConfig, scalings
+from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
     MetricsLog,
@@ -237,22 +237,13 @@ def init_from(model: DiffusionBlocks, e2e: ViTClassifier) -> None:
     with zero weight. So block b starts as the end-to-end model cut to its own layers (stem,
     layers of b, head); fine-tuning teaches it to work without the layers before it.
     """
-    if len(e2e.layers) != sum(model.sizes):
-        raise ValueError(f"the end-to-end model has {len(e2e.layers)} layers, this one {sum(model.sizes)}")
-    start = 0
-    for block, (lo, hi) in zip(model.blocks, model.ranges):
-        for layer, plain in zip(block.layers, e2e.layers[start:]):
-            layer.adopt(plain)
-        start += len(block.layers)
-        a = block.adapter
+    def adapter(a: ImageToLabel) -> None:
         a.stem.load_state_dict(e2e.stem.state_dict())
         a.read_in.weight.zero_()
         a.read_in.bias.copy_(e2e.cls[0])
         a.norm.load_state_dict(e2e.norm.state_dict())
-        _, c_out, _, _ = scalings(torch.tensor(math.sqrt(lo * hi)), model.noise.sigma_data)
-        weight, bias = model.shared.read_out_of(e2e.head, c_out.item())
-        a.read_out.weight.copy_(weight)
-        a.read_out.bias.copy_(bias)
+
+    model.adopt(e2e.layers, e2e.head, adapter)
 
 
 def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
