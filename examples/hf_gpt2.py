@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from diffusionblocks import Blockwise, DiffusionBlocks, OptimConfig, TokenSpace, conditioned, fit
+from diffusionblocks.adapters import TokensToNextToken
 from diffusionblocks.data.text import Windows
 from diffusionblocks.models.lm import LMConfig
 from diffusionblocks.tasks import ar
@@ -69,8 +70,8 @@ def main() -> None:
     layers = conditioned([GPT2Layer(GPT2Block(gpt2, layer_idx=i)) for i in range(lm.depth)],
                          cond_dim=lm.width)
     tokens = TokenSpace(lm.vocab_size, lm.width)
-    model = DiffusionBlocks(layers, tokens, lambda: ar.ARAdapter(lm, lm.width), blocks=2, cond_dim=lm.width,
-                            noise=cfg.noise, shared_policy="frozen")
+    model = DiffusionBlocks(layers, tokens, lambda: TokensToNextToken(lm, lm.width), blocks=2,
+                            cond_dim=lm.width, noise=cfg.noise, shared_policy="frozen")
     windows = Windows(data.train, batch, lm.context + 1, seed=0)
 
     def batch_at(t: int):

@@ -26,15 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..blocks import SHARED_POLICIES, Adapter, DiffusionBlocks, TokenSpace
+from ..adapters import TokensToNextToken
+from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..models.lm import (
     CausalLM,
     KVCache,
     LMConfig,
-    TokenStem,
-    denoising_mask,
     make_layers,
     next_token_loss,
     run_cached,
@@ -102,32 +101,7 @@ class ARConfig(TextConfig):
 # --- the DiffusionBlocks model -----------------------------------------------------------------
 
 
-class ARAdapter(Adapter):
-    """A block's clean-token stem, the read-in of the noisy slots, and the read-out of F."""
-
-    def __init__(self, cfg: LMConfig, embed_dim: int):
-        super().__init__()
-        self.stem = TokenStem(cfg.vocab_size, cfg.width, cfg.context + 1)
-        self.read_in = nn.Linear(embed_dim, cfg.width)
-        nn.init.zeros_(self.read_in.weight)  # a fresh block starts from context alone
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
-        self.read_out = nn.Linear(cfg.width, embed_dim)
-
-    def slots(self, z_in: Tensor, start: int) -> Tensor:
-        """Noisy slots at positions start, start + 1, …"""
-        return self.read_in(z_in) + self.stem.pos[start : start + z_in.shape[1]]
-
-    def encode(self, x: Tensor, z_in: Tensor) -> Tensor:
-        return torch.cat([self.stem(x), self.slots(z_in, 1)], dim=1)
-
-    def attention_mask(self, x: Tensor) -> Tensor:
-        return denoising_mask(x.shape[1], x.device)
-
-    def read(self, h: Tensor) -> Tensor:
-        return self.read_out(self.norm(h))
-
-    def decode(self, h: Tensor, c: Tensor) -> Tensor:
-        return self.read(h[:, h.shape[1] // 2 :])
+ARAdapter = TokensToNextToken  # the autoregressive block's adapter (see adapters.py)
 
 
 def build(cfg: ARConfig) -> nn.Module:
@@ -155,7 +129,7 @@ def init_from(model: DiffusionBlocks, e2e: CausalLM) -> None:
     The clean stream of block b is then the end-to-end model cut to its layers; the noisy
     slots, read in with zero weight, start without a token of their own.
     """
-    def adapter(a: Adapter) -> None:
+    def adapter(a: TokensToNextToken) -> None:
         a.stem.tokens.load_state_dict(e2e.stem.tokens.state_dict())
         n = len(e2e.stem.pos)
         a.stem.pos[:n] = e2e.stem.pos

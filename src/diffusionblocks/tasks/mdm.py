@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..blocks import Adapter, Block, split_layers
+from ..adapters import TokensToTokens
+from ..blocks import Block, split_layers
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
-from ..models.lm import LMConfig, TokenStem, make_layers
+from ..models.lm import LMConfig, make_layers
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, OptimConfig, matched_budget
 from .text import (
@@ -84,20 +85,7 @@ class MDMConfig(TextConfig):
 # --- the model ---------------------------------------------------------------------------------
 
 
-class MaskedAdapter(Adapter):
-    """A block's own token embedding (with a [MASK] token), positions, and logits head."""
-
-    def __init__(self, cfg: LMConfig):
-        super().__init__()
-        self.stem = TokenStem(cfg.vocab_size + 1, cfg.width, cfg.context)
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
-        self.head = nn.Linear(cfg.width, cfg.vocab_size)
-
-    def encode(self, x: Tensor, z_in: Tensor | None) -> Tensor:
-        return self.stem(x)
-
-    def decode(self, h: Tensor, c: Tensor) -> Tensor:
-        return self.head(self.norm(h))
+MaskedAdapter = TokensToTokens  # the masked-diffusion block's adapter (see adapters.py)
 
 
 class MaskedDiffusion(nn.Module):
