@@ -13,7 +13,8 @@ Every run trains into OUT/NAME and is reused when finished.
 
 Images: validation is a tenth of the training images (the default split). Text (Tiny
 Shakespeare, the documented CPU scale of the autoregressive family): validation is the 5%
-split after training; (b) and (c) sample 128-character continuations judged by (a).
+split after training; every run's 128-character continuations are judged by the independent
+judge (judge BPC, MAUVE; tasks/judge.py) and by (a).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 
 from diffusionblocks.tasks import ar, classify
+from diffusionblocks.tasks.judge import independent_judge
+from diffusionblocks.tasks.text import load_data, resolved
 
 ROWS = (("a", "(a) end to end"), ("b", "(b) DiffusionBlocks from scratch"),
         ("c", "(c) (a) converted, fine-tuned"))
@@ -52,14 +55,16 @@ def text(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
                            **({"steps": args.steps} if args.steps else {}) | settings)
 
     a_cfg = config("a_e2e", mode="e2e")
-    a = ar.train(a_cfg)
-    judge, _ = ar.load(out / "a_e2e" / "checkpoint")
-    b = ar.train(config("b_scratch"), judge=judge)
+    data = load_data(a_cfg)
+    judges, _ = independent_judge(data, ar.ARConfig.from_dict(resolved(a_cfg, data)))
+    a = ar.train(a_cfg, data, judges=judges)
+    judges["e2e_judge"], _ = ar.load(out / "a_e2e" / "checkpoint")
+    b = ar.train(config("b_scratch"), data, judges=judges)
     c = ar.train(config("c_converted", steps=a_cfg.steps // 2, init_from=str(out / "a_e2e" / "checkpoint")),
-                 judge=judge)
+                 data, judges=judges)
     a["teacher_forced_accuracy"] = a["next_char_accuracy"]  # an end-to-end model's is the argmax
     return ({"a": a, "b": b, "c": c}, "val_teacher_forced_accuracy",
-            ["teacher_forced_accuracy", "sampled_accuracy", "judge_bpc"])
+            ["teacher_forced_accuracy", "sampled_accuracy", "judge_bpc", "mauve", "e2e_judge_bpc"])
 
 
 def main() -> None:

@@ -291,8 +291,13 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
         keys = {"test_bpc", "bpc_stderr"}
         assert all(keys <= set(report[m]) for m in ("e2e", "dblocks"))
     else:
-        assert {"test_bpc", "next_char_accuracy", "judge_bpc"} <= set(report["e2e"])
-        assert {"teacher_forced_accuracy", "judge_bpc"} <= set(report["dblocks"])
+        judged = {"judge_bpc", "e2e_judge_bpc", "mauve"}
+        assert {"test_bpc", "next_char_accuracy", *judged} <= set(report["e2e"])
+        assert {"teacher_forced_accuracy", *judged} <= set(report["dblocks"])
+        for mode in ("e2e", "dblocks"):
+            assert 0 <= report[mode]["mauve"] <= 1 and report[mode]["mauve_samples"] == [4, 8]
+        assert report["judge"]["steps"] == 30 and report["judge"]["width"] == 64  # twice the contestants'
+        assert report["judge"]["test_bpc"] > 0 and "Independent judge" in (out / "report.md").read_text()
     assert report["dblocks"]["layer_evals"] == report["e2e"]["layer_evals"]
     capsys.readouterr()
     ckpt = str(out / "dblocks" / "checkpoint")
@@ -413,8 +418,10 @@ def test_cli_compare_recurrent_quick(text_file, tmp_path, capsys):
               "--prompt-length", "4", *flags])
     report = json.loads((out / "report.json").read_text())
     for mode in ("baseline", "dblocks"):
-        keys = {"layer_evals_per_step", "train_seconds", "activation_bytes_per_step", "judge_bpc"}
+        keys = {"layer_evals_per_step", "train_seconds", "activation_bytes_per_step", "judge_bpc",
+                "e2e_judge_bpc", "mauve"}
         assert keys <= set(report[mode])
+    assert report["judge"]["parameters"] > report["baseline"]["parameters"]
     assert report["dblocks"]["layer_evals_per_step"] == 8
     assert (out / "quality_vs_k.png").stat().st_size > 0
     capsys.readouterr()

@@ -112,7 +112,8 @@ GENERATE_HELP = {
     "steps": "end-to-end training steps, the budget (default per dataset: digits 1500, mnist and "
     "fashion_mnist 12000, cifar10 and cifar100 20000, cifar10_exact 4000)",
     "sample_steps": "sampler steps from σ_max to σ_min (the σ grid has one point more)",
-    "grid": "inference σ grid: karras (ρ = 7) or equiprob (equal training mass)",
+    "grid": "inference σ grid: equiprob (equal training mass, so each block gets an equal share of "
+    "the steps: the paper's, default) or karras (ρ = 7)",
     "guidance": "classifier-free guidance scale (1: conditional only, 0: unconditional)",
     "num_samples": "class-balanced samples generated to measure FID and class accuracy",
     "evals": "held-out loss evaluations (and checkpoints) during training",
@@ -389,7 +390,7 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
         judge, _ = _text_module(judge_task).load(args.judge, device=args.device or "auto")
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
     checkpoint.check_writable_folder(out)
-    extra = {"judge": judge} if task != "mdm" else {}
+    extra = {"judges": {"judge": judge} if judge else None} if task != "mdm" else {}
     result = module.evaluate_model(model, cfg, load_data(cfg), out, **extra)
     result |= {"checkpoint": str(args.checkpoint), "task": task, "mode": cfg.mode, "data": cfg.data}
     out.mkdir(parents=True, exist_ok=True)
@@ -618,8 +619,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--device", default=None, help="generate: auto (cuda when available), cpu or cuda")
     ev.add_argument("--out", default=None, help="generate, mdm, ar: folder for eval.json and "
                     "samples (default: beside the checkpoint, in eval/)")
-    ev.add_argument("--judge", default=None, help="ar: an end-to-end `train ar` checkpoint that "
-                    "scores the samples (judge BPC)")
+    ev.add_argument("--judge", default=None, help="ar, recurrent: a next-token checkpoint (`train ar "
+                    "--mode e2e`, for example a bigger model) that judges the samples: judge BPC and MAUVE")
     ev.set_defaults(func=cmd_eval)
 
     txt = sub.add_parser("generate", help="text from a language model (`train mdm|ar|recurrent`)")

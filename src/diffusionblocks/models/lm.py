@@ -128,9 +128,13 @@ class CausalLM(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """Logits (N, T, V): position k predicts token k + 1."""
+        return self.head(self.hidden(ids))
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """The final hidden states (N, T, width), after the last norm."""
         mask = causal_mask(ids.shape[1], ids.device)
         h = run_layers(self.layers, self.stem(ids), None, mask, checkpointing=self.checkpointing)
-        return self.head(self.norm(h))
+        return self.norm(h)
 
 
 def next_token_loss(logits: Tensor, y: Tensor) -> Tensor:

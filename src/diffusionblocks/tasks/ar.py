@@ -42,6 +42,7 @@ from ..noise import GRIDS, NoiseConfig, scalings
 from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched_budget
+from .judge import independent_judge, judged
 from .text import (
     LN2,
     TextConfig,
@@ -56,7 +57,8 @@ from .text import (
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
-             "sample_steps", "num_samples", "prompt_length", "sample_length", "temperature", "init_from"}
+             "sample_steps", "num_samples", "continuations", "prompt_length", "sample_length", "temperature",
+             "judge_steps", "init_from"}
 
 
 @dataclass
@@ -69,10 +71,12 @@ class ARConfig(TextConfig):
     sampler: str = "euler"
     grid: str = "equiprob"
     sample_steps: int | None = None  # grid points; default B, one denoiser call per block
-    num_samples: int = 8
+    num_samples: int = 64  # prompts from the test split
+    continuations: int = 2  # samples per prompt (MAUVE compares them with the real continuations)
     prompt_length: int = 32
     sample_length: int = 128
     temperature: float = 1.0
+    judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
     out: str = "runs/ar"
     lm: LMConfig = field(default_factory=lambda: LMConfig(depth=8))
@@ -83,7 +87,7 @@ class ARConfig(TextConfig):
         super().__post_init__()
         check_sampling(self, next_token=True)
         check_choice("shared policy", self.shared_policy, SHARED_POLICIES)
-        check_at_least_one(self, ("num_samples", "prompt_length", "sample_length"))
+        check_at_least_one(self, ("num_samples", "continuations", "prompt_length", "sample_length"))
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         if self.init_from and self.mode != "dblocks":
@@ -315,31 +319,26 @@ def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 6
     return {"teacher_forced_accuracy": correct / count, **result}
 
 
-@torch.no_grad()
-def judge_bpc(judge: CausalLM, ids: Tensor, prompt_length: int) -> float:
-    """Bits per character of the generated part of ``ids`` (N, P + new) under ``judge``, each
-    character scored with up to ``context`` characters before it."""
-    judge.eval()
-    device = next(judge.parameters()).device
-    context, ids = judge.cfg.context, ids.to(device)
-    nats = []
-    for p in range(prompt_length, ids.shape[1]):
-        logits = judge(ids[:, max(0, p - context) : p])[:, -1]
-        nats.append(torch.nn.functional.cross_entropy(logits, ids[:, p], reduction="none"))
-    return torch.stack(nats).mean().item() / LN2
-
-
 def prompts(data: TextData, cfg: ARConfig) -> Tensor:
     """``num_samples`` prompts: evenly spaced windows of the test split."""
     starts = torch.linspace(0, len(data.test) - cfg.prompt_length - 1, cfg.num_samples).long()
     return torch.stack([data.test[s : s + cfg.prompt_length] for s in starts.tolist()])
 
 
+def real_continuations(data: TextData, cfg: ARConfig) -> Tensor:
+    """The test split's own continuation of each of :func:`prompts` (prompt included)."""
+    starts = torch.linspace(0, len(data.test) - cfg.prompt_length - 1, cfg.num_samples).long()
+    length = min(cfg.prompt_length + cfg.sample_length, len(data.test) - int(starts[-1]))
+    return torch.stack([data.test[s : s + length] for s in starts.tolist()])
+
+
 def samples(model: nn.Module, cfg: ARConfig, data: TextData) -> Tensor:
-    """Continuations of :func:`prompts` (token ids, prompt included)."""
+    """``continuations`` continuations of each of :func:`prompts` (token ids, prompt included,
+    prompt by prompt)."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed + 2024)
-    return generate(model, cfg, prompts(data, cfg).to(device), cfg.sample_length, gen, cfg.temperature).cpu()
+    prompt = prompts(data, cfg).repeat_interleave(cfg.continuations, dim=0).to(device)
+    return generate(model, cfg, prompt, cfg.sample_length, gen, cfg.temperature).cpu()
 
 
 def write_samples(ids: Tensor, cfg: ARConfig, data: TextData, path: Path) -> list[str]:
@@ -354,9 +353,9 @@ def write_samples(ids: Tensor, cfg: ARConfig, data: TextData, path: Path) -> lis
 
 
 def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
-          judge: CausalLM | None = None) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then score it and sample. ``judge``: an
-    end-to-end model that scores the samples (an end-to-end run judges its own)."""
+          judges: dict[str, CausalLM] | None = None) -> dict:
+    """Train one mode (resuming from OUT/checkpoint), then score it and sample; ``judges`` score
+    the samples (:func:`.judge.judged`)."""
     data = data or load_data(cfg)
     cfg = ARConfig.from_dict(resolved(cfg, data))
     device = resolve_device(cfg.device)
@@ -401,21 +400,27 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         "history": history, "device": str(device),
     }
     if evaluate:
-        result |= evaluate_model(model, cfg, data, Path(cfg.out), judge)
+        result |= evaluate_model(model, cfg, data, Path(cfg.out), judges)
     (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
-                   judge: CausalLM | None = None) -> dict:
-    """Scores on every test character, samples, and their judge BPC when there is a judge."""
+                   judges: dict[str, CausalLM] | None = None) -> dict:
+    """Scores on every test character; samples, judged by ``judges`` (an end-to-end model also
+    by itself, as ``e2e_judge``) and, with a ``judge``, compared with the real text by MAUVE."""
     result = per_character(scores(model, test_windows(data.test, cfg.lm.context), cfg), data)
     ids = samples(model, cfg, data)
     result["samples"] = write_samples(ids, cfg, data, out / "samples.txt")
-    judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model
-    if judge is not None:
-        result["judge_bpc"] = judge_bpc(judge, ids, cfg.prompt_length)
-    return result
+    return result | judged(ids, real_continuations(data, cfg), cfg.prompt_length, _with_self(model, judges))
+
+
+def _with_self(model: nn.Module, judges: dict | None) -> dict:
+    """``judges``, and a next-token model as its own ``e2e_judge`` when none is given."""
+    judges = dict(judges or {})
+    if not isinstance(model, DiffusionBlocks):
+        judges.setdefault("e2e_judge", model)
+    return judges
 
 
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ARConfig]:
@@ -424,17 +429,20 @@ def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[
 
 
 def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) -> str:
-    """Both modes on the same budget (end to end first: it judges both modes' samples)."""
+    """Both modes on the same budget, their samples scored by the independent judge (trained
+    first, or read from the cache) and by the end-to-end model (trained first)."""
     if quick:
-        cfg = ARConfig.from_dict(cfg.to_dict() | {"steps": 30, "evals": 1, "num_samples": 2,
-                                                  "sample_length": 16})
-    results = {}
+        quick_settings = {"steps": 30, "evals": 1, "num_samples": 4, "sample_length": 16,
+                          "judge_steps": min(cfg.judge_steps, 30)}
+        cfg = ARConfig.from_dict(cfg.to_dict() | quick_settings)
+    data = load_data(cfg)
+    judge, about = independent_judge(data, ARConfig.from_dict(resolved(cfg, data)), show)
     e2e = ARConfig.from_dict(cfg.to_dict() | {"mode": "e2e", "out": str(out / "e2e")})
-    results["e2e"] = train(e2e, show=show)
-    judge, _ = load(Path(e2e.out) / "checkpoint", e2e.device)
+    results = {"e2e": train(e2e, data, show=show, judges=judge)}
+    rival, _ = load(Path(e2e.out) / "checkpoint", e2e.device)
     run = ARConfig.from_dict(cfg.to_dict() | {"mode": "dblocks", "out": str(out / "dblocks")})
-    results["dblocks"] = train(run, show=show, judge=judge)
-    return write_comparison(out, results, ROWS)
+    results["dblocks"] = train(run, data, show=show, judges=judge | {"e2e_judge": rival})
+    return write_comparison(out, results, ROWS, judge=about)
 
 
 ROWS = [  # (label, result key, format) of report.md
@@ -442,7 +450,9 @@ ROWS = [  # (label, result key, format) of report.md
     ("next-char accuracy", "next_char_accuracy", ".4f"),
     ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
     ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
-    ("judge BPC of samples (e2e model as judge)", "judge_bpc", ".3f"),
+    ("judge BPC of samples (independent judge)", "judge_bpc", ".3f"),
+    ("MAUVE vs the real continuations (independent judge's features)", "mauve", ".3f"),
+    ("judge BPC of samples (the end-to-end contestant as judge)", "e2e_judge_bpc", ".3f"),
     ("blocks", "blocks", "d"),
     ("training steps", "steps", "d"),
     ("layer evaluations", "layer_evals", "d"),

@@ -36,6 +36,7 @@ from ..noise import NoiseConfig
 from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
 from . import ar
+from .judge import independent_judge, judged
 from .text import TextConfig, check_sampling, load_data, per_character, resolved, write_comparison
 
 MODES = ("baseline", "dblocks")
@@ -60,10 +61,12 @@ class RecurrentConfig(TextConfig):
     k_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     sampler: str = "euler"
     grid: str = "equiprob"
-    num_samples: int = 8
+    num_samples: int = 64  # prompts from the test split
+    continuations: int = 2  # samples per prompt (MAUVE compares them with the real continuations)
     prompt_length: int = 32
     sample_length: int = 128
     temperature: float = 1.0
+    judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     out: str = "runs/recurrent"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.1))
@@ -75,7 +78,7 @@ class RecurrentConfig(TextConfig):
             raise ValueError("a recurrent-depth model is one denoiser (--blocks 1); its depth at "
                              "inference is --depth-k")
         check_at_least_one(self, ("prelude", "core", "coda", "mean_depth", "backprop_depth", "depth_k",
-                                  "num_samples", "prompt_length", "sample_length"))
+                                  "num_samples", "continuations", "prompt_length", "sample_length"))
         if self.mean_depth < 2:
             raise ValueError(f"mean_depth must be at least 2 (one core pass plus the random rest), "
                              f"got {self.mean_depth}")
@@ -236,7 +239,7 @@ def with_depth(model: nn.Module, cfg: RecurrentConfig, k: int) -> RecurrentConfi
 
 
 def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
-          judge: nn.Module | None = None) -> dict:
+          judges: dict[str, nn.Module] | None = None) -> dict:
     """Train one mode (resuming from OUT/checkpoint), then score it, sweep K and sample."""
     data = data or load_data(cfg)
     cfg = RecurrentConfig.from_dict(resolved(cfg, data))
@@ -273,15 +276,16 @@ def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True,
         "depth_k": cfg.depth_k, "history": history, "device": str(device),
     }
     if evaluate:
-        result |= evaluate_model(model, cfg, data, Path(cfg.out), judge)
+        result |= evaluate_model(model, cfg, data, Path(cfg.out), judges)
     (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: Path,
-                   judge: nn.Module | None = None) -> dict:
+                   judges: dict[str, nn.Module] | None = None) -> dict:
     """The autoregressive family's metrics at K = ``depth_k`` (every test character), the same
-    scores for each K of ``k_sweep`` on the first 16k test characters, samples and judge BPC."""
+    scores for each K of ``k_sweep`` on the first 16k test characters, and samples, judged as
+    :func:`.ar.evaluate_model` judges them."""
     pieces = ar.test_windows(data.test, cfg.lm.context)
     result = per_character(ar.scores(model, pieces, cfg), data)
     sweep = {}
@@ -290,13 +294,12 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
     with_depth(model, cfg, cfg.depth_k)
     result["k_sweep"] = sweep
     gen = torch.Generator().manual_seed(cfg.seed + 2024)
-    prompts = ar.prompts(data, cfg).to(next(model.parameters()).device)
-    ids = generate(model, cfg, prompts, cfg.sample_length, gen, cfg.temperature).cpu()
+    prompts = ar.prompts(data, cfg).repeat_interleave(cfg.continuations, dim=0)
+    ids = generate(model, cfg, prompts.to(next(model.parameters()).device), cfg.sample_length, gen,
+                   cfg.temperature).cpu()
     result["samples"] = ar.write_samples(ids, cfg, data, out / "samples.txt")
-    judge = judge if judge is not None else None if isinstance(model, DiffusionBlocks) else model
-    if judge is not None:
-        result["judge_bpc"] = ar.judge_bpc(judge, ids, cfg.prompt_length)
-    return result
+    judges = ar._with_self(model, judges)
+    return result | judged(ids, ar.real_continuations(data, cfg), cfg.prompt_length, judges)
 
 
 @torch.no_grad()
@@ -341,21 +344,24 @@ def variant(cfg: RecurrentConfig, **changes) -> RecurrentConfig:
 
 def compare(cfg: RecurrentConfig, out: Path, quick: bool = False, show: bool = True) -> str:
     """The baseline for ``steps``, then DiffusionBlocks for the steps that take the same
-    wall-clock time (step times measured side by side first); the baseline judges samples."""
+    wall-clock time (step times measured side by side first); samples are scored by the
+    independent judge and by the baseline."""
     if quick:
-        cfg = variant(cfg, steps=20, evals=1, num_samples=2, sample_length=8, k_sweep=[1, 2])
+        cfg = variant(cfg, steps=20, evals=1, num_samples=4, sample_length=8, k_sweep=[1, 2],
+                      judge_steps=min(cfg.judge_steps, 30))
     data = load_data(cfg)
+    judge, about = independent_judge(data, RecurrentConfig.from_dict(resolved(cfg, data)), show)
     baseline_step, dblocks_step = (seconds_per_step(variant(cfg, mode=m), data) for m in MODES)
     ratio = baseline_step / dblocks_step
     base = variant(cfg, mode="baseline", out=str(out / "baseline"))
-    results = {"baseline": train(base, data, show=show)}
-    judge, _ = load(Path(base.out) / "checkpoint", base.device)
+    results = {"baseline": train(base, data, show=show, judges=judge)}
+    rival, _ = load(Path(base.out) / "checkpoint", base.device)
     run = variant(cfg, mode="dblocks", steps=max(1, round(cfg.steps * ratio)), out=str(out / "dblocks"))
-    results["dblocks"] = train(run, data, show=show, judge=judge)
+    results["dblocks"] = train(run, data, show=show, judges=judge | {"e2e_judge": rival})
     for r in results.values():
         r["step_time_ratio"] = ratio
     plot_sweep(results, out / "quality_vs_k.png")
-    return write_comparison(out, results, ROWS)
+    return write_comparison(out, results, ROWS, judge=about)
 
 
 def plot_sweep(results: dict[str, dict], path: Path) -> None:
@@ -390,7 +396,9 @@ ROWS = [  # (label, result key, format) of report.md
     ("next-char accuracy (baseline)", "next_char_accuracy", ".4f"),
     ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
     ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
-    ("judge BPC of samples (baseline as judge)", "judge_bpc", ".3f"),
+    ("judge BPC of samples (independent judge)", "judge_bpc", ".3f"),
+    ("MAUVE vs the real continuations (independent judge's features)", "mauve", ".3f"),
+    ("judge BPC of samples (the baseline as judge)", "e2e_judge_bpc", ".3f"),
     ("training steps", "steps", "d"),
     ("layer evaluations per step", "layer_evals_per_step", ".1f"),
     ("train seconds", "train_seconds", ".0f"),

@@ -118,15 +118,22 @@ def batched(pieces: list[Tensor], batch: int):
         yield p[None]
 
 
-def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, str, str]]) -> str:
-    """report.json (results per mode) and report.md: a table of ``rows`` (label, key, format)."""
+def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, str, str]],
+                     judge: dict | None = None) -> str:
+    """report.json (results per mode, and what the independent ``judge`` is) and report.md: a
+    table of ``rows`` (label, key, format) and a line on the judge."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(results, indent=2))
+    (out / "report.json").write_text(json.dumps(results | ({"judge": judge} if judge else {}), indent=2))
     modes = list(results)
     lines = ["| | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for label, key, fmt in rows:
         cells = [format(results[m][key], fmt) if results[m].get(key) is not None else "—" for m in modes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
+    if judge:
+        table += (f"\nIndependent judge: an end-to-end model of width {judge['width']} and depth "
+                  f"{judge['depth']} ({judge['parameters']:,} parameters, {judge['steps']:,} steps, seed "
+                  f"{judge['seed']}); the test text itself scores {judge['test_bpc']:.3f} bits per "
+                  "character under it.\n")
     (out / "report.md").write_text(table)
     return table

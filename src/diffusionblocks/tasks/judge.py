@@ -1,0 +1,170 @@
+"""An independent judge of generated text, and MAUVE.
+
+Judging samples with one of the two contestants favours that contestant's own samples. The
+judge here is a third model: an end-to-end causal LM twice the contestants' width, trained on
+the same training split with its own seed, and cached like FID's feature network (under
+``~/.cache/diffusionblocks``, keyed by the text, the tokenizer and the judge's settings). It
+scores text in bits per character (every model's samples, and the test split itself: the
+reference figure) and gives the features MAUVE compares (Pillutla et al., 2021): the mean of
+its final hidden states over a continuation, read with the prompt as context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..data.text import TextData, Windows
+from ..metrics.fid import _write_atomic, default_cache_dir
+from ..models.lm import CausalLM, LMConfig, next_token_loss
+from ..runs import resolve_device
+from ..training import EndToEnd, OptimConfig, fit
+from .text import LN2, batched, per_character
+from .text import windows as split_windows
+
+MAUVE_SCALING = 5.0  # the package's default scaling factor c of exp(-c·KL)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The judge's shape and training; :func:`judge_config` derives it from the contestants'."""
+
+    width: int = 256
+    depth: int = 8
+    heads: int = 8
+    context: int = 128
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 1234  # its own, never a contestant's
+
+
+def judge_config(lm: LMConfig, steps: int) -> JudgeConfig:
+    """Twice the contestants' width (and heads, so the head size stays), their depth and context."""
+    return JudgeConfig(width=2 * lm.width, depth=lm.depth, heads=2 * lm.heads, context=lm.context,
+                       steps=steps)
+
+
+def _key(data: TextData, cfg: JudgeConfig) -> str:
+    digest = hashlib.sha256(json.dumps([data.tokenizer.kind, data.tokenizer.chars, asdict(cfg)]).encode())
+    digest.update(data.train.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None = None,
+                  show: bool = True) -> tuple[CausalLM, dict]:
+    """The judge of ``data`` and what it is (``test_bpc``, ``parameters``, its settings): from
+    the cache when one with the same text and settings is there, else trained and cached. An
+    unwritable cache folder only skips caching."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _key(data, cfg)
+    weights, meta_path = folder / f"judge_{key}.safetensors", folder / f"judge_{key}.json"
+    lm = LMConfig(vocab_size=data.tokenizer.vocab_size, context=cfg.context, width=cfg.width,
+                  depth=cfg.depth, heads=cfg.heads)
+    torch.manual_seed(cfg.seed)
+    model = CausalLM(lm)
+    try:
+        info = json.loads(meta_path.read_text())
+        model.load_state_dict(load_file(str(weights)), strict=True)
+        return model.eval(), info
+    except Exception:  # absent, unreadable or corrupt: train afresh
+        pass
+    windows = Windows(data.train, cfg.batch_size, cfg.context + 1, cfg.seed)
+    optim = OptimConfig(lr=cfg.lr, weight_decay=0.1, warmup=cfg.steps // 20)
+    strategy = EndToEnd(model, next_token_loss, optim, cfg.depth)
+
+    def batch_at(t: int) -> tuple[Tensor, Tensor]:
+        w = windows(t)
+        return w[:, :-1], w[:, 1:]
+
+    fit(strategy, batch_at, cfg.steps, optim.warmup, cfg.seed, desc="judge", show=show)
+    model.eval()
+    info = {"parameters": sum(p.numel() for p in model.parameters()), **asdict(cfg), "key": key,
+            **per_character({"test_bpc": text_bpc(model, data.test)}, data)}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        _write_atomic(weights, lambda p: save_file(tensors, p))
+        _write_atomic(meta_path, lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+    except OSError:
+        pass
+    return model, info
+
+
+@torch.no_grad()
+def text_bpc(judge: CausalLM, ids: Tensor, batch: int = 64) -> float:
+    """Bits per token of a whole split under ``judge`` (windows of its context overlapping by one)."""
+    nats = count = 0.0
+    pieces = [w for w in split_windows(ids, judge.cfg.context + 1, overlap=1) if len(w) > 1]
+    for w in batched(pieces, batch):
+        nats += next_token_loss(judge(w[:, :-1]), w[:, 1:]).item() * w[:, 1:].numel()
+        count += w[:, 1:].numel()
+    return nats / count / LN2
+
+
+@torch.no_grad()
+def judge_bpc(judge: CausalLM, ids: Tensor, prompt_length: int) -> float:
+    """Bits per token of the generated part of ``ids`` (N, P + new) under ``judge``, each token
+    scored with up to ``context`` tokens before it."""
+    judge.eval()
+    device = next(judge.parameters()).device
+    context, ids = judge.cfg.context, ids.to(device)
+    nats = []
+    for p in range(prompt_length, ids.shape[1]):
+        logits = judge(ids[:, max(0, p - context) : p])[:, -1]
+        nats.append(torch.nn.functional.cross_entropy(logits, ids[:, p], reduction="none"))
+    return torch.stack(nats).mean().item() / LN2
+
+
+@torch.no_grad()
+def features(judge: CausalLM, ids: Tensor, prompt_length: int) -> Tensor:
+    """(N, width) MAUVE features of continuations: the judge's final hidden states averaged
+    over the tokens after the prompt, the prompt (what fits of it) read as context."""
+    total = ids.shape[1]
+    keep = min(total, judge.cfg.context)
+    start = max(0, prompt_length - (total - keep))
+    h = judge.hidden(ids[:, total - keep :].to(next(judge.parameters()).device))
+    return h[:, start:].mean(1).double().cpu()
+
+
+def judged(ids: Tensor, real: Tensor, prompt_length: int, judges: dict[str, CausalLM]) -> dict:
+    """Samples ``ids`` (prompt included) scored by every judge (``NAME_bpc``: bits per token of
+    the generated part) and, by the independent one (``judge``), MAUVE against ``real``, the
+    real continuations of the same prompts (None, with ``mauve_skipped``, when it cannot run)."""
+    result = {f"{name}_bpc": judge_bpc(model, ids, prompt_length) for name, model in judges.items()}
+    if "judge" not in judges:
+        return result | {"mauve": None, "mauve_skipped": "no independent judge (--judge-steps 0)"}
+    judge = judges["judge"]
+    score, why = mauve(features(judge, real, prompt_length), features(judge, ids, prompt_length))
+    return result | {"mauve": score, "mauve_samples": [len(real), len(ids)]} | (
+        {"mauve_skipped": why} if why else {})
+
+
+def independent_judge(data: TextData, cfg, show: bool = True) -> tuple[dict[str, CausalLM], dict | None]:
+    """``({"judge": model}, what it is)`` for a run config ``cfg`` (its ``lm`` and
+    ``judge_steps``), or ``({}, None)`` with ``judge_steps`` 0."""
+    if not cfg.judge_steps:
+        return {}, None
+    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show)
+    return {"judge": model.to(resolve_device(cfg.device))}, info
+
+
+def mauve(real: Tensor, generated: Tensor) -> tuple[float | None, str | None]:
+    """MAUVE between real and generated continuations' features: (score, None), or (None,
+    the reason) when the ``mauve-text`` package (the ``judge`` extra) is missing."""
+    try:
+        import mauve as mauve_text
+    except ImportError:
+        return None, "the mauve-text package is not installed (pip install 'diffusionblocks[judge]')"
+    buckets = max(2, min((len(real) + len(generated)) // 10, len(real)))  # the package's n/10
+    out = mauve_text.compute_mauve(p_features=real.numpy(), q_features=generated.numpy(), num_buckets=buckets,
+                                   mauve_scaling_factor=MAUVE_SCALING, verbose=False, seed=25)
+    score = float(out.mauve)
+    return (score, None) if math.isfinite(score) else (None, "MAUVE was not finite")

@@ -1,0 +1,77 @@
+"""The independent judge of generated text: cached once trained, scores text, MAUVE from its features."""
+
+import pytest
+import torch
+
+from diffusionblocks.data.text import load_text
+from diffusionblocks.models.lm import LMConfig
+from diffusionblocks.tasks import judge
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 300
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("judge") / "corpus.txt"
+    path.write_text(TEXT)
+    return load_text(str(path))
+
+
+SMALL = judge.JudgeConfig(width=32, depth=2, heads=2, context=16, steps=150, batch_size=16, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def trained(text, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("judges")
+    return *judge.load_or_train(text, SMALL, cache_dir=cache, show=False), cache
+
+
+def test_a_judge_learns_the_text_and_is_cached(text, trained, monkeypatch):
+    model, info, cache = trained
+    uniform = torch.log2(torch.tensor(float(text.tokenizer.vocab_size))).item()
+    assert info["test_bpc"] < 0.5 * uniform  # far from a uniform guess over the characters
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    def no_training(*args, **kwargs):
+        raise RuntimeError("a cached judge was trained again")
+
+    monkeypatch.setattr(judge, "fit", no_training)
+    again, info_again = judge.load_or_train(text, SMALL, cache_dir=cache, show=False)
+    assert info_again == info
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(RuntimeError, match="trained again"):  # other settings: another judge
+        judge.load_or_train(text, SMALL.__class__(**{**SMALL.__dict__, "seed": 7}), cache_dir=cache)
+
+
+def test_judge_scores_real_text_above_shuffled_text_and_mauve_tells_them_apart(text, trained):
+    model = trained[0]
+    starts = range(0, len(text.test) - 24, 8)
+    real = torch.stack([text.test[s : s + 24] for s in starts])
+    gen = torch.Generator().manual_seed(0)
+    shuffled = torch.stack([torch.cat([r[:8], r[8:][torch.randperm(16, generator=gen)]]) for r in real])
+    assert judge.judge_bpc(model, real, 8) < judge.judge_bpc(model, shuffled, 8) - 1
+    features = judge.features(model, real, 8)
+    assert features.shape == (len(real), SMALL.width)
+    same, _ = judge.mauve(features[::2], features[1::2])
+    apart, _ = judge.mauve(features, judge.features(model, shuffled, 8))
+    assert apart < 0.8 < same
+
+
+def test_features_read_only_the_continuation_and_at_most_the_context(text, trained):
+    model = trained[0]
+    ids = text.test[:40][None]
+    changed = ids.clone()
+    changed[0, :20] = (changed[0, :20] + 1) % text.tokenizer.vocab_size  # beyond the context of 16
+    assert torch.equal(judge.features(model, ids, 4), judge.features(model, changed, 4))
+
+
+def test_judge_config_is_twice_the_contestants_width():
+    cfg = judge.judge_config(LMConfig(width=128, heads=4, depth=8, context=128), steps=4000)
+    assert (cfg.width, cfg.heads, cfg.depth, cfg.context, cfg.steps) == (256, 8, 8, 128, 4000)
+
+
+def test_without_the_mauve_package_the_score_is_none_with_the_reason(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mauve", None)  # an import of it now fails
+    score, why = judge.mauve(torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64))
+    assert score is None and "pip install 'diffusionblocks[judge]'" in why
