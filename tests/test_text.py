@@ -240,6 +240,28 @@ def test_sampled_accuracy_of_a_next_token_model_is_the_mean_probability_of_the_a
     assert result["sampled_accuracy"] == pytest.approx(p.mean().item(), rel=1e-5)
 
 
+def test_diffusionblocks_generation_draws_once_its_start_noise_and_reads_the_argmax(monkeypatch):
+    model, cfg = ar_model(blocks=2)
+    prompt = torch.randint(11, (2, 5))
+    greedy = ar.generate(model, cfg, prompt, 6, torch.Generator().manual_seed(0), 0.0)
+    monkeypatch.setattr(torch, "multinomial", lambda *a, **k: pytest.fail("a second draw"))
+    drawn = [ar.generate(model, cfg, prompt, 6, torch.Generator().manual_seed(s), 1.0) for s in (0, 1)]
+    assert not torch.equal(drawn[0], drawn[1])  # the start noise is the draw
+    assert torch.equal(greedy, ar.generate(model, cfg, prompt, 6, torch.Generator().manual_seed(5), 0.0))
+
+
+def test_top_p_draws_only_from_the_nucleus():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, 4)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.bincount(ar.pick(logits, 1.0, gen, top_p=0.95).flatten(), minlength=4)
+    assert counts[3] == 0 and counts[2] > 0  # 0.5 + 0.3 + 0.15 reaches 0.95: the last token is out
+    assert counts[0] / 4000 == pytest.approx(0.5 / 0.95, abs=0.03)
+    assert torch.bincount(ar.pick(logits, 1.0, gen).flatten(), minlength=4)[3] > 0  # top-p 1: all
+    assert ar.top_p(ar.ARConfig(decoding="paper")) == 0.95 and ar.top_p(ar.ARConfig()) == 1.0
+    with pytest.raises(ValueError, match="--decoding paper takes B = 4 steps"):
+        ar.ARConfig(decoding="paper", sample_steps=8)
+
+
 def test_generation_runs_one_block_per_grid_point():
     model, cfg = ar_model(blocks=2)
     calls = []
@@ -301,7 +323,8 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
     assert report["dblocks"]["layer_evals"] == report["e2e"]["layer_evals"]
     capsys.readouterr()
     ckpt = str(out / "dblocks" / "checkpoint")
-    cli.main(["generate", ckpt, "--prompt", "the ", "--length", "12", "--device", "cpu"])
+    paper = ["--decoding", "paper"] if task == "ar" else []  # mdm has no such setting
+    cli.main(["generate", ckpt, "--prompt", "the ", "--length", "12", "--device", "cpu", *paper])
     printed = capsys.readouterr().out
     assert printed.startswith("the ") and len(printed.strip()) == 12 + (4 if task == "ar" else 0)
     judge = ["--judge", str(out / "e2e" / "checkpoint")] if task == "ar" else []

@@ -20,6 +20,7 @@ from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
 from .sampling import SAMPLERS
 from .tasks.classify import DECODES, MODES, READOUTS
+from .tasks.text import DECODINGS
 from .training import PRECISIONS, SCHEDULES, OptimConfig
 
 HELP = {
@@ -140,11 +141,18 @@ TEXT_HELP = {
     "evals": "validation evaluations (and checkpoints) during training",
     "bound_passes": "mdm: passes over the test set for the ELBO (one t per sequence and pass, "
     "stratified); the standard error comes from their spread",
-    "num_samples": "samples generated (ar: continuations of evenly spaced test prompts)",
+    "num_samples": "samples generated (ar, recurrent: evenly spaced test prompts, each continued "
+    "--continuations times)",
     "sample_length": "characters per sample (ar: generated after the prompt)",
     "prompt_length": "ar: prompt characters taken from the test split",
     "sample_steps": "mdm: unmasking steps; ar: σ grid points per token (default B: one per block)",
-    "temperature": "sampling temperature (0: greedy; DiffusionBlocks also scales its start noise by it)",
+    "temperature": "sampling temperature (0: greedy). A next-token model draws from its softmax at it; "
+    "DiffusionBlocks draws once, its start noise scaled by it, and reads the argmax",
+    "decoding": "sample (temperature draws; the default) or paper (the paper's: end to end with "
+    "top-p 0.95, DiffusionBlocks with B steps and the argmax read-out)",
+    "judge_steps": "training steps of the independent judge that scores samples (judge BPC, "
+    "MAUVE): an end-to-end model of twice the width, cached under ~/.cache/diffusionblocks; 0: none",
+    "continuations": "samples per prompt (MAUVE compares them with the prompts' real continuations)",
     "grid": "ar: σ grid per token: equiprob (equal training mass, default) or karras (ρ = 7)",
     "partition": "ar: uniform: equal log σ widths (default); equiprob: equal training mass",
     "gamma": "ar: overlap γ of the blocks' σ ranges (default 0.1, the paper's for text)",
@@ -168,7 +176,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
-    "decode": DECODES, "readout": READOUTS,
+    "decode": DECODES, "readout": READOUTS, "decoding": DECODINGS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
     "offload": OFFLOAD_TARGETS, "precision": PRECISIONS, "schedule": SCHEDULES,
 }
@@ -412,8 +420,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                          "`train mdm|ar|recurrent` checkpoints (images: `diffusionblocks sample`)")
     module = _text_module(task)
     model, cfg = module.load(args.checkpoint, device=args.device or "auto", averaged=not args.no_ema)
-    given = {k: v for k, v in vars(args).items() if k in ("temperature", "sample_steps", "sampler", "grid")
-             and v is not None}
+    given = {k: v for k, v in vars(args).items()
+             if k in ("temperature", "sample_steps", "sampler", "grid", "decoding") and v is not None}
     if task == "recurrent" and "sample_steps" in given:
         given["depth_k"] = given.pop("sample_steps")  # K: core iterations
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cfg)})
@@ -635,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
                      + "; recurrent: K, the core iterations")
     txt.add_argument("--sampler", default=None, choices=CHOICES["sampler"], help="ar: " + HELP["sampler"])
     txt.add_argument("--grid", default=None, choices=CHOICES["grid"], help=TEXT_HELP["grid"])
+    txt.add_argument("--decoding", default=None, choices=CHOICES["decoding"], help="ar, recurrent: "
+                     + TEXT_HELP["decoding"])
     txt.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     txt.add_argument("--no-ema", action="store_true",
                     help="the raw weights, not their moving average (where the checkpoint has one)")

@@ -45,6 +45,7 @@ from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched
 from .judge import independent_judge, judged
 from .text import (
     LN2,
+    TOP_P,
     TextConfig,
     batched,
     check_sampling,
@@ -58,7 +59,7 @@ from .text import (
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
              "sample_steps", "num_samples", "continuations", "prompt_length", "sample_length", "temperature",
-             "judge_steps", "init_from"}
+             "judge_steps", "decoding", "init_from"}
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ARConfig(TextConfig):
     prompt_length: int = 32
     sample_length: int = 128
     temperature: float = 1.0
+    decoding: str = "sample"  # or "paper": end to end with top-p 0.95, DiffusionBlocks with B steps
     judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
     out: str = "runs/ar"
@@ -90,6 +92,8 @@ class ARConfig(TextConfig):
         check_at_least_one(self, ("num_samples", "continuations", "prompt_length", "sample_length"))
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
+        if self.decoding == "paper" and self.sample_steps not in (None, self.blocks):
+            raise ValueError(f"--decoding paper takes B = {self.blocks} steps; leave --sample-steps out")
         if self.init_from and self.mode != "dblocks":
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
@@ -195,12 +199,23 @@ def predict(model: DiffusionBlocks, x: Tensor, cfg: ARConfig, generator=None,
 # --- generation --------------------------------------------------------------------------------
 
 
-def pick(logits: Tensor, temperature: float, gen: torch.Generator) -> Tensor:
-    """(N, V) logits -> (N, 1) tokens: argmax at temperature 0, else a draw."""
+def pick(logits: Tensor, temperature: float, gen: torch.Generator, top_p: float = 1.0) -> Tensor:
+    """(N, V) logits -> (N, 1) tokens: argmax at temperature 0, else a draw from the softmax at
+    ``temperature``, restricted to the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (nucleus sampling; 1: every token)."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     probs = (logits.float() / temperature).softmax(-1).cpu()
+    if top_p < 1:
+        ranked, order = probs.sort(-1, descending=True)
+        ranked = ranked * (ranked.cumsum(-1) - ranked < top_p)  # the mass before a token is < p
+        probs = torch.zeros_like(probs).scatter(-1, order, ranked)
     return torch.multinomial(probs, 1, generator=gen).to(logits.device)
+
+
+def top_p(cfg) -> float:
+    """The nucleus of a next-token model's draws: the paper's 0.95 under ``decoding='paper'``."""
+    return TOP_P if cfg.decoding == "paper" else 1.0
 
 
 class NextSlot:
@@ -249,14 +264,16 @@ def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: tor
              temperature: float = 1.0, cached: bool = True) -> Tensor:
     """``prompt`` (N, P) followed by ``new`` generated tokens. The context is the last
     ``context`` tokens; when it fills, it restarts from the last half (caches refilled).
-    DiffusionBlocks scales the sampler's start by ``temperature`` (0: greedy, :func:`initial_state`)
-    and picks from the final denoise's logits at the same temperature."""
+    A next-token model draws from its softmax at ``temperature`` (:func:`pick`, with the
+    paper's top-p under ``decoding='paper'``). DiffusionBlocks draws once: its draw is the
+    sampler's start noise, scaled by ``temperature`` (0: greedy, :func:`initial_state`); the
+    token is then the argmax of the final denoise's logits."""
     model.eval()
     ids, start = prompt, max(0, prompt.shape[1] - cfg.lm.context)
     if not isinstance(model, DiffusionBlocks):  # a next-token model (CausalLM, RecurrentLM)
         for _ in range(new):
             logits = model(ids[:, -cfg.lm.context :])[:, -1]
-            ids = torch.cat([ids, pick(logits, temperature, gen)], dim=1)
+            ids = torch.cat([ids, pick(logits, temperature, gen, top_p(cfg))], dim=1)
         return ids
     sigmas, shared = sigma_grid(cfg), model.shared
     slot = NextSlot(model, sigmas, ids[:, start:], cached)
@@ -267,7 +284,7 @@ def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: tor
     for _ in range(new):
         z = initial_state((ids.shape[0], 1, shared.embed_dim), cfg, temperature, gen, ids.device)
         z = SAMPLERS[cfg.sampler](estimate, z, sigmas)
-        token = pick(shared.logits(slot.denoise(z, sigmas[-1]))[:, -1], temperature, gen)
+        token = shared.logits(slot.denoise(z, sigmas[-1]))[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, token], dim=1)
         if slot.prefix.shape[1] < cfg.lm.context:
             slot.append(token)

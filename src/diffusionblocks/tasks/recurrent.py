@@ -66,6 +66,7 @@ class RecurrentConfig(TextConfig):
     prompt_length: int = 32
     sample_length: int = 128
     temperature: float = 1.0
+    decoding: str = "sample"  # or "paper": the baseline with top-p 0.95 (DiffusionBlocks: as sample)
     judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     out: str = "runs/recurrent"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -306,14 +307,15 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
 def generate(model: nn.Module, cfg: RecurrentConfig, prompt: Tensor, new: int, gen: torch.Generator,
              temperature: float = 1.0) -> Tensor:
     """``prompt`` (N, P) followed by ``new`` tokens, each read at the last position of the
-    window (the last ``context`` tokens) after K core iterations over the whole window."""
+    window (the last ``context`` tokens) after K core iterations over the whole window; as in
+    :func:`.ar.generate`, DiffusionBlocks' draw is its start noise and the token its argmax."""
     if not isinstance(model, DiffusionBlocks):
         return ar.generate(model, cfg, prompt, new, gen, temperature)
     model.eval()
     ids = prompt
     for _ in range(new):
         logits = ar.predict(model, ids[:, -cfg.lm.context :], cfg, gen, temperature)[:, -1]
-        ids = torch.cat([ids, ar.pick(logits, temperature, gen)], dim=1)
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return ids
 
 

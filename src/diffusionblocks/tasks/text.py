@@ -21,6 +21,8 @@ from ..sampling import SAMPLERS
 
 MODES = ("e2e", "dblocks")
 LN2 = math.log(2)
+DECODINGS = ("sample", "paper")  # how next-token models continue text (see ar.generate)
+TOP_P = 0.95  # the paper's nucleus for end-to-end models
 
 
 @dataclass
@@ -76,6 +78,7 @@ def check_sampling(cfg, next_token: bool = False) -> None:
                          "share their position with a clean token; leave rope off")
     check_choice("sampler", cfg.sampler, SAMPLERS)
     check_choice("grid", cfg.grid, GRIDS)
+    check_choice("decoding", cfg.decoding, DECODINGS)
     if cfg.prompt_length > cfg.lm.context:
         raise ValueError(f"prompt_length {cfg.prompt_length} exceeds the context {cfg.lm.context}")
 
