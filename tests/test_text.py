@@ -381,6 +381,59 @@ def recurrent_model(mode, **overrides):
     return recurrent, cfg, model, calls
 
 
+@pytest.mark.parametrize("mode", ["baseline", "dblocks"])
+def test_recurrent_inference_layer_evaluations_are_counted_as_run(mode):
+    """Every layer call of one token's prediction, counted by hooks, is the reported cost; the
+    DiffusionBlocks prelude runs once per sequence however many denoiser calls follow."""
+    from diffusionblocks.tasks import recurrent
+
+    cfg = recurrent.RecurrentConfig(mode=mode, prompt_length=4, device="cpu", lm=tiny_lm(11))
+    model = recurrent.build(cfg).eval()
+    calls = []
+    for layer in model.modules():
+        if type(layer).__name__ == "TransformerLayer":
+            layer.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randint(11, (2, 10))
+    for k in (1, 4, 8):
+        calls.clear()
+        run = recurrent.with_depth(model, cfg, k)
+        if mode == "baseline":
+            model(x)
+        else:
+            model.blocks[0].adapter._kept = None  # a new sequence (x was read at the last k)
+            ar.predict(model, x, run)
+        assert len(calls) == recurrent.inference_layer_evals(run, k)
+    assert recurrent.inference_layer_evals(cfg, 8) == (36 if mode == "baseline" else 50)
+
+
+def test_recurrent_prelude_kept_for_one_sequence_is_exact_and_dropped_for_another():
+    recurrent, cfg, model, _ = recurrent_model("dblocks")
+    model.eval()
+    x, other = torch.randint(11, (2, 10)), torch.randint(11, (2, 10))
+    with torch.no_grad():
+        first = ar.predict(model, x, cfg)
+        assert torch.equal(ar.predict(model, other, cfg), ar.predict(model, other.clone(), cfg))
+        x[0, 3] = (x[0, 3] + 1) % 11  # the same tensor, changed in place: its prelude is redone
+        changed = ar.predict(model, x, cfg)
+        model.blocks[0].adapter._kept = None
+        assert torch.equal(changed, ar.predict(model, x, cfg)) and not torch.equal(first, changed)
+
+
+def test_recurrent_baseline_training_cost_replays_the_drawn_depths(text_file, tmp_path):
+    from diffusionblocks.tasks import recurrent
+
+    cfg = recurrent.RecurrentConfig(mode="baseline", data=str(text_file), steps=21, evals=1, prompt_length=4,
+                                    device="cpu", lm=tiny_lm(11), out=str(tmp_path / "b"))
+    result = recurrent.train(cfg, show=False, evaluate=False)
+    logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    depths = {r["step"]: r["depth"] for r in logged if "depth" in r}
+    replay = [recurrent.draw_depth(cfg.mean_depth, step_generator(cfg.seed, t)) for t in range(21)]
+    assert all(replay[step - 1] == d for step, d in depths.items()) and len(depths) >= 3
+    passes = result["train_layer_evals"]
+    assert passes["forward"] == result["layer_evals"]
+    assert passes["backward"] == sum(2 + 4 * min(d, cfg.backprop_depth) + 2 for d in replay)
+
+
 def test_recurrent_dblocks_trains_one_core_pass_and_infers_with_k():
     recurrent, cfg, model, calls = recurrent_model("dblocks")
     strategy = recurrent.make_strategy(model, cfg)
@@ -446,7 +499,9 @@ def test_cli_compare_recurrent_quick(text_file, tmp_path, capsys):
         assert keys <= set(report[mode])
     assert report["judge"]["parameters"] > report["baseline"]["parameters"]
     assert report["dblocks"]["layer_evals_per_step"] == 8
-    assert (out / "quality_vs_k.png").stat().st_size > 0
+    assert (out / "quality_vs_layer_evals.png").stat().st_size > 0
+    assert report["dblocks"]["train_layer_evals_fwd_bwd_per_step"] == 16
+    assert "| dblocks | 2 | 14 |" in (out / "report.md").read_text()  # 2 + 2 × (4 + 2)
     capsys.readouterr()
     cli.main(["generate", str(out / "dblocks" / "checkpoint"), "--prompt", "the ", "--length", "6",
               "--sample-steps", "3", "--device", "cpu"])
