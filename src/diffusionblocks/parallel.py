@@ -14,7 +14,8 @@ Without ``torchrun``, ``train ... --block k`` trains one block as an independent
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,74 @@ class Placement:
     @property
     def leader(self) -> bool:
         return self.index == 0
+
+
+@dataclass
+class Job:
+    """This process's share of a run: every block (no ``placement``), one ``--block`` job's, or
+    one ``--parallel`` torchrun rank's (with its group's ``process_group`` for DDP, and
+    ``syncing`` when co-trained shared parts are averaged across groups)."""
+
+    placement: Placement | None = None
+    parallel: bool = False
+    process_group: dist.ProcessGroup | None = field(default=None, repr=False)
+    syncing: bool = False
+
+    @property
+    def blocks(self) -> list[int] | None:
+        """The blocks this process trains; None: all of them."""
+        return self.placement.blocks if self.placement else None
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes (checkpoints, metrics): DDP replicas of a group do not."""
+        return self.placement is None or self.placement.leader
+
+    @property
+    def seed_offset(self) -> int:
+        """Added to the data seed, so that a group's replicas see other batches."""
+        return 1000 * self.placement.index if self.placement else 0
+
+    def folder(self, out: str | Path) -> Path:
+        """Where this process's run lives: ``out``, or its group's ``out/group_g``."""
+        return Path(out) / f"group_{self.placement.group}" if self.parallel else Path(out)
+
+
+def join(num_blocks: int, block: int | None, parallel: bool,
+         device: torch.device) -> tuple[Job, torch.device]:
+    """This process's job and device: all blocks, the block job ``block``, or its torchrun
+    rank's blocks (joining the process group; on CUDA taking the GPU of its local rank)."""
+    if parallel:
+        placement, group_pg = init(num_blocks, device)
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if local >= torch.cuda.device_count():
+                raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
+                                 "start at most one process per GPU on each machine")
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        return Job(placement, True, group_pg), device
+    if launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
+                         "--parallel: every rank would train the same model into the same folder; "
+                         "add --parallel")
+    if block is not None:
+        return Job(Placement([block], block, num_blocks)), device
+    return Job(), device
+
+
+def distribute(job: Job, model: nn.Module, strategy, shared: nn.Module | None, cotrained: bool,
+               sync_every: int, device: torch.device) -> None:
+    """A parallel rank's blocks in DDP over its group, and co-trained ``shared`` parts averaged
+    over every rank each ``sync_every`` steps (the one thing groups exchange)."""
+    if not job.parallel:
+        return
+    if len(job.placement.members) > 1:
+        for b in job.blocks:
+            model.blocks[b] = data_parallel(model.blocks[b], job.process_group, device)
+    if cotrained and shared is not None and any(p.requires_grad for p in shared.parameters()):
+        sync_shared(strategy, shared, sync_every, job.placement, job.process_group)
+        job.syncing = True
 
 
 def place(num_blocks: int, rank: int, world: int) -> Placement:

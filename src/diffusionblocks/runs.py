@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -223,34 +224,52 @@ def kept_metrics(path: Path, step: int) -> list[dict]:
 
 
 def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
-              resumable: set[str], show: bool = True, desc: str = "train", first: bool = False):
-    """The training run every task shares: lock ``cfg.out``, resume from its checkpoint (same
-    config outside ``resumable``), log steps to metrics.jsonl, and every ``total // cfg.evals``
-    steps record ``evaluate(progress)`` (a dict) and write a checkpoint atomically. ``first``:
-    also at step 0 of a fresh run (a converted model, before fine-tuning).
+              resumable: set[str], show: bool = True, desc: str = "train", first: bool = False,
+              job=None):
+    """The training run every task shares: lock the run's folder, resume from its checkpoint
+    (same config outside ``resumable``), log steps to metrics.jsonl, and every
+    ``total // cfg.evals`` steps record ``evaluate(progress)`` (a dict) and write a checkpoint
+    atomically. ``first``: also at step 0 of a fresh run (a converted model, before
+    fine-tuning). ``job`` (:class:`~.parallel.Job`): this process's share of a block job or a
+    torchrun run, whose folder is its group's; only a group's leader writes, and ranks that
+    average shared parts checkpoint on the same steps.
 
-    Returns the final progress, the evaluation records and the measured step times.
+    Returns the final progress, the evaluation records and the measured step times (the
+    latter two empty for a process that does not write).
     """
-    from . import checkpoint
+    from . import checkpoint, parallel
     from .training import Progress, adopt_averages, averaged, fit, stored_averages
 
-    out = Path(cfg.out)
+    job = job or parallel.Job()
+    folder, writer = job.folder(cfg.out), job.writer
     parts = parts | stored_averages(strategy)
-    with checkpoint.exclusive(out):
-        ckpt, metrics_path = out / "checkpoint", out / "metrics.jsonl"
+    with checkpoint.exclusive(folder) if writer else nullcontext():  # one writer per folder
+        ckpt, metrics_path = folder / "checkpoint", folder / "metrics.jsonl"
         progress, history = Progress(), []
         restored = restore(ckpt, cfg, resumable, parts, strategy.states)
-        drop_stale_offload(out, strategy)  # only once this run may write here
+        if writer:  # only once this run may write here
+            drop_stale_offload(folder, strategy)
+            if restored is not None:
+                announce_resume(restored[0], restored[1].step, total, show)
+                history = [r for r in kept_metrics(metrics_path, restored[1].step) if "seconds" not in r]
+            elif metrics_path.exists():
+                metrics_path.unlink()
         if restored is not None:
-            where, progress = restored
-            announce_resume(where, progress.step, total, show)
-            history = [r for r in kept_metrics(metrics_path, progress.step) if "seconds" not in r]
-        elif metrics_path.exists():
-            metrics_path.unlink()
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            progress = restored[1]
+        if job.syncing:
+            parallel.same_step(strategy, progress.step)
+        if job.parallel:
+            parallel.barrier()  # every rank has read its checkpoint before any rank writes
+        folder.mkdir(parents=True, exist_ok=True)
+        if writer:
+            (folder / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
         def on_every(p: Progress) -> None:
-            with strategy.gathered():
+            if job.syncing:
+                parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
+            if not writer:
+                return
+            with strategy.gathered():  # with offload, every block comes in for these two
                 with averaged(strategy):  # the weights a trained model is used with
                     scores = evaluate(p)
                 record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
@@ -259,17 +278,19 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
                 metrics.evaluation(record)
                 checkpoint.save(ckpt, parts, cfg.to_dict(), strategy.states, p)
 
+        mine = f" blocks {job.blocks}" if job.blocks is not None else ""
         try:
-            with MetricsLog(out, cfg.mode, total, cfg.tensorboard, progress.step) as metrics:
+            with (MetricsLog(folder, cfg.mode, total, cfg.tensorboard, progress.step) if writer
+                  else nullcontext()) as metrics:
                 if first and restored is None:
                     on_every(progress)
-                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress,
-                               max(1, total // cfg.evals), on_every, metrics.step, desc=desc, show=show)
+                every, log = max(1, total // cfg.evals), metrics.step if writer else None
+                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress, every, on_every, log,
+                               desc=desc + mine, show=show and writer)
         finally:
             if getattr(strategy, "offload", None):
                 strategy.offload.close()
         adopt_averages(strategy)
         step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
-                      if "seconds" in r]
+                      if "seconds" in r] if writer else []
     return progress, history, step_times
-

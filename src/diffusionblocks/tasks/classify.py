@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,17 +28,13 @@ from ..models.vit import ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
-    MetricsLog,
-    announce_resume,
     check_at_least_one,
     check_choice,
     check_device_name,
     check_numbers,
     config_from_dict,
-    drop_stale_offload,
-    kept_metrics,
     resolve_device,
-    restore,
+    train_run,
 )
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
@@ -49,12 +43,8 @@ from ..training import (
     EndToEnd,
     OptimConfig,
     Progress,
-    adopt_averages,
-    averaged,
     blockwise_activation_bytes,
-    fit,
     matched_budget,
-    stored_averages,
 )
 
 ViTAdapter = ImageToLabel  # its earlier name
@@ -427,112 +417,52 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         data = data.holdout(cfg.val_size)
     split = "val" if cfg.val_size else "test"  # what the curve watches; test is scored once at the end
     x_watch, y_watch = (data.x_val, data.y_val) if cfg.val_size else (data.x_test, data.y_test)
-    device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    placement, group_pg, device = _place(cfg, device)
-    mine = placement.blocks if placement else None
-    run_dir = out / f"group_{placement.group}" if cfg.parallel else out
-    writer = placement is None or placement.leader  # DDP replicas of a group write nothing
+    job, device = parallel.join(cfg.blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    folder = job.folder(cfg.out)
 
     model = build(cfg)
-    if cfg.init_from and not checkpoint.exists(run_dir / "checkpoint"):  # a resume has its weights
+    if cfg.init_from and not checkpoint.exists(folder / "checkpoint"):  # a resume has its weights
         init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
     model = model.to(device)
-    strategy, total, warmup = make_strategy(cfg, model, run_dir / "offload", mine)
-    if cfg.parallel and len(placement.members) > 1:
-        for b in mine:
-            model.blocks[b] = parallel.data_parallel(model.blocks[b], group_pg, device)
-    stored = parts(model, mine) | stored_averages(strategy)
-    seed = cfg.seed + (1000 * placement.index if placement else 0)  # replicas see other batches
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device, parse_augment(cfg.augment),
-                      data.pixels)
-    syncing = cfg.parallel and cfg.shared_policy == "cotrained"  # the one thing blocks exchange
-    if syncing:
-        parallel.sync_shared(strategy, model.shared, cfg.sync_every, placement, group_pg)
+    strategy, total, warmup = make_strategy(cfg, model, folder / "offload", job.blocks)
+    cotrained = cfg.shared_policy == "cotrained"
+    parallel.distribute(job, model, strategy, getattr(model, "shared", None), cotrained, cfg.sync_every,
+                        device)
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed + job.seed_offset, device,
+                      parse_augment(cfg.augment), data.pixels)
 
-    with checkpoint.exclusive(run_dir) if writer else nullcontext():  # one writer per folder
-        ckpt = run_dir / "checkpoint"
-        progress = Progress()
-        history: list[dict] = []
-        metrics_path = run_dir / "metrics.jsonl"
-        restored = restore(ckpt, cfg, RESUMABLE, stored, strategy.states)
-        if writer:  # only once this run may write here
-            drop_stale_offload(run_dir, strategy)
-        if restored is not None:
-            where, progress = restored
-            if writer:
-                announce_resume(where, progress.step, total, show)
-                history = [r for r in kept_metrics(metrics_path, progress.step)
-                           if f"{split}_accuracy" in r or "block_accuracy" in r]
-        elif writer and metrics_path.exists():
-            metrics_path.unlink()
-        if syncing:
-            parallel.same_step(strategy, progress.step)
-        if cfg.parallel:
-            parallel.barrier()  # every rank has read its checkpoint before any rank writes
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if writer:
-            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    def on_eval(p: Progress) -> dict:
+        if job.blocks is None:
+            return {f"{split}_accuracy": evaluate(model, x_watch, y_watch, cfg)}
+        return {"block_accuracy": {b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in job.blocks}}
 
-        def on_every(p: Progress) -> None:
-            if syncing:
-                parallel.barrier()  # groups checkpoint the same step, so a restart resumes them alike
-            if not writer:
-                return
-            with strategy.gathered():  # with offload, every block comes in for these two
-                record = {"mode": cfg.mode, "step": p.step, "layer_evals": p.layer_evals,
-                          "train_seconds": round(p.train_seconds, 3)}
-                with averaged(strategy):
-                    if mine is None:
-                        record[f"{split}_accuracy"] = evaluate(model, x_watch, y_watch, cfg)
-                    else:
-                        record["block_accuracy"] = {
-                            b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in mine}
-                history.append(record)
-                metrics.evaluation(record)
-                checkpoint.save(ckpt, stored, cfg.to_dict(), strategy.states, p)
-
-        every = max(1, total // cfg.evals)
-        try:
-            with (MetricsLog(run_dir, cfg.mode, total, cfg.tensorboard, progress.step) if writer
-                  else nullcontext()) as metrics:
-                if cfg.init_from and restored is None:
-                    on_every(progress)  # step 0: the converted model, before any fine-tuning
-                log = metrics.step if writer else None
-                progress = fit(strategy, batches, total, warmup, cfg.seed, progress, every, on_every, log,
-                               desc=f"{cfg.mode} {cfg.dataset}" + (f" blocks {mine}" if mine else ""),
-                               show=show and writer)
-        finally:
-            if getattr(strategy, "offload", None):
-                strategy.offload.close()
-        adopt_averages(strategy)
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if writer else []
-        step_times = [r["seconds"] for r in records if "seconds" in r]  # every 10th step
-
-        result = {
-            "mode": cfg.mode,
-            "dataset": cfg.dataset,
-            "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
-            "trained_blocks": mine,
-            "steps": total,
-            "layer_evals": progress.layer_evals,
-            "train_seconds": round(progress.train_seconds, 3),
-            "step_seconds": statistics.median(step_times) if step_times else None,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "history": history,
-            "device": str(device),
-            **measure_activations(model, batches(0), cfg, mine),
-        }
-        if mine is None:
-            result |= score(model, data, cfg)
-            if cfg.val_size:
-                result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
-        elif history:
-            result["block_accuracy"] = history[-1]["block_accuracy"]
-        if writer:
-            (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    progress, history, step_times = train_run(
+        cfg, strategy, parts(model, job.blocks), batches, total, warmup, on_eval, RESUMABLE, show,
+        desc=f"{cfg.mode} {cfg.dataset}", first=bool(cfg.init_from), job=job)
+    result = {
+        "mode": cfg.mode,
+        "dataset": cfg.dataset,
+        "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
+        "trained_blocks": job.blocks,
+        "steps": total,
+        "layer_evals": progress.layer_evals,
+        "train_seconds": round(progress.train_seconds, 3),
+        "step_seconds": statistics.median(step_times) if step_times else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": history,
+        "device": str(device),
+        **measure_activations(model, batches(0), cfg, job.blocks),
+    }
+    if job.blocks is None:
+        result |= score(model, data, cfg)
+        if cfg.val_size:
+            result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
+    elif history:
+        result["block_accuracy"] = history[-1]["block_accuracy"]
+    if job.writer:
+        (folder / "result.json").write_text(json.dumps(result, indent=2))
     if cfg.parallel:
-        result = _finish_parallel(cfg, placement, data, result, device)
+        result = _finish_parallel(cfg, job.placement, data, result, device)
     return result
 
 
@@ -544,28 +474,6 @@ def score(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
                 "test_examples": len(data.y_test)}
     chain = chain_accuracy(model, data.x_test, data.y_test, cfg)
     return {"test_accuracy": chain[-1]["chain_after"], "test_examples": len(data.y_test), "chain": chain}
-
-
-def _place(cfg: ClassifyConfig, device: torch.device):
-    """This process's blocks: all (None), one block job's, or its torchrun rank's (joining the
-    process group, and on CUDA taking the GPU of its local rank)."""
-    if cfg.parallel:
-        placement, group_pg = parallel.init(cfg.blocks, device)
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            if local >= torch.cuda.device_count():
-                raise ValueError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible); "
-                                 "start at most one process per GPU on each machine")
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        return placement, group_pg, device
-    if parallel.launched() and int(os.environ["WORLD_SIZE"]) > 1:
-        raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
-                         "--parallel: every rank would train the same model into the same folder; "
-                         "add --parallel")
-    if cfg.block is not None:
-        return parallel.Placement([cfg.block], cfg.block, cfg.blocks), None, device
-    return None, None, device
 
 
 def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: ImageData,
