@@ -13,7 +13,11 @@ Without ``torchrun``, ``train ... --block k`` trains one block as an independent
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +241,131 @@ def barrier() -> None:
         dist.barrier()
 
 
-def finish() -> None:
+def finish_group() -> None:
+    """Leave the torchrun job's process group (when one was joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# --- assembling block jobs ----------------------------------------------------------------------
+
+
+def merge(sources: list[str | Path], out: str | Path, task: str, from_dict: Callable[[dict], object],
+          build: Callable[[object], nn.Module], mergeable: set[str], average_shared: bool = False,
+          fresh: bool = True) -> Path:
+    """Assemble block checkpoints of ``task`` (block jobs, parallel groups) into one model at
+    OUT/checkpoint.
+
+    The sources must come from one config (up to the ``mergeable`` fields), hold every block
+    exactly once and agree bit for bit on the shared parts, where the model has any
+    (``average_shared``: average them instead, for blocks trained with ``--shared-policy
+    cotrained``). OUT must be a new or empty folder (``fresh=False``: the parallel run's own
+    folder, which holds its groups). Each block's weight average travels with it.
+    """
+    from . import checkpoint
+    from .training import Averages, Progress
+
+    out = Path(out)
+    if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _not_empty(out)
+    snaps = [checkpoint.read(s, parts=None) for s in sources]
+    dirs, configs = [s.path for s in snaps], [s.config for s in snaps]
+    for d, c in zip(dirs, configs):
+        if c.get("task") != task or c.get("mode") != "dblocks":
+            raise ValueError(f"{d} is a {c.get('task')} {c.get('mode')} checkpoint; merge takes "
+                             f"DiffusionBlocks block checkpoints of one task (train {task} --mode dblocks "
+                             "--block k, or a --parallel run's group checkpoints)")
+    base = configs[0]
+    for d, c in zip(dirs[1:], configs[1:]):
+        diff = [k for k in base if k not in mergeable and c.get(k) != base[k]]
+        if diff:
+            detail = ", ".join(f"{k}: {base.get(k)!r} vs {c.get(k)!r}" for k in diff)
+            raise ValueError(f"cannot merge {dirs[0]} and {d}: their configs differ ({detail}); "
+                             "train every block with the same flags")
+    cfg = from_dict(base | {"block": None, "parallel": False, "out": str(out)})
+    owner: dict[int, checkpoint.Snapshot] = {}
+    for snap in snaps:
+        for name in sorted(snap.files):
+            if not (match := re.fullmatch(r"block_(\d+)\.safetensors", name)):
+                continue  # not a block's weights (its average, the shared parts, …)
+            b = int(match[1])
+            if b in owner:
+                raise ValueError(f"block {b} is in both {owner[b].path} and {snap.path}; give each "
+                                 "block once")
+            owner[b] = snap
+    missing = [b for b in range(cfg.blocks) if b not in owner]
+    if missing:
+        raise ValueError(f"no checkpoint holds block(s) {missing}; train them (--block k) and "
+                         f"pass their checkpoints too")
+    model = build(cfg)
+    parts = model.parts()
+    with_average = {f"block_{b}": model.blocks[b] for b, s in owner.items()
+                    if f"block_{b}.ema.safetensors" in s.files}
+    if "shared" in parts:
+        _merge_shared(model.shared, snaps, average_shared)
+        if all("shared.ema.safetensors" in s.files for s in snaps):
+            with_average["shared"] = model.shared
+    averages = Averages(with_average, cfg.optim.ema)
+    for b, snap in owner.items():
+        snap.load_parts({f"block_{b}": model.blocks[b]})
+        if f"block_{b}" in with_average:
+            snap.load_parts({f"block_{b}.ema": averages.shadows[f"block_{b}"]})
+    if "shared" in with_average:
+        means = [s.tensors("shared.ema") for s in snaps]
+        averages.shadows["shared"].load_state_dict(
+            {k: torch.stack([m[k] for m in means]).mean(0) if means[0][k].is_floating_point()
+             else means[0][k] for k in means[0]})
+    runs = [s.progress or Progress() for s in snaps]
+    progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
+    with checkpoint.exclusive(out):
+        if fresh and any(p.name != ".lock" for p in out.iterdir()):  # filled while we read
+            _not_empty(out)
+        return checkpoint.save(out / "checkpoint", parts | averages.stored(), cfg.to_dict(),
+                               progress=progress)
+
+
+def _merge_shared(shared: nn.Module, snaps: list, average: bool) -> None:
+    """The shared parts every source holds: identical (frozen), or averaged when ``average``."""
+    tensors = [s.tensors("shared") for s in snaps]
+    differ = [s for s, t in zip(snaps, tensors) if not all(torch.equal(t[k], tensors[0][k]) for k in t)]
+    if differ and not average:
+        raise ValueError(f"shared parts differ between {snaps[0].path} and {differ[0].path}: blocks trained "
+                         "apart must keep them frozen (--shared-policy frozen, the default), or merge with "
+                         "--average-shared")
+    same = not differ
+    shared.load_state_dict(tensors[0] if same else
+                           {k: torch.stack([t[k] for t in tensors]).mean(0) for k in tensors[0]})
+
+
+def _not_empty(out: Path):
+    raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in {out} "
+                     "was touched)")
+
+
+def finish(cfg, job: Job, result: dict, merge_groups: Callable[[list[Path], Path], Path],
+           score: Callable[[Path], dict]) -> dict:
+    """The end of a ``--parallel`` run: rank 0 merges the groups' checkpoints into
+    OUT/checkpoint (``merge_groups(sources, out)``), scores the whole model (``score(checkpoint)``)
+    and writes OUT/result.json; every rank waits for it."""
+    barrier()
+    out = Path(cfg.out)
+    if job.placement.rank == 0:
+        groups = [out / f"group_{g}" / "checkpoint" for g in range(job.placement.groups)]
+        merge_groups(groups, out)
+        totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
+        result = {
+            **{k: result[k] for k in ("task", "dataset", "data") if k in result},
+            "mode": "dblocks", "blocks": cfg.blocks, "parallel": True,
+            "processes": job.placement.world, "groups": job.placement.groups,
+            **score(out / "checkpoint"),
+            "layer_evals": sum(r["layer_evals"] for r in totals),
+            "train_seconds": max(r["train_seconds"] for r in totals),  # wall time: groups overlap
+            "steps": sum(r["steps"] for r in totals),
+            "step_seconds": statistics.median([r["step_seconds"] for r in totals if r["step_seconds"]]),
+            "activation_bytes_per_step": max(r["activation_bytes_per_step"] for r in totals),
+            "groups_results": totals,
+        }
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    barrier()
+    finish_group()
+    return result

@@ -62,6 +62,23 @@ def check_choice(kind: str, value, choices) -> None:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(str, choices))}")
 
 
+def check_block_job(cfg) -> None:
+    """The block-job fields a DiffusionBlocks config has (``block``, ``parallel``, and where
+    it has them ``sync_every`` and ``offload``): one block job or a torchrun run, of a real
+    block, in DiffusionBlocks mode."""
+    if (cfg.block is not None or cfg.parallel) and cfg.mode != "dblocks":
+        raise ValueError("--block and --parallel train blocks separately: they need --mode dblocks")
+    if cfg.block is not None and not 0 <= cfg.block < cfg.blocks:
+        raise ValueError(f"block {cfg.block} does not exist: blocks are numbered 0 to {cfg.blocks - 1}")
+    if cfg.block is not None and cfg.parallel:
+        raise ValueError("--block trains one block as its own job; --parallel places blocks on "
+                         "torchrun ranks: use one or the other")
+    if cfg.parallel and getattr(cfg, "offload", None):
+        raise ValueError("--offload with --parallel is not supported; give each block a process")
+    if getattr(cfg, "sync_every", 1) < 1:
+        raise ValueError(f"sync_every must be at least 1, got {cfg.sync_every}")
+
+
 def check_at_least_one(obj, names) -> None:
     """Refuse any of the integer fields ``names`` of ``obj`` below 1 (None means unset)."""
     for name in names:

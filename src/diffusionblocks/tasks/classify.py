@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
     check_at_least_one,
+    check_block_job,
     check_choice,
     check_device_name,
     check_numbers,
@@ -38,7 +39,6 @@ from ..runs import (
 )
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
-    Averages,
     Blockwise,
     EndToEnd,
     OptimConfig,
@@ -144,20 +144,10 @@ class ClassifyConfig:
             check_choice("offload target", self.offload, OFFLOAD_TARGETS)
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
-            if self.parallel:
-                raise ValueError("--offload with --parallel is not supported; give each block a process")
-        if (self.block is not None or self.parallel) and self.mode != "dblocks":
-            raise ValueError("--block and --parallel train blocks separately: they need --mode dblocks")
-        if self.block is not None and not 0 <= self.block < self.blocks:
-            raise ValueError(f"block {self.block} does not exist: blocks are numbered 0 to {self.blocks - 1}")
-        if self.block is not None and self.parallel:
-            raise ValueError("--block trains one block as its own job; --parallel places blocks on "
-                             "torchrun ranks: use one or the other")
+        check_block_job(self)
         if self.init_from and self.mode != "dblocks":
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
-        if self.sync_every < 1:
-            raise ValueError(f"sync_every must be at least 1, got {self.sync_every}")
 
     def to_dict(self) -> dict:
         """The config as JSON-ready data (``config.json``), with its task named."""
@@ -462,7 +452,12 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     if job.writer:
         (folder / "result.json").write_text(json.dumps(result, indent=2))
     if cfg.parallel:
-        result = _finish_parallel(cfg, job.placement, data, result, device)
+        def score_merged(ckpt: Path) -> dict:
+            model, merged = load(ckpt, device=str(device))
+            return score(model, data, merged)
+
+        result = parallel.finish(cfg, job, result, partial(merge, average_shared=cotrained, fresh=False),
+                                 score_merged)
     return result
 
 
@@ -476,120 +471,17 @@ def score(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
     return {"test_accuracy": chain[-1]["chain_after"], "test_examples": len(data.y_test), "chain": chain}
 
 
-def _finish_parallel(cfg: ClassifyConfig, placement: parallel.Placement, data: ImageData,
-                     result: dict, device: torch.device) -> dict:
-    """Rank 0 merges the groups' checkpoints into OUT/checkpoint and evaluates the whole model."""
-    parallel.barrier()
-    out = Path(cfg.out)
-    if placement.rank == 0:
-        groups = [out / f"group_{g}" / "checkpoint" for g in range(placement.groups)]
-        merge(groups, out, average_shared=cfg.shared_policy == "cotrained", fresh=False)
-        model, merged_cfg = load(out / "checkpoint", device=str(device))
-        scored = score(model, data, merged_cfg)
-        totals = [json.loads((g.parent / "result.json").read_text()) for g in groups]
-        result = {
-            "mode": "dblocks", "dataset": cfg.dataset, "blocks": cfg.blocks, "parallel": True,
-            "processes": placement.world, "groups": placement.groups,
-            **scored,
-            "layer_evals": sum(r["layer_evals"] for r in totals),
-            "train_seconds": max(r["train_seconds"] for r in totals),  # wall time: groups overlap
-            "steps": sum(r["steps"] for r in totals),
-            "step_seconds": statistics.median([r["step_seconds"] for r in totals if r["step_seconds"]]),
-            "activation_bytes_per_step": max(r["activation_bytes_per_step"] for r in totals),
-            "groups_results": totals,
-        }
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    parallel.barrier()
-    parallel.finish()
-    return result
-
-
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
-    cfg = checkpoint.config_of(checkpoint.read(path), ClassifyConfig.from_dict)
-    if cfg.block is not None or cfg.parallel:
-        raise ValueError(f"checkpoint {path} holds only part of a model (a --block or --parallel "
-                         "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
     return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device, averaged)
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
-    """Assemble block checkpoints (block jobs, parallel groups) into one model at OUT/checkpoint.
-
-    The sources must come from one config (up to :data:`MERGEABLE` fields), hold every block
-    exactly once and agree bit for bit on the shared parts (``average_shared``: average them
-    instead, for blocks trained with ``--shared-policy cotrained``). OUT must be a new or empty
-    folder (``fresh=False``: the parallel run's own folder, which holds its groups).
-    """
-    out = Path(out)
-    if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        _not_empty(out)
-    snaps = [checkpoint.read(s, parts=None) for s in sources]
-    dirs, configs = [s.path for s in snaps], [s.config for s in snaps]
-    if any(c.get("task") != "classify" or c.get("mode") != "dblocks" for c in configs):
-        raise ValueError("merge takes DiffusionBlocks classification checkpoints (train classify "
-                         "--mode dblocks --block k, or a --parallel run's group checkpoints)")
-    base = configs[0]
-    for d, c in zip(dirs[1:], configs[1:]):
-        diff = [k for k in base if k not in MERGEABLE and c.get(k) != base[k]]
-        if diff:
-            detail = ", ".join(f"{k}: {base.get(k)!r} vs {c.get(k)!r}" for k in diff)
-            raise ValueError(f"cannot merge {dirs[0]} and {d}: their configs differ ({detail}); "
-                             "train every block with the same flags")
-    cfg = ClassifyConfig.from_dict(base | {"block": None, "parallel": False, "out": str(out)})
-    owner: dict[int, checkpoint.Snapshot] = {}
-    for snap in snaps:
-        for name in sorted(snap.files):
-            if not (match := re.fullmatch(r"block_(\d+)\.safetensors", name)):
-                continue  # not a block's weights (its average, the shared parts, …)
-            b = int(match[1])
-            if b in owner:
-                raise ValueError(f"block {b} is in both {owner[b].path} and {snap.path}; give each "
-                                 "block once")
-            owner[b] = snap
-    missing = [b for b in range(cfg.blocks) if b not in owner]
-    if missing:
-        raise ValueError(f"no checkpoint holds block(s) {missing}; train them (--block k) and "
-                         f"pass their checkpoints too")
-    shared = [s.tensors("shared") for s in snaps]
-    for d, sh in zip(dirs[1:], shared[1:]):
-        if not all(torch.equal(sh[k], shared[0][k]) for k in shared[0]) and not average_shared:
-            raise ValueError(
-                f"shared parts differ between {dirs[0]} and {d}: blocks trained apart must keep them "
-                "frozen (--shared-policy frozen, the default), or merge with --average-shared"
-            )
-    model = build(cfg)
-    same = all(torch.equal(sh[k], shared[0][k]) for sh in shared for k in shared[0])
-    model.shared.load_state_dict(shared[0] if same else
-                                 {k: torch.stack([sh[k] for sh in shared]).mean(0) for k in shared[0]})
-    # weight averages travel along: each block's from its job, the shared parts' as the weights
-    with_average = {f"block_{b}": model.blocks[b] for b, s in owner.items()
-                    if f"block_{b}.ema.safetensors" in s.files}
-    if all("shared.ema.safetensors" in s.files for s in snaps):
-        with_average["shared"] = model.shared
-    averages = Averages(with_average, cfg.optim.ema)
-    for b, snap in owner.items():
-        snap.load_parts({f"block_{b}": model.blocks[b]})
-        if f"block_{b}" in with_average:
-            snap.load_parts({f"block_{b}.ema": averages.shadows[f"block_{b}"]})
-    if "shared" in with_average:
-        means = [s.tensors("shared.ema") for s in snaps]
-        averages.shadows["shared"].load_state_dict(
-            {k: torch.stack([m[k] for m in means]).mean(0) if means[0][k].is_floating_point()
-             else means[0][k] for k in means[0]})
-    runs = [s.progress or Progress() for s in snaps]
-    progress = Progress(*(sum(getattr(r, f) for r in runs) for f in ("step", "layer_evals", "train_seconds")))
-    with checkpoint.exclusive(out):
-        if fresh and any(p.name != ".lock" for p in out.iterdir()):  # filled while we read
-            _not_empty(out)
-        return checkpoint.save(out / "checkpoint", parts(model) | averages.stored(), cfg.to_dict(),
-                               progress=progress)
-
-
-def _not_empty(out: Path):
-    raise ValueError(f"--out {out} is not an empty folder; merge into a fresh one (nothing in {out} "
-                     "was touched)")
+    """Assemble classification block checkpoints into one model at OUT/checkpoint
+    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    return parallel.merge(sources, out, "classify", ClassifyConfig.from_dict, build, MERGEABLE,
+                          average_shared, fresh)
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:
