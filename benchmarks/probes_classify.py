@@ -103,7 +103,7 @@ def main() -> None:
     if args.only is not None:
         cfg = C.resolve_config(cfg, data)
         model = C.build(cfg)
-        checkpoint.load_parts(Path(cfg.out) / "checkpoint", C.parts(model, [args.only]))
+        checkpoint.load_parts(Path(cfg.out) / "checkpoint", checkpoint.stored_parts(model, [args.only]))
         model.eval()
         with torch.no_grad():
             z, top = torch.zeros(len(y), model.shared.embed_dim), model.ranges[args.only][1]

@@ -190,3 +190,70 @@ def test_bench_parallel_writes_the_throughput_ratio(tmp_path):  # on the default
     record = json.loads((tmp_path / "parallel.json").read_text())
     assert record["processes"] == 2 and record["assignment"] == [[0], [1]]
     assert record["throughput_ratio"] > 0
+
+
+# --- every family ---------------------------------------------------------------------------------
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 120
+TINY_TEXT = ["--width", "32", "--depth", "4", "--heads", "2", "--context", "16", "--batch-size", "8",
+             "--device", "cpu", "--quiet", "--evals", "1"]
+FAMILY = {  # family -> flags of a tiny run (text data is added by the test)
+    "generate": ["--dataset", "digits", "--width", "32", "--depth", "4", "--heads", "2", "--steps", "20",
+                 "--evals", "1", "--device", "cpu", "--quiet"],
+    "ar": [*TINY_TEXT, "--steps", "20", "--num-samples", "2", "--sample-length", "8", "--prompt-length", "4",
+           "--judge-steps", "0"],
+    "mdm": [*TINY_TEXT, "--steps", "20", "--num-samples", "2", "--bound-passes", "2", "--sample-steps", "4"],
+}
+
+
+@pytest.mark.parametrize("task", ["generate", "ar", "mdm"])
+def test_block_jobs_of_every_family_merge_into_one_model(task, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    flags = [*FAMILY[task], *(["--data", str(corpus)] if task != "generate" else []), "--blocks", "2"]
+    module = __import__(f"diffusionblocks.tasks.{task}", fromlist=["load"])
+    for b in (0, 1):
+        cli.main(["train", task, *flags, "--block", str(b), "--out", str(tmp_path / f"job{b}")])
+        job = json.loads((tmp_path / f"job{b}" / "result.json").read_text())
+        assert job["trained_blocks"] == [b] and job["steps"] == 20  # its share of 2 × 20 block steps
+        weights = {f.name for f in (tmp_path / f"job{b}" / "checkpoint").glob("block_*.safetensors")}
+        assert weights - {f"block_{b}.ema.safetensors"} == {f"block_{b}.safetensors"}
+        with pytest.raises(ValueError, match="holds only part of a model"):
+            module.load(tmp_path / f"job{b}" / "checkpoint")
+    with pytest.raises(SystemExit) as refused:  # a block twice, none of the other
+        cli.main(["merge", str(tmp_path / "job0" / "checkpoint"), str(tmp_path / "job0" / "checkpoint"),
+                  "--out", str(tmp_path / "twice")])
+    assert refused.value.code == 2 and "block 0 is in both" in capsys.readouterr().err
+    jobs = [str(tmp_path / f"job{b}" / "checkpoint") for b in (0, 1)]
+    cli.main(["merge", *jobs, "--out", str(tmp_path / "m")])
+    model, cfg = module.load(tmp_path / "m" / "checkpoint", averaged=False)  # the raw weights, as stored
+    assert cfg.block is None and checkpoint.read_progress(tmp_path / "m" / "checkpoint").step == 40
+    for b in (0, 1):
+        stored = load_file(str(tmp_path / f"job{b}" / "checkpoint" / f"block_{b}.safetensors"))
+        assert all(torch.equal(model.blocks[b].state_dict()[k], stored[k]) for k in stored)
+
+
+def test_merge_refuses_blocks_of_another_task(tmp_path, capsys):
+    cli.main(["train", "generate", *FAMILY["generate"], "--blocks", "2", "--block", "0",
+              "--out", str(tmp_path / "g")])
+    cli.main(["train", "classify", "--dataset", "digits", "--width", "16", "--depth", "2", "--heads", "2",
+              "--blocks", "2", "--steps", "4", "--evals", "1", "--quiet", "--block", "1",
+              "--out", str(tmp_path / "c")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["merge", str(tmp_path / "g" / "checkpoint"), str(tmp_path / "c" / "checkpoint"),
+                  "--out", str(tmp_path / "m")])
+    assert refused.value.code == 2 and "is a classify dblocks checkpoint" in capsys.readouterr().err
+
+
+def test_torchrun_block_parallel_language_model(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    torchrun(2, ["train", "ar", *FAMILY["ar"], "--data", str(corpus), "--blocks", "2", "--parallel",
+                 "--out", str(tmp_path / "run")])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["processes"] == 2 and result["groups"] == 2 and result["steps"] == 40
+    assert 0 < result["teacher_forced_accuracy"] <= 1  # the merged model, scored on test
+    for g in range(2):
+        group = json.loads((tmp_path / "run" / f"group_{g}" / "result.json").read_text())
+        assert group["trained_blocks"] == [g] and "block_val_loss" in group["history"][-1]

@@ -358,9 +358,14 @@ def load_parts(directory: str | Path, parts: dict[str, nn.Module]) -> None:
     read(directory, parts=parts).load_parts(parts)
 
 
-def stored_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """The parts a model is stored as: per block and shared when it has ``parts()``, else one."""
-    return model.parts() if hasattr(model, "parts") else {"model": model}
+def stored_parts(model: nn.Module, blocks: list[int] | None = None) -> dict[str, nn.Module]:
+    """The parts a model is stored as: per block and shared when it has ``parts()``, else one.
+    ``blocks``: only the shared parts and these blocks (a block job's, a parallel rank's)."""
+    parts = model.parts() if hasattr(model, "parts") else {"model": model}
+    if blocks is None:
+        return parts
+    keep = {"shared", *(f"block_{b}" for b in blocks)}
+    return {k: v for k, v in parts.items() if k in keep}
 
 
 def load_model(directory: str | Path, from_dict: Callable[[dict], object],

@@ -169,6 +169,7 @@ TEXT_HELP = {
     "k_sweep": "recurrent: the K values at which test accuracy is also reported and plotted",
 }
 TEXT_TASKS = ("mdm", "ar", "recurrent")
+MERGING = ("classify", "generate", "ar", "mdm")  # the tasks whose blocks can train as separate jobs
 CONFIG_HELP = ("settings from a TOML file (configs/) or a run's config.json; flags given beside it "
                "override it")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out` can write
@@ -514,9 +515,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from .tasks import classify
+    import importlib
 
-    where = classify.merge(args.checkpoints, args.out, average_shared=args.average_shared)
+    from . import checkpoint
+
+    task = checkpoint.read_config(args.checkpoints[0]).get("task")
+    if task not in MERGING:
+        raise ValueError(f"{args.checkpoints[0]} is a {task} checkpoint; merge assembles block jobs of "
+                         f"{', '.join(MERGING)} (a recurrent-depth model is one block)")
+    module = importlib.import_module(f".tasks.{task}", __package__)
+    where = module.merge(args.checkpoints, args.out, average_shared=args.average_shared)
     print(json.dumps({"merged": [str(c) for c in args.checkpoints], "checkpoint": str(where)}, indent=2))
 
 

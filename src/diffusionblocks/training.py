@@ -80,6 +80,27 @@ def matched_budget(steps: int, warmup: int, blocks: int, match: str = "layers") 
     raise ValueError(f"unknown budget match {match!r}; choose 'layers' or 'steps'")
 
 
+def block_share(total: int, warmup: int, blocks: list[int] | None, num_blocks: int) -> tuple[int, int]:
+    """Steps and warm-up of a process that trains only ``blocks`` (a block job, a parallel
+    rank) of a run of ``total`` steps over ``num_blocks``: its share of both (None: all)."""
+    if blocks is None:
+        return total, warmup
+    share = len(blocks) / num_blocks
+    return math.ceil(total * share), math.ceil(warmup * share)
+
+
+@torch.no_grad()
+def block_losses(loss: Callable, model: nn.Module, x: Tensor, y: Tensor, blocks: list[int],
+                 seed: int = 0) -> dict[int, float]:
+    """Each of ``blocks``' training loss ``loss(model, x, y, b, generator)`` on held-out data,
+    with fixed draws: what a process that trains only these blocks can watch."""
+    was_training = model.training
+    model.eval()
+    result = {b: loss(model, x, y, b, torch.Generator(y.device).manual_seed(seed + b)).item() for b in blocks}
+    model.train(was_training)
+    return result
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     """Linear warm-up, then cosine decay to 0 (or, ``constant``, the peak rate to the end)."""
     if step < warmup:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, parallel
 from ..adapters import TokensToNextToken
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
@@ -39,9 +40,24 @@ from ..models.lm import (
     run_cached,
 )
 from ..noise import GRIDS, NoiseConfig, scalings
-from ..runs import check_at_least_one, check_choice, config_from_dict, resolve_device, train_run
+from ..runs import (
+    check_at_least_one,
+    check_block_job,
+    check_choice,
+    config_from_dict,
+    resolve_device,
+    train_run,
+)
 from ..sampling import SAMPLERS, initial_noise
-from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, matched_budget
+from ..training import (
+    Blockwise,
+    EndToEnd,
+    OptimConfig,
+    block_losses,
+    block_share,
+    blockwise_loss,
+    matched_budget,
+)
 from .judge import independent_judge, judged
 from .text import (
     LN2,
@@ -60,6 +76,7 @@ from .text import (
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
              "sample_steps", "num_samples", "continuations", "prompt_length", "sample_length", "temperature",
              "judge_steps", "decoding", "init_from"}
+MERGEABLE = RESUMABLE | {"block", "parallel"}  # block jobs that may be merged into one model
 
 
 @dataclass
@@ -80,6 +97,9 @@ class ARConfig(TextConfig):
     decoding: str = "sample"  # or "paper": end to end with top-p 0.95, DiffusionBlocks with B steps
     judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
+    block: int | None = None  # train only this block (a block job; `merge` assembles them)
+    parallel: bool = False  # one torchrun rank of a block-parallel run
+    sync_every: int = 100  # --parallel, co-trained token table: average it every N steps
     out: str = "runs/ar"
     lm: LMConfig = field(default_factory=lambda: LMConfig(depth=8))
     noise: NoiseConfig = field(default_factory=lambda: NoiseConfig(gamma=0.1, partition="uniform"))
@@ -97,6 +117,7 @@ class ARConfig(TextConfig):
         if self.init_from and self.mode != "dblocks":
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
+        check_block_job(self)
 
     def to_dict(self) -> dict:
         return {"task": "ar", **asdict(self)}
@@ -372,21 +393,26 @@ def write_samples(ids: Tensor, cfg: ARConfig, data: TextData, path: Path) -> lis
 def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
           judges: dict[str, CausalLM] | None = None) -> dict:
     """Train one mode (resuming from OUT/checkpoint), then score it and sample; ``judges`` score
-    the samples (:func:`.judge.judged`)."""
+    the samples (:func:`.judge.judged`). ``cfg.block`` and ``cfg.parallel`` train some blocks
+    only, as :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = ARConfig.from_dict(resolved(cfg, data))
-    device = resolve_device(cfg.device)
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    out = job.folder(cfg.out)
     model = build(cfg)
-    if cfg.init_from and not checkpoint.exists(Path(cfg.out) / "checkpoint"):  # a resume has its weights
+    if cfg.init_from and not checkpoint.exists(out / "checkpoint"):  # a resume has its weights
         init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
     model = model.to(device)
-    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
+    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
+                                job.blocks, cfg.num_blocks)  # e2e: B = 1
     if cfg.mode == "dblocks":
-        strategy = Blockwise(model, cfg.optim)
+        strategy = Blockwise(model, cfg.optim, job.blocks)
+        parallel.distribute(job, model, strategy, model.shared, cfg.shared_policy == "cotrained",
+                            cfg.sync_every, device)
     else:
         strategy = EndToEnd(model, next_token_loss, cfg.optim, cfg.lm.depth)
-    parts = model.parts() if isinstance(model, DiffusionBlocks) else {"model": model}
-    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, cfg.seed, device)
+    seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
+    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, seed, device)
     val = test_windows(data.val, cfg.lm.context)[:64]
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
@@ -394,20 +420,26 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         return w[:, :-1], w[:, 1:]
 
     def on_eval(p) -> dict:
-        return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val",
-                             "val_test_bpc")
+        if job.blocks is None:
+            return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val",
+                                 "val_test_bpc")
+        w = torch.stack([v for v in val if len(v) == len(val[0])][:32]).to(device)
+        losses = block_losses(blockwise_loss, model, w[:, :-1], w[:, 1:], job.blocks, cfg.seed)
+        return {"block_val_loss": losses}
 
-    progress, history, step_times = train_run(
-        cfg, strategy, parts, batch_at, total, warmup, on_eval, RESUMABLE, show, desc=f"ar {cfg.mode}",
-        first=bool(cfg.init_from))
+    stored = checkpoint.stored_parts(model, job.blocks)
+    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
+                                              RESUMABLE, show, desc=f"ar {cfg.mode}",
+                                              first=bool(cfg.init_from), job=job)
     x, y = batch_at(0)
     if isinstance(model, DiffusionBlocks):
         per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
-                     for b in range(model.num_blocks)]
+                     for b in (job.blocks or range(model.num_blocks))]
     else:
         per_block = [activation_bytes(lambda: next_token_loss(model(x), y), model)]
     result = {
-        "task": "ar", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks, "steps": total,
+        "task": "ar", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
+        "trained_blocks": job.blocks, "steps": total,
         "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
         "step_seconds": statistics.median(step_times) if step_times else None,
         "tokens_per_layer_eval": cfg.batch_size * cfg.lm.context * (2 if cfg.mode == "dblocks" else 1),
@@ -416,10 +448,25 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         "activation_mib": statistics.mean(per_block) / 2**20,
         "history": history, "device": str(device),
     }
-    if evaluate:
-        result |= evaluate_model(model, cfg, data, Path(cfg.out), judges)
-    (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
+    if evaluate and job.blocks is None:
+        result |= evaluate_model(model, cfg, data, out, judges)
+    if job.writer:
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    if cfg.parallel:
+        def score_merged(ckpt: Path) -> dict:
+            merged, merged_cfg = load(ckpt, device=str(device))
+            return evaluate_model(merged, merged_cfg, data, Path(cfg.out), judges) if evaluate else {}
+
+        merge_groups = partial(merge, average_shared=cfg.shared_policy == "cotrained", fresh=False)
+        result = parallel.finish(cfg, job, result, merge_groups, score_merged)
     return result
+
+
+def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
+          fresh: bool = True) -> Path:
+    """Assemble autoregressive block checkpoints into one model at OUT/checkpoint
+    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    return parallel.merge(sources, out, "ar", ARConfig.from_dict, build, MERGEABLE, average_shared, fresh)
 
 
 def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,

@@ -9,7 +9,6 @@ estimate is softmax(logits) @ table.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -43,6 +42,7 @@ from ..training import (
     EndToEnd,
     OptimConfig,
     Progress,
+    block_share,
     blockwise_activation_bytes,
     matched_budget,
 )
@@ -248,22 +248,11 @@ def make_strategy(
     """The mode's training strategy, its total steps and its warm-up steps. ``blocks``: train
     only these (a block job, a parallel rank), with their share of the budget."""
     if cfg.mode == "dblocks":
-        total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
-        if blocks is not None:
-            share = len(blocks) / cfg.blocks
-            total, warmup = math.ceil(total * share), math.ceil(warmup * share)
+        total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match),
+                                    blocks, cfg.blocks)
         strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir)
         return strategy, total, warmup
     return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
-
-
-def parts(model: nn.Module, blocks: list[int] | None = None) -> dict[str, nn.Module]:
-    """Separately stored parts: per block and shared for DiffusionBlocks, one for e2e.
-    ``blocks``: only the shared parts and these blocks."""
-    if not isinstance(model, DiffusionBlocks):
-        return {"model": model}
-    keep = None if blocks is None else {"shared", *(f"block_{b}" for b in blocks)}
-    return {k: v for k, v in model.parts().items() if keep is None or k in keep}
 
 
 def sigma_grid(cfg: ClassifyConfig) -> Tensor:
@@ -426,8 +415,9 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
             return {f"{split}_accuracy": evaluate(model, x_watch, y_watch, cfg)}
         return {"block_accuracy": {b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in job.blocks}}
 
+    stored = checkpoint.stored_parts(model, job.blocks)
     progress, history, step_times = train_run(
-        cfg, strategy, parts(model, job.blocks), batches, total, warmup, on_eval, RESUMABLE, show,
+        cfg, strategy, stored, batches, total, warmup, on_eval, RESUMABLE, show,
         desc=f"{cfg.mode} {cfg.dataset}", first=bool(cfg.init_from), job=job)
     result = {
         "mode": cfg.mode,

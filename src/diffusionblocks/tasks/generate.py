@@ -19,12 +19,13 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .. import checkpoint
+from .. import checkpoint, parallel
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images
 from ..models.dit import DiTAdapter, DiTConfig, make_layers
@@ -32,6 +33,7 @@ from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
 from ..offload import OFFLOAD_TARGETS
 from ..runs import (
     check_at_least_one,
+    check_block_job,
     check_choice,
     check_device_name,
     check_numbers,
@@ -40,7 +42,15 @@ from ..runs import (
     train_run,
 )
 from ..sampling import SAMPLERS, Denoiser, initial_noise
-from ..training import Blockwise, OptimConfig, blockwise_activation_bytes, matched_budget
+from ..training import (
+    Blockwise,
+    OptimConfig,
+    block_losses,
+    block_share,
+    blockwise_activation_bytes,
+    blockwise_loss,
+    matched_budget,
+)
 
 MODES = ("e2e", "dblocks")
 # Per-dataset defaults: patch size and end-to-end training steps at batch 64.
@@ -83,6 +93,8 @@ class GenerateConfig:
     checkpointing: bool = False
     tensorboard: bool = False  # also log to OUT/tensorboard
     offload: str | None = None
+    block: int | None = None  # train only this block (a block job; `merge` assembles them)
+    parallel: bool = False  # one torchrun rank of a block-parallel run
     out: str = "runs/generate"
     dit: DiTConfig = field(default_factory=DiTConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # the paper's equi-probability partition
@@ -108,6 +120,7 @@ class GenerateConfig:
             check_choice("offload target", self.offload, OFFLOAD_TARGETS)
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
+        check_block_job(self)
 
     @property
     def num_blocks(self) -> int:
@@ -125,6 +138,7 @@ class GenerateConfig:
 # Fields a resumed run may change (inference and bookkeeping); everything else must match.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "grid", "sample_steps",
              "guidance", "num_samples", "feature_steps", "checkpointing", "tensorboard", "offload"}
+MERGEABLE = RESUMABLE | {"block", "parallel"}  # block jobs that may be merged into one model
 
 
 def load_data(cfg: GenerateConfig) -> ImageData:
@@ -160,14 +174,16 @@ def build(cfg: GenerateConfig) -> DiffusionBlocks:
     )
 
 
-def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device):
+def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device, seed: int | None = None):
     """Step t's batch as (labels, images), each label dropped to the null class with
-    probability ``class_dropout`` (classifier-free guidance), reproducibly per step."""
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, device)
+    probability ``class_dropout`` (classifier-free guidance), reproducibly per step from
+    ``seed`` (default: the run's)."""
+    seed = cfg.seed if seed is None else seed
+    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
         images, labels = batches(t)
-        g = torch.Generator(labels.device).manual_seed(cfg.seed * 7_919 + t + 1)
+        g = torch.Generator(labels.device).manual_seed(seed * 7_919 + t + 1)
         drop = torch.rand(len(labels), generator=g, device=labels.device) < cfg.dit.class_dropout
         return labels.masked_fill(drop, cfg.dit.null_class), images
 
@@ -319,8 +335,9 @@ def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig
 def make_strategy(cfg: GenerateConfig, model: DiffusionBlocks, offload_dir: str | Path | None = None,
                   blocks: list[int] | None = None) -> tuple[Blockwise, int, int]:
     """The training strategy (end to end is one block over the whole noise range), its total
-    steps and warm-up steps. ``blocks``: train only these."""
-    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)
+    steps and warm-up steps. ``blocks``: train only these, with their share of the budget."""
+    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
+                                blocks, cfg.num_blocks)
     return Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir), total, warmup
 
 
@@ -333,24 +350,35 @@ def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
 
 def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
           evaluate: bool = True) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality."""
+    """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality.
+
+    With ``cfg.block`` only that block trains (an independent job; :func:`merge` assembles the
+    jobs); with ``cfg.parallel`` this is one torchrun rank of a block-parallel run (its group
+    writes OUT/group_g; rank 0 merges them into OUT/checkpoint and measures the whole model).
+    """
     data = data or load_data(cfg)
     cfg = resolve_config(cfg, data)
-    device = resolve_device(cfg.device)
-    out = Path(cfg.out)
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    out = job.folder(cfg.out)
     model = build(cfg).to(device)
-    strategy, total, warmup = make_strategy(cfg, model, offload_dir=out / "offload")
-    batch_at = training_batches(cfg, data, device)
+    strategy, total, warmup = make_strategy(cfg, model, out / "offload", job.blocks)
+    parallel.distribute(job, model, strategy, None, False, 1, device)  # pixels: nothing shared trains
+    batch_at = training_batches(cfg, data, device, cfg.seed + job.seed_offset)
     held_out = data.x_test[:1000], data.y_test[:1000]
 
     def on_eval(p) -> dict:
-        return {"test_loss": test_loss(model, *held_out, seed=cfg.seed)}
+        if job.blocks is None:
+            return {"test_loss": test_loss(model, *held_out, seed=cfg.seed)}
+        labels, images = held_out[1][:256].to(device), held_out[0][:256].to(device)
+        return {"block_test_loss": block_losses(blockwise_loss, model, labels, images, job.blocks, cfg.seed)}
 
-    progress, history, step_times = train_run(cfg, strategy, model.parts(), batch_at, total, warmup,
-                                              on_eval, RESUMABLE, show, desc=f"{cfg.mode} {cfg.dataset}")
-    activations = measure_activations(model, batch_at(0))
+    stored = checkpoint.stored_parts(model, job.blocks)
+    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
+                                              RESUMABLE, show, desc=f"{cfg.mode} {cfg.dataset}", job=job)
+    activations = measure_activations(model, batch_at(0), blocks=job.blocks)
     result = {
-        "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "steps": total,
+        "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "trained_blocks": job.blocks,
+        "steps": total,
         "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
         "step_seconds": statistics.median(step_times) if step_times else None,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -359,10 +387,25 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
         "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
         "guidance": cfg.guidance,
     }
-    if evaluate:
+    if evaluate and job.blocks is None:
         result |= evaluate_model(model, cfg, data, out, show)
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    if job.writer:
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    if cfg.parallel:
+        def score_merged(ckpt: Path) -> dict:
+            merged, merged_cfg = load(ckpt, device=str(device))
+            return evaluate_model(merged, merged_cfg, data, Path(cfg.out), show) if evaluate else {}
+
+        result = parallel.finish(cfg, job, result, partial(merge, fresh=False), score_merged)
     return result
+
+
+def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
+          fresh: bool = True) -> Path:
+    """Assemble generation block checkpoints into one model at OUT/checkpoint
+    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    return parallel.merge(sources, out, "generate", GenerateConfig.from_dict, build, MERGEABLE,
+                          average_shared, fresh)
 
 
 def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData, out: Path,

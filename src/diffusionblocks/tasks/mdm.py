@@ -18,20 +18,21 @@ import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, parallel
 from ..adapters import TokensToTokens
 from ..blocks import Block, split_layers
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..models.lm import LMConfig, make_layers
-from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
-from ..training import Blockwise, OptimConfig, matched_budget
+from ..runs import check_at_least_one, check_block_job, config_from_dict, resolve_device, train_run
+from ..training import Blockwise, OptimConfig, block_losses, block_share, matched_budget
 from .text import (
     LN2,
     TextConfig,
@@ -47,6 +48,7 @@ from .text import (
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sample_steps",
              "bound_passes", "num_samples", "sample_length", "temperature"}
+MERGEABLE = RESUMABLE | {"block", "parallel"}  # block jobs that may be merged into one model
 
 
 @dataclass
@@ -58,6 +60,8 @@ class MDMConfig(TextConfig):
     num_samples: int = 4
     sample_length: int | None = None  # default: the context
     temperature: float = 1.0
+    block: int | None = None  # train only this block (a block job; `merge` assembles them)
+    parallel: bool = False  # one torchrun rank of a block-parallel run
     out: str = "runs/mdm"
     # Rotary positions: a masked token sees its context only through attention, and learned
     # absolute positions alone left it near the unigram plateau (4 layers × 64, 300 steps:
@@ -73,6 +77,7 @@ class MDMConfig(TextConfig):
         if self.sample_length is not None and self.sample_length > self.lm.context:
             raise ValueError(f"sample_length {self.sample_length} exceeds the context {self.lm.context}")
         check_sampling(self)
+        check_block_job(self)
 
     def to_dict(self) -> dict:
         return {"task": "mdm", **asdict(self)}
@@ -230,14 +235,20 @@ def build(cfg: MDMConfig) -> MaskedDiffusion:
 
 
 def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then measure its test bound and sample."""
+    """Train one mode (resuming from OUT/checkpoint), then measure its test bound and sample.
+    ``cfg.block`` and ``cfg.parallel`` train some blocks (t-intervals) only, as
+    :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = MDMConfig.from_dict(resolved(cfg, data))
-    device = resolve_device(cfg.device)
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    out = job.folder(cfg.out)
     model = build(cfg).to(device)
-    total, warmup = matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match)  # e2e: B = 1
-    strategy = Blockwise(model, cfg.optim, loss=masked_loss)
-    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context, cfg.seed, device)
+    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
+                                job.blocks, cfg.num_blocks)  # e2e: B = 1
+    strategy = Blockwise(model, cfg.optim, job.blocks, loss=masked_loss)
+    parallel.distribute(job, model, strategy, None, False, 1, device)  # blocks share nothing
+    seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
+    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context, seed, device)
     val = windows(data.val, cfg.lm.context)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
@@ -245,16 +256,20 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
         return w, w
 
     def on_eval(p) -> dict:
-        return per_character({"val_bpc": bound(model, val, passes=4, seed=cfg.seed)[0]}, data, "val")
+        if job.blocks is None:
+            return per_character({"val_bpc": bound(model, val, passes=4, seed=cfg.seed)[0]}, data, "val")
+        w = torch.stack([v for v in val if len(v) == len(val[0])][:32]).to(device)
+        return {"block_val_loss": block_losses(masked_loss, model, w, w, job.blocks, cfg.seed)}
 
-    progress, history, step_times = train_run(
-        cfg, strategy, model.parts(), batch_at, total, warmup, on_eval, RESUMABLE, show,
-        desc=f"mdm {cfg.mode}")
+    stored = checkpoint.stored_parts(model, job.blocks)
+    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
+                                              RESUMABLE, show, desc=f"mdm {cfg.mode}", job=job)
     y = train_windows(0)
     per_block = [activation_bytes(lambda b=b: masked_loss(model, y, y, b, torch.Generator()), model)
-                 for b in range(model.num_blocks)]
+                 for b in (job.blocks or range(model.num_blocks))]
     result = {
-        "task": "mdm", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks, "steps": total,
+        "task": "mdm", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
+        "trained_blocks": job.blocks, "steps": total,
         "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
         "step_seconds": statistics.median(step_times) if step_times else None,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -262,10 +277,24 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
         "activation_mib": statistics.mean(per_block) / 2**20,
         "history": history, "device": str(device),
     }
-    if evaluate:
-        result |= evaluate_model(model, cfg, data, Path(cfg.out))
-    (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
+    if evaluate and job.blocks is None:
+        result |= evaluate_model(model, cfg, data, out)
+    if job.writer:
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    if cfg.parallel:
+        def score_merged(ckpt: Path) -> dict:
+            merged, merged_cfg = load(ckpt, device=str(device))
+            return evaluate_model(merged, merged_cfg, data, Path(cfg.out)) if evaluate else {}
+
+        result = parallel.finish(cfg, job, result, partial(merge, fresh=False), score_merged)
     return result
+
+
+def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
+          fresh: bool = True) -> Path:
+    """Assemble masked-diffusion block checkpoints (t-intervals) into one model at
+    OUT/checkpoint (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    return parallel.merge(sources, out, "mdm", MDMConfig.from_dict, build, MERGEABLE, average_shared, fresh)
 
 
 def evaluate_model(model: MaskedDiffusion, cfg: MDMConfig, data: TextData, out: Path) -> dict:
