@@ -183,13 +183,14 @@ def test_a_killed_worker_restarts_from_its_own_checkpoint(tmp_path):
     assert json.loads((out / "result.json").read_text())["test_examples"] == 360  # merged, evaluated
 
 
-def test_bench_parallel_writes_the_throughput_ratio(tmp_path):  # on the default data: digits
-    cli.main(["bench", "parallel", "--depth", "2", "--width", "16",
+@pytest.mark.parametrize("task", [[], ["--task", "generate"], ["--task", "mdm"]])
+def test_bench_parallel_writes_the_throughput_ratio(task, tmp_path):  # on the default data: digits
+    cli.main(["bench", "parallel", *task, "--depth", "2", "--width", "16",
               "--blocks", "2", "--steps", "4", "--warmup", "1", "--repeats", "1", "--quiet",
               "--out", str(tmp_path)])
     record = json.loads((tmp_path / "parallel.json").read_text())
     assert record["processes"] == 2 and record["assignment"] == [[0], [1]]
-    assert record["throughput_ratio"] > 0
+    assert record["throughput_ratio"] > 0 and record["task"] == (task[1] if task else "classify")
 
 
 # --- every family ---------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from .runs import check_at_least_one, check_numbers, resolve_device
 from .training import step_generator
 
 VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
-TASKS = ("classify", "generate")  # ViT classification, DiT image generation
+TASKS = ("classify", "generate", "mdm")  # ViT classification, DiT generation, masked diffusion (parallel)
+TEXT_CONTEXT, TEXT_VOCAB = 128, 65  # masked diffusion's throughput windows: Tiny Shakespeare's shape
 
 
 @dataclass
@@ -92,6 +93,13 @@ def _run_config(cfg: BenchConfig, variant: str, blocks: int, data):
               "batch_size": cfg.batch_size, "checkpointing": variant.endswith("ckpt"),
               "offload": offload, "device": str(device)}
     measured = {"precision": cfg.precision, "ema": 0.0}  # no weight average: the tables never had one
+    if cfg.task == "mdm":
+        from .tasks.mdm import MDMConfig
+
+        del common["dataset"], common["offload"]
+        lm = replace(MDMConfig().lm, width=cfg.width, depth=cfg.depth, vocab_size=TEXT_VOCAB,
+                     context=TEXT_CONTEXT)
+        return MDMConfig(**common, lm=lm, optim=replace(MDMConfig().optim, **measured))
     if cfg.task == "generate":
         from .models.dit import DiTConfig
         from .tasks.generate import GenerateConfig, resolve_config
@@ -112,6 +120,11 @@ def _batches(cfg: BenchConfig, n: int, device: torch.device):
     Classification trains on (images, labels); generation on (labels, images in [-1, 1])."""
     from .data.images import Batches, load_images
 
+    if cfg.task == "mdm":  # throughput only: random windows of the shape (content does not change speed)
+        gen = torch.Generator().manual_seed(0)
+        windows = [torch.randint(TEXT_VOCAB, (cfg.batch_size, TEXT_CONTEXT), generator=gen).to(device)
+                   for _ in range(n)]
+        return [(w, w) for w in windows], None
     generate = cfg.task == "generate"
     data = load_images(cfg.dataset, cfg.data_dir, scaling="symmetric" if generate else "standard")
     batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0, device)
@@ -534,7 +547,8 @@ def bench_parallel(cfg: BenchConfig, processes: int = 2, train_steps: int | None
         raise ValueError(f"repeats and processes must be at least 1, got {repeats} and {processes}")
     from .data.images import load_images
 
-    load_images(cfg.dataset, cfg.data_dir)  # a missing dataset is said here, before any worker
+    if cfg.task != "mdm":
+        load_images(cfg.dataset, cfg.data_dir)  # a missing dataset is said here, before any worker
     blocks = cfg.blocks[0]
     assignment = [place(blocks, r, processes).blocks for r in range(processes)]
     runs = []
@@ -614,13 +628,15 @@ def run(kind: str, cfg: BenchConfig, show: bool = True, processes: int = 2,
         rows = bench_gpu(Path(cfg.out), show=show)
         return (Path(cfg.out) / "gpu.md").read_text() if rows else ""
     if kind == "parallel":
-        if cfg.task != "classify":
-            raise ValueError(f"bench parallel measures the classification task; drop --task {cfg.task}")
+        if train_steps and cfg.task != "classify":
+            raise ValueError(f"bench parallel --train-steps trains classification; drop --task {cfg.task}")
         record = bench_parallel(cfg, processes, train_steps, show, repeats)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "parallel.json").write_text(json.dumps(record, indent=2))
         return json.dumps(record, indent=2)
+    if cfg.task == "mdm":
+        raise ValueError(f"bench {kind} measures classify and generate; --task mdm is for bench parallel")
     records = bench_memory(cfg, show) if kind == "memory" else bench_speed(cfg, show)
     return write(kind, records, cfg)
 

@@ -557,7 +557,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
                         "(peak memory, step time; only --out applies)")
     parser.add_argument("--config", default=None, help="benchmark settings from a TOML file (the "
                         "flags' names, with _ for -); flags given beside it override it")
-    parser.add_argument("--task", choices=TASKS, default=None, help=f"family (default: {d.task})")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help=f"family (default: {d.task}; mdm: bench parallel only)")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help=f"default: {d.dataset} (parallel: digits)")
     parser.add_argument("--data-dir", default=None, help=HELP["data_dir"])

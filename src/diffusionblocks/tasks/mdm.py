@@ -234,6 +234,15 @@ def build(cfg: MDMConfig) -> MaskedDiffusion:
                            cfg.checkpointing)
 
 
+def make_strategy(cfg: MDMConfig, model: MaskedDiffusion, offload_dir=None,
+                  blocks: list[int] | None = None) -> tuple[Blockwise, int, int]:
+    """The training strategy (end to end is one block over every t), its total steps and
+    warm-up steps. ``blocks``: train only these, with their share of the budget."""
+    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
+                                blocks, cfg.num_blocks)  # e2e: B = 1
+    return Blockwise(model, cfg.optim, blocks, loss=masked_loss), total, warmup
+
+
 def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True) -> dict:
     """Train one mode (resuming from OUT/checkpoint), then measure its test bound and sample.
     ``cfg.block`` and ``cfg.parallel`` train some blocks (t-intervals) only, as
@@ -243,9 +252,7 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
     out = job.folder(cfg.out)
     model = build(cfg).to(device)
-    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
-                                job.blocks, cfg.num_blocks)  # e2e: B = 1
-    strategy = Blockwise(model, cfg.optim, job.blocks, loss=masked_loss)
+    strategy, total, warmup = make_strategy(cfg, model, blocks=job.blocks)
     parallel.distribute(job, model, strategy, None, False, 1, device)  # blocks share nothing
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
     train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context, seed, device)
