@@ -128,8 +128,9 @@ def test_merge_refuses_missing_duplicate_and_mismatched_blocks(jobs, digits, tmp
 def test_block_and_parallel_config_errors():
     with pytest.raises(ValueError, match="block 3 does not exist: blocks are numbered 0 to 2"):
         ClassifyConfig(block=3)
-    with pytest.raises(ValueError, match="need --mode dblocks"):
+    with pytest.raises(ValueError, match="needs --mode dblocks"):
         ClassifyConfig(mode="e2e", block=0)
+    ClassifyConfig(mode="e2e", parallel=True)  # end to end under torchrun: data parallel
     with pytest.raises(ValueError, match="use one or the other"):
         ClassifyConfig(block=0, parallel=True)
     with pytest.raises(ValueError, match="needs torchrun"):
@@ -245,6 +246,23 @@ def test_merge_refuses_blocks_of_another_task(tmp_path, capsys):
         cli.main(["merge", str(tmp_path / "g" / "checkpoint"), str(tmp_path / "c" / "checkpoint"),
                   "--out", str(tmp_path / "m")])
     assert refused.value.code == 2 and "is a classify dblocks checkpoint" in capsys.readouterr().err
+
+
+def test_torchrun_end_to_end_is_data_parallel_over_every_rank(tmp_path):
+    torchrun(2, [*TINY, "--mode", "e2e", "--steps", "30", "--evals", "1", "--parallel",
+                 "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["parallel"] and result["processes"] == 2 and result["test_accuracy"] > 0.15
+    assert not list(tmp_path.glob("group_*"))  # one model, in OUT itself
+    model, cfg = classify.load(tmp_path / "checkpoint")  # a whole model: it loads
+    assert cfg.mode == "e2e" and classify.evaluate(model, *_digits_test(), cfg) == result["test_accuracy"]
+
+
+def _digits_test():
+    from diffusionblocks.data.images import load_images
+
+    data = load_images("digits")
+    return data.x_test, data.y_test
 
 
 def test_torchrun_block_parallel_language_model(tmp_path):

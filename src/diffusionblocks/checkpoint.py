@@ -376,7 +376,8 @@ def load_model(directory: str | Path, from_dict: Callable[[dict], object],
     weight average where it has one, unless ``averaged`` is False), in eval mode on ``device``."""
     snapshot = read(directory, parts=None)
     cfg = config_of(snapshot, from_dict)
-    if getattr(cfg, "block", None) is not None or getattr(cfg, "parallel", False):
+    partial_job = getattr(cfg, "parallel", False) and getattr(cfg, "mode", None) == "dblocks"
+    if getattr(cfg, "block", None) is not None or partial_job:
         raise ValueError(f"checkpoint {directory} holds only part of a model (a --block or --parallel "
                          "group checkpoint); assemble the blocks first with `diffusionblocks merge`")
     model = build(cfg)

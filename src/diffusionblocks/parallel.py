@@ -51,17 +51,19 @@ class Placement:
 class Job:
     """This process's share of a run: every block (no ``placement``), one ``--block`` job's, or
     one ``--parallel`` torchrun rank's (with its group's ``process_group`` for DDP, and
-    ``syncing`` when co-trained shared parts are averaged across groups)."""
+    ``syncing`` when co-trained shared parts are averaged across groups). ``whole``: an
+    end-to-end run under torchrun, the whole model in DDP over every rank, in OUT itself."""
 
     placement: Placement | None = None
     parallel: bool = False
     process_group: dist.ProcessGroup | None = field(default=None, repr=False)
     syncing: bool = False
+    whole: bool = False
 
     @property
     def blocks(self) -> list[int] | None:
         """The blocks this process trains; None: all of them."""
-        return self.placement.blocks if self.placement else None
+        return self.placement.blocks if self.placement and not self.whole else None
 
     @property
     def writer(self) -> bool:
@@ -75,15 +77,16 @@ class Job:
 
     def folder(self, out: str | Path) -> Path:
         """Where this process's run lives: ``out``, or its group's ``out/group_g``."""
-        return Path(out) / f"group_{self.placement.group}" if self.parallel else Path(out)
+        return Path(out) / f"group_{self.placement.group}" if self.parallel and not self.whole else Path(out)
 
 
-def join(num_blocks: int, block: int | None, parallel: bool,
-         device: torch.device) -> tuple[Job, torch.device]:
+def join(num_blocks: int, block: int | None, parallel: bool, device: torch.device,
+         whole: bool = False) -> tuple[Job, torch.device]:
     """This process's job and device: all blocks, the block job ``block``, or its torchrun
-    rank's blocks (joining the process group; on CUDA taking the GPU of its local rank)."""
+    rank's blocks (joining the process group; on CUDA taking the GPU of its local rank).
+    ``whole``: an end-to-end model, data parallel over every rank."""
     if parallel:
-        placement, group_pg = init(num_blocks, device)
+        placement, group_pg = init(1 if whole else num_blocks, device)
         if device.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0))
             if local >= torch.cuda.device_count():
@@ -91,7 +94,7 @@ def join(num_blocks: int, block: int | None, parallel: bool,
                                  "start at most one process per GPU on each machine")
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)
-        return Job(placement, True, group_pg), device
+        return Job(placement, True, group_pg, whole=whole), device
     if launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise ValueError(f"launched by torchrun with {os.environ['WORLD_SIZE']} processes but without "
                          "--parallel: every rank would train the same model into the same folder; "
@@ -104,8 +107,16 @@ def join(num_blocks: int, block: int | None, parallel: bool,
 def distribute(job: Job, model: nn.Module, strategy, shared: nn.Module | None, cotrained: bool,
                sync_every: int, device: torch.device) -> None:
     """A parallel rank's blocks in DDP over its group, and co-trained ``shared`` parts averaged
-    over every rank each ``sync_every`` steps (the one thing groups exchange)."""
+    over every rank each ``sync_every`` steps (the one thing groups exchange). End to end
+    (``job.whole``), the model in DDP over every rank (its one block, or the whole network)."""
     if not job.parallel:
+        return
+    if job.whole:
+        if len(job.placement.members) > 1:
+            if hasattr(model, "blocks"):  # one block over the whole noise range
+                model.blocks[0] = data_parallel(model.blocks[0], job.process_group, device)
+            else:
+                strategy.model = data_parallel(model, job.process_group, device)
         return
     if len(job.placement.members) > 1:
         for b in job.blocks:
@@ -174,11 +185,13 @@ def _store(rank: int, world: int) -> dist.Store:
 
 
 def data_parallel(block: nn.Module, process_group, device: torch.device) -> nn.Module:
-    """Wrap a block in DDP over its group's ranks only."""
+    """Wrap a block in DDP over its group's ranks only. Buffers are not broadcast at each
+    forward (they do not train), so a group's leader can evaluate alone."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(block, device_ids=ids, process_group=process_group)
+    return DistributedDataParallel(block, device_ids=ids, process_group=process_group,
+                                   broadcast_buffers=False)
 
 
 @torch.no_grad()
@@ -349,6 +362,13 @@ def finish(cfg, job: Job, result: dict, merge_groups: Callable[[list[Path], Path
     and writes OUT/result.json; every rank waits for it."""
     barrier()
     out = Path(cfg.out)
+    if job.whole:  # one model, written and scored by rank 0 as it trained
+        result = result | {"parallel": True, "processes": job.placement.world}
+        if job.writer:
+            (out / "result.json").write_text(json.dumps(result, indent=2))
+        barrier()
+        finish_group()
+        return result
     if job.placement.rank == 0:
         groups = [out / f"group_{g}" / "checkpoint" for g in range(job.placement.groups)]
         merge_groups(groups, out)

@@ -66,8 +66,9 @@ def check_block_job(cfg) -> None:
     """The block-job fields a DiffusionBlocks config has (``block``, ``parallel``, and where
     it has them ``sync_every`` and ``offload``): one block job or a torchrun run, of a real
     block, in DiffusionBlocks mode."""
-    if (cfg.block is not None or cfg.parallel) and cfg.mode != "dblocks":
-        raise ValueError("--block and --parallel train blocks separately: they need --mode dblocks")
+    if cfg.block is not None and cfg.mode != "dblocks":
+        raise ValueError("--block trains one block as its own job: it needs --mode dblocks (end to end, "
+                         "--parallel trains the whole model data-parallel over every rank)")
     if cfg.block is not None and not 0 <= cfg.block < cfg.blocks:
         raise ValueError(f"block {cfg.block} does not exist: blocks are numbered 0 to {cfg.blocks - 1}")
     if cfg.block is not None and cfg.parallel:

@@ -397,7 +397,8 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
     only, as :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = ARConfig.from_dict(resolved(cfg, data))
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
+                                whole=cfg.mode == "e2e")
     out = job.folder(cfg.out)
     model = build(cfg)
     if cfg.init_from and not checkpoint.exists(out / "checkpoint"):  # a resume has its weights
@@ -407,10 +408,10 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
                                 job.blocks, cfg.num_blocks)  # e2e: B = 1
     if cfg.mode == "dblocks":
         strategy = Blockwise(model, cfg.optim, job.blocks)
-        parallel.distribute(job, model, strategy, model.shared, cfg.shared_policy == "cotrained",
-                            cfg.sync_every, device)
     else:
         strategy = EndToEnd(model, next_token_loss, cfg.optim, cfg.lm.depth)
+    shared, cotrained = getattr(model, "shared", None), cfg.shared_policy == "cotrained"
+    parallel.distribute(job, model, strategy, shared, cotrained, cfg.sync_every, device)
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
     train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, seed, device)
     val = test_windows(data.val, cfg.lm.context)[:64]
@@ -448,7 +449,7 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
         "activation_mib": statistics.mean(per_block) / 2**20,
         "history": history, "device": str(device),
     }
-    if evaluate and job.blocks is None:
+    if evaluate and job.blocks is None and job.writer:
         result |= evaluate_model(model, cfg, data, out, judges)
     if job.writer:
         (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -396,7 +396,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         data = data.holdout(cfg.val_size)
     split = "val" if cfg.val_size else "test"  # what the curve watches; test is scored once at the end
     x_watch, y_watch = (data.x_val, data.y_val) if cfg.val_size else (data.x_test, data.y_test)
-    job, device = parallel.join(cfg.blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    job, device = parallel.join(cfg.blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
+                                whole=cfg.mode == "e2e")
     folder = job.folder(cfg.out)
 
     model = build(cfg)
@@ -433,7 +434,7 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         "device": str(device),
         **measure_activations(model, batches(0), cfg, job.blocks),
     }
-    if job.blocks is None:
+    if job.blocks is None and job.writer:
         result |= score(model, data, cfg)
         if cfg.val_size:
             result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}

@@ -358,7 +358,8 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     """
     data = data or load_data(cfg)
     cfg = resolve_config(cfg, data)
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
+                                whole=cfg.mode == "e2e")
     out = job.folder(cfg.out)
     model = build(cfg).to(device)
     strategy, total, warmup = make_strategy(cfg, model, out / "offload", job.blocks)
@@ -387,7 +388,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
         "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
         "guidance": cfg.guidance,
     }
-    if evaluate and job.blocks is None:
+    if evaluate and job.blocks is None and job.writer:
         result |= evaluate_model(model, cfg, data, out, show)
     if job.writer:
         (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -249,7 +249,8 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = MDMConfig.from_dict(resolved(cfg, data))
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device))
+    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
+                                whole=cfg.mode == "e2e")
     out = job.folder(cfg.out)
     model = build(cfg).to(device)
     strategy, total, warmup = make_strategy(cfg, model, blocks=job.blocks)
@@ -284,7 +285,7 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
         "activation_mib": statistics.mean(per_block) / 2**20,
         "history": history, "device": str(device),
     }
-    if evaluate and job.blocks is None:
+    if evaluate and job.blocks is None and job.writer:
         result |= evaluate_model(model, cfg, data, out)
     if job.writer:
         (out / "result.json").write_text(json.dumps(result, indent=2))
