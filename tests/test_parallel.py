@@ -276,3 +276,19 @@ def test_torchrun_block_parallel_language_model(tmp_path):
     for g in range(2):
         group = json.loads((tmp_path / "run" / f"group_{g}" / "result.json").read_text())
         assert group["trained_blocks"] == [g] and "block_val_loss" in group["history"][-1]
+
+
+def test_a_killed_language_model_worker_resumes_to_the_model_of_a_run_without_the_fault(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    flags = ["train", "mdm", *FAMILY["mdm"], "--data", str(corpus), "--blocks", "2", "--evals", "4",
+             "--parallel"]
+    torchrun(2, [*flags, "--out", str(tmp_path / "clean")])
+    marker = tmp_path / "died"
+    torchrun(2, [*flags, "--out", str(tmp_path / "faulty")], script=[str(HELPERS / "die_once.py")],
+             env={"DIE_ONCE_MARKER": str(marker)}, restarts=1)
+    assert marker.exists()  # rank 1 died after its first checkpoint and was restarted
+    for name in ("block_0", "block_1"):
+        clean = load_file(str(tmp_path / "clean" / "checkpoint" / f"{name}.safetensors"))
+        faulty = load_file(str(tmp_path / "faulty" / "checkpoint" / f"{name}.safetensors"))
+        assert all(torch.equal(clean[k], faulty[k]) for k in clean), name  # bit for bit
