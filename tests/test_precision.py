@@ -37,7 +37,6 @@ def one_step(strategy, batch_at, total, warmup, seed, *args, **kwargs):
 
 def first_loss(task, mode, precision, tmp_path, monkeypatch) -> float:
     monkeypatch.setattr(training, "fit", one_step)
-    monkeypatch.setattr(classify, "fit", one_step)
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT)
     data = ["--data", str(text)] if task in ("mdm", "ar", "recurrent") else []
