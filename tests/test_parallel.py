@@ -292,3 +292,14 @@ def test_a_killed_language_model_worker_resumes_to_the_model_of_a_run_without_th
         clean = load_file(str(tmp_path / "clean" / "checkpoint" / f"{name}.safetensors"))
         faulty = load_file(str(tmp_path / "faulty" / "checkpoint" / f"{name}.safetensors"))
         assert all(torch.equal(clean[k], faulty[k]) for k in clean), name  # bit for bit
+
+
+def test_torchrun_compare_puts_both_modes_on_the_same_processes(tmp_path):
+    torchrun(2, ["compare", "--dataset", "digits", "--width", "32", "--depth", "2", "--heads", "2",
+                 "--batch-size", "32", "--warmup", "5", "--quiet", "--blocks", "2", "--steps", "20",
+                 "--evals", "1", "--parallel", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["e2e"]["parallel"] and report["e2e"]["processes"] == 2  # DDP over both ranks
+    assert report["dblocks"]["parallel"] and report["dblocks"]["groups"] == 2  # a block per rank
+    assert report["e2e"]["layer_evals"] == report["dblocks"]["layer_evals"]
+    assert all(report[m]["test_examples"] == 360 for m in ("e2e", "dblocks"))

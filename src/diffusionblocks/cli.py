@@ -501,17 +501,26 @@ def cmd_compare(args: argparse.Namespace) -> None:
         from .tasks import classify, generate
 
         compare = generate.compare if task == "generate" else classify.compare
+    from .parallel import barrier, connect, main_process
+
+    if getattr(cfg, "parallel", False):  # join the torchrun job before anything (a judge) is trained
+        from .runs import resolve_device
+
+        connect(resolve_device(cfg.device))
+    say = print if main_process() else (lambda text: None)  # under torchrun, rank 0 reports
     if args.seeds == 1:
-        print(compare(cfg, out, quick=args.quick, show=not args.quiet))
+        say(compare(cfg, out, quick=args.quick, show=not args.quiet))
         return
     from .report import seeds_report
 
     reports = {}
     for seed in range(cfg.seed, cfg.seed + args.seeds):  # each seed its own folder, resumable
-        print(compare(dataclasses.replace(cfg, seed=seed), out / f"seed_{seed}", quick=args.quick,
-                      show=not args.quiet))
+        say(compare(dataclasses.replace(cfg, seed=seed), out / f"seed_{seed}", quick=args.quick,
+                    show=not args.quiet))
+        barrier()
         reports[seed] = json.loads((out / f"seed_{seed}" / "report.json").read_text())
-    print(seeds_report(out, reports))
+    if main_process():
+        say(seeds_report(out, reports))
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ Without ``torchrun``, ``train ... --block k`` trains one block as an independent
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -74,6 +75,15 @@ class Job:
     def seed_offset(self) -> int:
         """Added to the data seed, so that a group's replicas see other batches."""
         return 1000 * self.placement.index if self.placement else 0
+
+    def batch(self, size: int) -> int:
+        """This rank's share of a step's batch: a group of k ranks splits ``size`` k ways, so a
+        group step is one step of the run's batch (the same work as one process doing it)."""
+        ranks = len(self.placement.members) if self.parallel else 1
+        if size % ranks:
+            raise ValueError(f"--batch-size {size} cannot be split evenly over the {ranks} ranks of a "
+                             f"group; use a multiple of {ranks}")
+        return size // ranks
 
     def folder(self, out: str | Path) -> Path:
         """Where this process's run lives: ``out``, or its group's ``out/group_g``."""
@@ -149,6 +159,11 @@ def place(num_blocks: int, rank: int, world: int) -> Placement:
     return Placement(blocks, rank, world, rank, world, (rank,))
 
 
+def main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (which leaves reports to rank 0)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def launched() -> bool:
     """True inside a ``torchrun`` worker (the launcher sets WORLD_SIZE and RANK)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -157,12 +172,7 @@ def launched() -> bool:
 def init(num_blocks: int, device: torch.device) -> tuple[Placement, dist.ProcessGroup | None]:
     """Join the ``torchrun`` job (gloo on CPU, nccl on CUDA); this rank's placement and, when
     its group has several ranks, the group's process group for DDP."""
-    if not launched():
-        raise ValueError("--parallel needs torchrun, e.g. torchrun --nproc-per-node 3 -m diffusionblocks ...")
-    if not dist.is_initialized():
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_store(rank, world),
-                                rank=rank, world_size=world)
+    connect(device)
     placement = place(num_blocks, dist.get_rank(), dist.get_world_size())
     process_group = None
     for g in range(placement.groups):  # every rank must create every group, in the same order
@@ -171,6 +181,18 @@ def init(num_blocks: int, device: torch.device) -> tuple[Placement, dist.Process
         if g == placement.group:
             process_group = pg
     return placement, process_group
+
+
+def connect(device: torch.device) -> None:
+    """Join the ``torchrun`` job's process group once per process (gloo on CPU, nccl on CUDA);
+    it is kept for every run the process makes (``compare`` trains two) and left at exit."""
+    if not launched():
+        raise ValueError("--parallel needs torchrun, e.g. torchrun --nproc-per-node 3 -m diffusionblocks ...")
+    if not dist.is_initialized():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_store(rank, world),
+                                rank=rank, world_size=world)
+        atexit.register(finish_group)
 
 
 def _store(rank: int, world: int) -> dist.Store:
@@ -359,16 +381,14 @@ def finish(cfg, job: Job, result: dict, merge_groups: Callable[[list[Path], Path
            score: Callable[[Path], dict]) -> dict:
     """The end of a ``--parallel`` run: rank 0 merges the groups' checkpoints into
     OUT/checkpoint (``merge_groups(sources, out)``), scores the whole model (``score(checkpoint)``)
-    and writes OUT/result.json; every rank waits for it."""
+    and writes OUT/result.json; every rank waits for it and returns that result."""
     barrier()
     out = Path(cfg.out)
     if job.whole:  # one model, written and scored by rank 0 as it trained
         result = result | {"parallel": True, "processes": job.placement.world}
         if job.writer:
             (out / "result.json").write_text(json.dumps(result, indent=2))
-        barrier()
-        finish_group()
-        return result
+        return _from_rank_0(result)
     if job.placement.rank == 0:
         groups = [out / f"group_{g}" / "checkpoint" for g in range(job.placement.groups)]
         merge_groups(groups, out)
@@ -386,6 +406,11 @@ def finish(cfg, job: Job, result: dict, merge_groups: Callable[[list[Path], Path
             "groups_results": totals,
         }
         (out / "result.json").write_text(json.dumps(result, indent=2))
-    barrier()
-    finish_group()
-    return result
+    return _from_rank_0(result)
+
+
+def _from_rank_0(result: dict) -> dict:
+    """Rank 0's result on every rank (so that a comparison under torchrun sees both modes whole)."""
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -90,6 +90,10 @@ def plot_history(results: dict[str, dict], path: Path, metric: str = "test_accur
 
 
 def write_report(out: Path, results: dict[str, dict], metric: str = "test_accuracy", title: str = "") -> str:
+    from .parallel import main_process
+
+    if not main_process():  # under torchrun rank 0 writes the report
+        return comparison_table(results, metric)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(results, indent=2))
     table = comparison_table(results, metric)

@@ -413,7 +413,7 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
     shared, cotrained = getattr(model, "shared", None), cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, shared, cotrained, cfg.sync_every, device)
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
-    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context + 1, seed, device)
+    train_windows = Windows(data.train, job.batch(cfg.batch_size), cfg.lm.context + 1, seed, device)
     val = test_windows(data.val, cfg.lm.context)[:64]
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:

@@ -408,7 +408,8 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
     cotrained = cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, getattr(model, "shared", None), cotrained, cfg.sync_every,
                         device)
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed + job.seed_offset, device,
+    seed = cfg.seed + job.seed_offset  # a group's replicas see other batches
+    batches = Batches(data.x_train, data.y_train, job.batch(cfg.batch_size), seed, device,
                       parse_augment(cfg.augment), data.pixels)
 
     def on_eval(p: Progress) -> dict:

@@ -174,12 +174,13 @@ def build(cfg: GenerateConfig) -> DiffusionBlocks:
     )
 
 
-def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device, seed: int | None = None):
+def training_batches(cfg: GenerateConfig, data: ImageData, device: torch.device, seed: int | None = None,
+                     size: int | None = None):
     """Step t's batch as (labels, images), each label dropped to the null class with
     probability ``class_dropout`` (classifier-free guidance), reproducibly per step from
-    ``seed`` (default: the run's)."""
+    ``seed`` (default: the run's); ``size`` examples (default: the run's batch)."""
     seed = cfg.seed if seed is None else seed
-    batches = Batches(data.x_train, data.y_train, cfg.batch_size, seed, device)
+    batches = Batches(data.x_train, data.y_train, size or cfg.batch_size, seed, device)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
         images, labels = batches(t)
@@ -364,7 +365,7 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     model = build(cfg).to(device)
     strategy, total, warmup = make_strategy(cfg, model, out / "offload", job.blocks)
     parallel.distribute(job, model, strategy, None, False, 1, device)  # pixels: nothing shared trains
-    batch_at = training_batches(cfg, data, device, cfg.seed + job.seed_offset)
+    batch_at = training_batches(cfg, data, device, cfg.seed + job.seed_offset, job.batch(cfg.batch_size))
     held_out = data.x_test[:1000], data.y_test[:1000]
 
     def on_eval(p) -> dict:
@@ -487,9 +488,11 @@ def compare(cfg: GenerateConfig, out: Path, quick: bool = False, show: bool = Tr
 def write_comparison(out: Path, results: dict[str, dict]) -> str:
     """OUT/report.{json,md} and OUT/test_loss.png from the two modes' results (the
     ``result.json`` each training run writes); returns the Markdown table."""
+    table = report_table(results)
+    if not parallel.main_process():  # under torchrun rank 0 writes the report
+        return table
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(results, indent=2))
-    table = report_table(results)
     e, d = results["e2e"], results["dblocks"]
     match = "layer evaluations" if e["layer_evals"] == d["layer_evals"] else "steps"
     title = f"{d['dataset']}: end to end vs DiffusionBlocks (B={d['blocks']}), equal {match}"

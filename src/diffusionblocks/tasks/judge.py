@@ -152,7 +152,13 @@ def independent_judge(data: TextData, cfg, show: bool = True) -> tuple[dict[str,
     ``judge_steps``), or ``({}, None)`` with ``judge_steps`` 0."""
     if not cfg.judge_steps:
         return {}, None
-    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show)
+    from ..parallel import barrier, main_process
+
+    if not main_process():  # under torchrun rank 0 trains and caches it; the others read the cache
+        barrier()
+    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show and main_process())
+    if main_process():
+        barrier()
     return {"judge": model.to(resolve_device(cfg.device))}, info
 
 

@@ -256,7 +256,7 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     strategy, total, warmup = make_strategy(cfg, model, blocks=job.blocks)
     parallel.distribute(job, model, strategy, None, False, 1, device)  # blocks share nothing
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
-    train_windows = Windows(data.train, cfg.batch_size, cfg.lm.context, seed, device)
+    train_windows = Windows(data.train, job.batch(cfg.batch_size), cfg.lm.context, seed, device)
     val = windows(data.val, cfg.lm.context)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:

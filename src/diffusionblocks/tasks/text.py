@@ -124,9 +124,9 @@ def batched(pieces: list[Tensor], batch: int):
 def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, str, str]],
                      judge: dict | None = None) -> str:
     """report.json (results per mode, and what the independent ``judge`` is) and report.md: a
-    table of ``rows`` (label, key, format) and a line on the judge."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(results | ({"judge": judge} if judge else {}), indent=2))
+    table of ``rows`` (label, key, format) and a line on the judge. Under torchrun rank 0 writes."""
+    from ..parallel import main_process
+
     modes = list(results)
     lines = ["| | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for label, key, fmt in rows:
@@ -138,5 +138,8 @@ def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, 
                   f"{judge['depth']} ({judge['parameters']:,} parameters, {judge['steps']:,} steps, seed "
                   f"{judge['seed']}); the test text itself scores {judge['test_bpc']:.3f} bits per "
                   "character under it.\n")
-    (out / "report.md").write_text(table)
+    if main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(results | ({"judge": judge} if judge else {}), indent=2))
+        (out / "report.md").write_text(table)
     return table
