@@ -212,7 +212,7 @@ def default_cache_dir() -> Path:
     return Path(root) / "diffusionblocks"
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """write(tmp) to a temporary file beside path, then rename it over path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -254,8 +254,8 @@ def feature_net(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-        _write_atomic(weights, lambda p: save_file(tensors, p))
-        _write_atomic(meta_path, lambda p: Path(p).write_text(
+        write_atomic(weights, lambda p: save_file(tensors, p))
+        write_atomic(meta_path, lambda p: Path(p).write_text(
             json.dumps({**meta, "test_accuracy": accuracy}, indent=2)))
     except OSError:
         pass  # read-only or missing cache location: use the net uncached

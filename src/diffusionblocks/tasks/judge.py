@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..data.text import TextData, Windows
-from ..metrics.fid import _write_atomic, default_cache_dir
+from ..metrics.fid import default_cache_dir, write_atomic
 from ..models.lm import CausalLM, LMConfig, next_token_loss
 from ..runs import resolve_device
 from ..training import EndToEnd, OptimConfig, fit
@@ -59,24 +59,26 @@ def _key(data: TextData, cfg: JudgeConfig) -> str:
 
 
 def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None = None,
-                  show: bool = True) -> tuple[CausalLM, dict]:
-    """The judge of ``data`` and what it is (``test_bpc``, ``parameters``, its settings): from
-    the cache when one with the same text and settings is there, else trained and cached. An
-    unwritable cache folder only skips caching."""
+                  show: bool = True, device: torch.device | str = "cpu") -> tuple[CausalLM, dict]:
+    """The judge of ``data`` on ``device`` and what it is (``test_bpc``, ``parameters``, its
+    settings): from the cache when one with the same text and settings is there, else trained
+    there and cached. An unwritable cache folder only skips caching."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _key(data, cfg)
     weights, meta_path = folder / f"judge_{key}.safetensors", folder / f"judge_{key}.json"
     lm = LMConfig(vocab_size=data.tokenizer.vocab_size, context=cfg.context, width=cfg.width,
                   depth=cfg.depth, heads=cfg.heads)
-    torch.manual_seed(cfg.seed)
-    model = CausalLM(lm)
+    with torch.random.fork_rng(devices=[]):  # its own seed, without moving the caller's
+        torch.manual_seed(cfg.seed)
+        model = CausalLM(lm)
     try:
         info = json.loads(meta_path.read_text())
         model.load_state_dict(load_file(str(weights)), strict=True)
-        return model.eval(), info
+        return model.to(device).eval(), info
     except Exception:  # absent, unreadable or corrupt: train afresh
         pass
-    windows = Windows(data.train, cfg.batch_size, cfg.context + 1, cfg.seed)
+    model.to(device)
+    windows = Windows(data.train, cfg.batch_size, cfg.context + 1, cfg.seed, device)
     optim = OptimConfig(lr=cfg.lr, weight_decay=0.1, warmup=cfg.steps // 20)
     strategy = EndToEnd(model, next_token_loss, optim, cfg.depth)
 
@@ -90,9 +92,9 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
             **per_character({"test_bpc": text_bpc(model, data.test)}, data)}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        _write_atomic(weights, lambda p: save_file(tensors, p))
-        _write_atomic(meta_path, lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        write_atomic(weights, lambda p: save_file(tensors, p))
+        write_atomic(meta_path, lambda p: Path(p).write_text(json.dumps(info, indent=2)))
     except OSError:
         pass
     return model, info
@@ -102,8 +104,10 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
 def text_bpc(judge: CausalLM, ids: Tensor, batch: int = 64) -> float:
     """Bits per token of a whole split under ``judge`` (windows of its context overlapping by one)."""
     nats = count = 0.0
+    device = next(judge.parameters()).device
     pieces = [w for w in split_windows(ids, judge.cfg.context + 1, overlap=1) if len(w) > 1]
     for w in batched(pieces, batch):
+        w = w.to(device)
         nats += next_token_loss(judge(w[:, :-1]), w[:, 1:]).item() * w[:, 1:].numel()
         count += w[:, 1:].numel()
     return nats / count / LN2
@@ -156,10 +160,11 @@ def independent_judge(data: TextData, cfg, show: bool = True) -> tuple[dict[str,
 
     if not main_process():  # under torchrun rank 0 trains and caches it; the others read the cache
         barrier()
-    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show and main_process())
+    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show and main_process(),
+                                device=resolve_device(cfg.device))
     if main_process():
         barrier()
-    return {"judge": model.to(resolve_device(cfg.device))}, info
+    return {"judge": model}, info
 
 
 def mauve(real: Tensor, generated: Tensor) -> tuple[float | None, str | None]:
