@@ -190,6 +190,8 @@ def test_compare_generate_quick_writes_the_report(tmp_path, monkeypatch, capsys)
     assert report["e2e"]["layer_evals"] == report["dblocks"]["layer_evals"]  # equal budgets
     assert report["e2e"]["layer_evals_per_sample"] == 3 * report["dblocks"]["layer_evals_per_sample"]
     assert "FID dblocks / e2e" in capsys.readouterr().out
+    assert all(report[m]["grid"] == "equiprob" for m in ("e2e", "dblocks"))  # the paper's, by default
+    assert "equiprob grid" in (out / "report.md").read_text()
 
     cli.main(["sample", str(out / "dblocks" / "checkpoint"), "--out", str(tmp_path / "grid.png"),
               "--per-class", "2", "--sample-steps", "4"])
