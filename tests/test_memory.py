@@ -267,6 +267,9 @@ def test_bench_memory_measures_the_dit_with_task_generate(tmp_path):
     assert "generate on digits: DiT depth 2" in (tmp_path / "memory.md").read_text()
 
 
-def test_bench_parallel_refuses_a_task_it_does_not_measure():
-    with pytest.raises(ValueError, match="bench parallel measures the classification task"):
-        bench.run("parallel", bench.BenchConfig(task="generate", dataset="digits"))
+def test_bench_refuses_a_task_it_does_not_measure(tmp_path):
+    with pytest.raises(ValueError, match="--task mdm is for bench parallel"):
+        bench.run("memory", bench.BenchConfig(task="mdm", out=str(tmp_path)))
+    with pytest.raises(ValueError, match="--train-steps trains classification"):
+        bench.run("parallel", bench.BenchConfig(task="generate", dataset="digits", out=str(tmp_path)),
+                  train_steps=10)
