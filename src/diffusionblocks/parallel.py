@@ -377,6 +377,27 @@ def _not_empty(out: Path):
                      "was touched)")
 
 
+def conclude(cfg, job: Job, result: dict, model: nn.Module, score: Callable[[nn.Module, object], dict] | None,
+             load: Callable[[Path], tuple[nn.Module, object]],
+             merge_groups: Callable[[list[Path], Path], Path]) -> dict:
+    """The end of every task's training run: the writer of a whole model scores it
+    (``score(model, cfg)``; nothing for a block job, or when ``score`` is None) and writes
+    result.json; a ``--parallel`` run then merges its groups and scores the merged model
+    (``load(checkpoint)`` gives it back with its config; :func:`finish`)."""
+    if score and job.blocks is None and job.writer:
+        result |= score(model, cfg)
+    if job.writer:
+        (job.folder(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
+    if not cfg.parallel:
+        return result
+
+    def score_merged(ckpt: Path) -> dict:
+        merged, merged_cfg = load(ckpt)
+        return score(merged, merged_cfg) if score else {}
+
+    return finish(cfg, job, result, merge_groups, score_merged)
+
+
 def finish(cfg, job: Job, result: dict, merge_groups: Callable[[list[Path], Path], Path],
            score: Callable[[Path], dict]) -> dict:
     """The end of a ``--parallel`` run: rank 0 merges the groups' checkpoints into

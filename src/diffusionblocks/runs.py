@@ -241,6 +241,16 @@ def kept_metrics(path: Path, step: int) -> list[dict]:
     return kept
 
 
+def run_summary(progress, history: list[dict], step_times: list[float], model, device) -> dict:
+    """What every task's result.json says of its training run (:func:`train_run`'s returns)."""
+    import statistics
+
+    return {"layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
+            "step_seconds": statistics.median(step_times) if step_times else None,
+            "parameters": sum(p.numel() for p in model.parameters()), "history": history,
+            "device": str(device)}
+
+
 def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
               resumable: set[str], show: bool = True, desc: str = "train", first: bool = False,
               job=None):

@@ -17,7 +17,6 @@ is how teacher-forced accuracy is read (:func:`initial_state`).
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -46,6 +45,7 @@ from ..runs import (
     check_choice,
     config_from_dict,
     resolve_device,
+    run_summary,
     train_run,
 )
 from ..sampling import SAMPLERS, initial_noise
@@ -441,26 +441,14 @@ def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evalua
     result = {
         "task": "ar", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
         "trained_blocks": job.blocks, "steps": total,
-        "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
+        **run_summary(progress, history, step_times, model, device),
         "tokens_per_layer_eval": cfg.batch_size * cfg.lm.context * (2 if cfg.mode == "dblocks" else 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
         "activation_mib": statistics.mean(per_block) / 2**20,
-        "history": history, "device": str(device),
     }
-    if evaluate and job.blocks is None and job.writer:
-        result |= evaluate_model(model, cfg, data, out, judges)
-    if job.writer:
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    if cfg.parallel:
-        def score_merged(ckpt: Path) -> dict:
-            merged, merged_cfg = load(ckpt, device=str(device))
-            return evaluate_model(merged, merged_cfg, data, Path(cfg.out), judges) if evaluate else {}
-
-        merge_groups = partial(merge, average_shared=cfg.shared_policy == "cotrained", fresh=False)
-        result = parallel.finish(cfg, job, result, merge_groups, score_merged)
-    return result
+    score = (lambda m, c: evaluate_model(m, c, data, Path(cfg.out), judges)) if evaluate else None
+    merge_groups = partial(merge, average_shared=cfg.shared_policy == "cotrained", fresh=False)
+    return parallel.conclude(cfg, job, result, model, score, partial(load, device=str(device)), merge_groups)
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,

@@ -8,8 +8,6 @@ estimate is softmax(logits) @ table.
 
 from __future__ import annotations
 
-import json
-import statistics
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -34,6 +32,7 @@ from ..runs import (
     check_numbers,
     config_from_dict,
     resolve_device,
+    run_summary,
     train_run,
 )
 from ..sampling import SAMPLERS, initial_noise
@@ -427,30 +426,16 @@ def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True)
         "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
         "trained_blocks": job.blocks,
         "steps": total,
-        "layer_evals": progress.layer_evals,
-        "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "history": history,
-        "device": str(device),
+        **run_summary(progress, history, step_times, model, device),
         **measure_activations(model, batches(0), cfg, job.blocks),
     }
-    if job.blocks is None and job.writer:
-        result |= score(model, data, cfg)
-        if cfg.val_size:
-            result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
-    elif history:
+    if job.blocks is None and cfg.val_size and history:
+        result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
+    elif job.blocks is not None and history:
         result["block_accuracy"] = history[-1]["block_accuracy"]
-    if job.writer:
-        (folder / "result.json").write_text(json.dumps(result, indent=2))
-    if cfg.parallel:
-        def score_merged(ckpt: Path) -> dict:
-            model, merged = load(ckpt, device=str(device))
-            return score(model, data, merged)
-
-        result = parallel.finish(cfg, job, result, partial(merge, average_shared=cotrained, fresh=False),
-                                 score_merged)
-    return result
+    merge_groups = partial(merge, average_shared=cotrained, fresh=False)
+    return parallel.conclude(cfg, job, result, model, lambda m, c: score(m, data, c),
+                             partial(load, device=str(device)), merge_groups)
 
 
 def score(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:

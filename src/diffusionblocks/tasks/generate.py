@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -39,6 +38,7 @@ from ..runs import (
     check_numbers,
     config_from_dict,
     resolve_device,
+    run_summary,
     train_run,
 )
 from ..sampling import SAMPLERS, Denoiser, initial_noise
@@ -380,26 +380,14 @@ def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
     activations = measure_activations(model, batch_at(0), blocks=job.blocks)
     result = {
         "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "trained_blocks": job.blocks,
-        "steps": total,
-        "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": total, **run_summary(progress, history, step_times, model, device),
         "activation_bytes_per_step": activations["activation_bytes_per_step"],
-        "history": history, "device": str(device),
         "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
         "guidance": cfg.guidance,
     }
-    if evaluate and job.blocks is None and job.writer:
-        result |= evaluate_model(model, cfg, data, out, show)
-    if job.writer:
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    if cfg.parallel:
-        def score_merged(ckpt: Path) -> dict:
-            merged, merged_cfg = load(ckpt, device=str(device))
-            return evaluate_model(merged, merged_cfg, data, Path(cfg.out), show) if evaluate else {}
-
-        result = parallel.finish(cfg, job, result, partial(merge, fresh=False), score_merged)
-    return result
+    score = (lambda m, c: evaluate_model(m, c, data, Path(cfg.out), show)) if evaluate else None
+    return parallel.conclude(cfg, job, result, model, score, partial(load, device=str(device)),
+                             partial(merge, fresh=False))
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,

@@ -14,7 +14,6 @@ Sampling unmasks from t = 1 down to 0, each step with the block that owns its t.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,14 @@ from ..blocks import Block, split_layers
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..models.lm import LMConfig, make_layers
-from ..runs import check_at_least_one, check_block_job, config_from_dict, resolve_device, train_run
+from ..runs import (
+    check_at_least_one,
+    check_block_job,
+    config_from_dict,
+    resolve_device,
+    run_summary,
+    train_run,
+)
 from ..training import Blockwise, OptimConfig, block_losses, block_share, matched_budget
 from .text import (
     LN2,
@@ -251,7 +257,6 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     cfg = MDMConfig.from_dict(resolved(cfg, data))
     job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
                                 whole=cfg.mode == "e2e")
-    out = job.folder(cfg.out)
     model = build(cfg).to(device)
     strategy, total, warmup = make_strategy(cfg, model, blocks=job.blocks)
     parallel.distribute(job, model, strategy, None, False, 1, device)  # blocks share nothing
@@ -278,24 +283,13 @@ def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evalu
     result = {
         "task": "mdm", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
         "trained_blocks": job.blocks, "steps": total,
-        "layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        **run_summary(progress, history, step_times, model, device),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
         "activation_mib": statistics.mean(per_block) / 2**20,
-        "history": history, "device": str(device),
     }
-    if evaluate and job.blocks is None and job.writer:
-        result |= evaluate_model(model, cfg, data, out)
-    if job.writer:
-        (out / "result.json").write_text(json.dumps(result, indent=2))
-    if cfg.parallel:
-        def score_merged(ckpt: Path) -> dict:
-            merged, merged_cfg = load(ckpt, device=str(device))
-            return evaluate_model(merged, merged_cfg, data, Path(cfg.out)) if evaluate else {}
-
-        result = parallel.finish(cfg, job, result, partial(merge, fresh=False), score_merged)
-    return result
+    score = (lambda m, c: evaluate_model(m, c, data, Path(cfg.out))) if evaluate else None
+    return parallel.conclude(cfg, job, result, model, score, partial(load, device=str(device)),
+                             partial(merge, fresh=False))
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,

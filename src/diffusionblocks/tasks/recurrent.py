@@ -33,7 +33,7 @@ from ..data.text import TextData, Windows
 from ..memory import activation_bytes, run_layers
 from ..models.lm import LMConfig, TokenStem, causal_mask, make_layers, next_token_loss
 from ..noise import NoiseConfig
-from ..runs import check_at_least_one, config_from_dict, resolve_device, train_run
+from ..runs import check_at_least_one, config_from_dict, resolve_device, run_summary, train_run
 from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
 from . import ar
 from .judge import independent_judge, judged
@@ -303,12 +303,9 @@ def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True,
         act = activation_bytes(lambda: next_token_loss(model(x, depth, tracked), y), model)
     result = {
         "task": "recurrent", "mode": cfg.mode, "data": cfg.data, "steps": cfg.steps,
-        "layer_evals": progress.layer_evals, "layer_evals_per_step": progress.layer_evals / cfg.steps,
-        "train_seconds": round(progress.train_seconds, 3),
-        "step_seconds": statistics.median(step_times) if step_times else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "activation_bytes_per_step": act, "activation_mib": act / 2**20,
-        "depth_k": cfg.depth_k, "history": history, "device": str(device),
+        **run_summary(progress, history, step_times, model, device),
+        "layer_evals_per_step": progress.layer_evals / cfg.steps,
+        "activation_bytes_per_step": act, "activation_mib": act / 2**20, "depth_k": cfg.depth_k,
         "train_layer_evals": (passes := training_layer_evals(cfg, progress.step, device)),
         "train_layer_evals_fwd_bwd_per_step": sum(passes.values()) / max(1, progress.step),
     }
