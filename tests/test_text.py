@@ -572,6 +572,16 @@ def test_a_bpe_run_reports_bits_per_character_and_per_token(task, mode, text_fil
         data.tokenizer.encode("the fox").tolist()
 
 
+def test_a_bpe_dry_run_stays_one_readable_line(text_file, capsys):
+    pytest.importorskip("tokenizers")
+    cli.main(["train", "ar", "--data", str(text_file), "--tokenizer", "bpe", "--bpe-vocab", "300",
+              "--dry-run"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads(line)
+    assert report["config"]["vocab"].startswith("<the tokenizer's state") and len(line) < 3000
+    assert report["config"]["lm"]["vocab_size"] > 256 and report["parameters"] > 0
+
+
 # --- pretrained conversion -----------------------------------------------------------------------
 
 

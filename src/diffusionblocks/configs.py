@@ -140,6 +140,9 @@ def dry_run(task: str, cfg) -> dict:
     blocks = cfg.num_blocks if hasattr(cfg, "num_blocks") else (cfg.blocks if cfg.mode == "dblocks" else 1)
     layers = getattr(cfg, "layers_per_pass", None) or next(
         getattr(cfg, name).depth for name in ("vit", "dit", "lm") if hasattr(cfg, name))
+    config = cfg.to_dict()
+    if len(config.get("vocab") or "") > 200:  # a BPE's JSON: the line stays readable
+        config["vocab"] = f"<the tokenizer's state: {len(config['vocab']):,} characters of JSON>"
     return report | {"blocks": blocks, "layers": layers, "parameters": count(model),
                      "parameters_per_block": {name: count(m) for name, m in parts.items()},
-                     "steps": cfg.steps, "config": cfg.to_dict()}
+                     "steps": cfg.steps, "config": config}
