@@ -255,6 +255,7 @@ def test_bench_refuses_blocks_that_do_not_divide_the_depth(capsys):
 
 
 
+@pytest.mark.slow  # ten fresh processes (about 45 s); bench parallel --task generate covers the DiT in bench
 def test_bench_memory_measures_the_dit_with_task_generate(tmp_path):
     cli.main(["bench", "memory", "--task", "generate", "--dataset", "digits", "--depth", "2",
               "--width", "16", "--batch-size", "16", "--blocks", "2", "--steps", "1", "--warmup", "1",
