@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import sys
 from contextlib import nullcontext
 from dataclasses import fields
@@ -243,8 +244,6 @@ def kept_metrics(path: Path, step: int) -> list[dict]:
 
 def run_summary(progress, history: list[dict], step_times: list[float], model, device) -> dict:
     """What every task's result.json says of its training run (:func:`train_run`'s returns)."""
-    import statistics
-
     return {"layer_evals": progress.layer_evals, "train_seconds": round(progress.train_seconds, 3),
             "step_seconds": statistics.median(step_times) if step_times else None,
             "parameters": sum(p.numel() for p in model.parameters()), "history": history,
