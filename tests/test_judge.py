@@ -75,3 +75,36 @@ def test_without_the_mauve_package_the_score_is_none_with_the_reason(monkeypatch
     monkeypatch.setitem(sys.modules, "mauve", None)  # an import of it now fails
     score, why = judge.mauve(torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64))
     assert score is None and "pip install 'diffusionblocks[judge]'" in why
+
+
+def test_a_killed_judge_training_resumes_bit_for_bit(text, trained, tmp_path, monkeypatch, capsys):
+    class Killed(Exception):
+        pass
+
+    save = judge.checkpoint.save
+
+    def save_then_die(directory, parts, config, optimizers, progress):
+        save(directory, parts, config, optimizers, progress)
+        if progress.step >= 100:
+            raise Killed
+
+    monkeypatch.setattr(judge.checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        judge.load_or_train(text, SMALL, cache_dir=tmp_path, show=False)
+    monkeypatch.undo()
+    starts, real_fit = [], judge.fit
+
+    def fit(strategy, batch_at, total, warmup, seed, progress, **kwargs):
+        starts.append(progress.step)
+        return real_fit(strategy, batch_at, total, warmup, seed, progress, **kwargs)
+
+    monkeypatch.setattr(judge, "fit", fit)
+    capsys.readouterr()
+    resumed, info = judge.load_or_train(text, SMALL, cache_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert starts == [100] and "resuming the judge" in err and "at step 100 of 150" in err
+    straight, straight_info = trained[0], trained[1]  # the same judge trained without a stop
+    pairs = zip(straight.state_dict().values(), resumed.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert info["test_bpc"] == straight_info["test_bpc"]
+    assert not list(tmp_path.glob("*.partial*"))  # the partial training is gone once the judge is cached

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,11 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .. import checkpoint
 from ..data.text import TextData, Windows
 from ..metrics.fid import default_cache_dir, write_atomic
 from ..models.lm import CausalLM, LMConfig, next_token_loss
 from ..runs import resolve_device
-from ..training import EndToEnd, OptimConfig, fit
+from ..training import EndToEnd, OptimConfig, Progress, fit
 from .text import LN2, batched, per_character
 from .text import windows as split_windows
 
@@ -62,7 +65,8 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
                   show: bool = True, device: torch.device | str = "cpu") -> tuple[CausalLM, dict]:
     """The judge of ``data`` on ``device`` and what it is (``test_bpc``, ``parameters``, its
     settings): from the cache when one with the same text and settings is there, else trained
-    there and cached. An unwritable cache folder only skips caching."""
+    there and cached; a training that was killed resumes from its last checkpoint there (every
+    twentieth of the steps). An unwritable cache folder only skips caching."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _key(data, cfg)
     weights, meta_path = folder / f"judge_{key}.safetensors", folder / f"judge_{key}.json"
@@ -86,7 +90,20 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
         w = windows(t)
         return w[:, :-1], w[:, 1:]
 
-    fit(strategy, batch_at, cfg.steps, optim.warmup, cfg.seed, desc="judge", show=show)
+    partial = folder / f"judge_{key}.partial"  # a killed training resumes here, bit for bit
+    progress = _resume(partial, model, strategy.states)
+    if progress is not None and show:
+        print(f"resuming the judge from {partial} at step {progress.step} of {cfg.steps}", file=sys.stderr)
+
+    def keep(p: Progress) -> None:
+        if p.step < cfg.steps:
+            try:
+                checkpoint.save(partial, {"model": model}, asdict(cfg), strategy.states, p)
+            except OSError:  # an unwritable cache only loses resumability
+                pass
+
+    fit(strategy, batch_at, cfg.steps, optim.warmup, cfg.seed, progress, every=max(50, cfg.steps // 20),
+        on_every=keep, desc="judge", show=show)
     model.eval()
     info = {"parameters": sum(p.numel() for p in model.parameters()), **asdict(cfg), "key": key,
             **per_character({"test_bpc": text_bpc(model, data.test)}, data)}
@@ -95,9 +112,25 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         write_atomic(weights, lambda p: save_file(tensors, p))
         write_atomic(meta_path, lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        shutil.rmtree(partial, ignore_errors=True)
     except OSError:
         pass
     return model, info
+
+
+def _resume(partial: Path, model: CausalLM, optimizers: dict) -> Progress | None:
+    """Load a judge's partial training from ``partial`` and return its progress (None when there
+    is none, or it is damaged: training then starts afresh). Its name holds the judge's key,
+    so what it holds is this judge's."""
+    try:
+        snapshot = checkpoint.read(partial, parts=["model"], optimizers=list(optimizers))
+    except (OSError, ValueError):
+        return None
+    if snapshot.progress is None:
+        return None
+    snapshot.load_parts({"model": model})
+    snapshot.load_optimizers(optimizers)
+    return snapshot.progress
 
 
 @torch.no_grad()
