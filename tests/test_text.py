@@ -565,6 +565,11 @@ def test_a_bpe_run_reports_bits_per_character_and_per_token(task, mode, text_fil
     key = "val_bpc" if task == "mdm" else "val_test_bpc"
     per_token = last[key.replace("bpc", "bits_per_token")]
     assert last[key] == pytest.approx(per_token / data.chars_per_token("val"))
+    if task == "ar":  # samples, judged: total bits over the characters they decode to
+        continuations = [text.split(" ⟨⟩ ", 1)[1] for text in result["samples"]]
+        tokens, characters = 8 * len(continuations), sum(map(len, continuations))
+        per_token = result["e2e_judge_bits_per_token"]
+        assert result["e2e_judge_bpc"] == pytest.approx(per_token * tokens / characters)
     saved = json.loads((tmp_path / task / "checkpoint" / "config.json").read_text())
     assert saved["tokenizer"] == "bpe" and saved["lm"]["vocab_size"] == data.tokenizer.vocab_size
     model, loaded = module.load(tmp_path / task / "checkpoint")  # the tokenizer comes back with it

@@ -465,7 +465,8 @@ def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
     result = per_character(scores(model, test_windows(data.test, cfg.lm.context), cfg), data)
     ids = samples(model, cfg, data)
     result["samples"] = write_samples(ids, cfg, data, out / "samples.txt")
-    return result | judged(ids, real_continuations(data, cfg), cfg.prompt_length, _with_self(model, judges))
+    judges = _with_self(model, judges)
+    return result | judged(ids, real_continuations(data, cfg), cfg.prompt_length, judges, data)
 
 
 def _with_self(model: nn.Module, judges: dict | None) -> dict:

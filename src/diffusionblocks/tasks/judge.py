@@ -171,11 +171,20 @@ def features(judge: CausalLM, ids: Tensor, prompt_length: int) -> Tensor:
     return h[:, start:].mean(1).double().cpu()
 
 
-def judged(ids: Tensor, real: Tensor, prompt_length: int, judges: dict[str, CausalLM]) -> dict:
-    """Samples ``ids`` (prompt included) scored by every judge (``NAME_bpc``: bits per token of
-    the generated part) and, by the independent one (``judge``), MAUVE against ``real``, the
-    real continuations of the same prompts (None, with ``mauve_skipped``, when it cannot run)."""
-    result = {f"{name}_bpc": judge_bpc(model, ids, prompt_length) for name, model in judges.items()}
+def judged(ids: Tensor, real: Tensor, prompt_length: int, judges: dict[str, CausalLM],
+           data: TextData | None = None) -> dict:
+    """Samples ``ids`` (prompt included) scored by every judge (``NAME_bpc``: bits per character
+    of the generated part; where ``data``'s tokens are subwords, the total bits over the
+    characters the generated tokens decode to, with ``NAME_bits_per_token`` beside) and, by the
+    independent one (``judge``), MAUVE against ``real``, the real continuations of the same
+    prompts (None, with ``mauve_skipped``, when it cannot run)."""
+    per_token = {name: judge_bpc(model, ids, prompt_length) for name, model in judges.items()}
+    result = {f"{name}_bpc": bits for name, bits in per_token.items()}
+    if data is not None and data.characters is not None:
+        characters = sum(len(data.tokenizer.decode(row[prompt_length:])) for row in ids)
+        tokens_per_char = ids[:, prompt_length:].numel() / max(1, characters)
+        result = ({f"{name}_bpc": bits * tokens_per_char for name, bits in per_token.items()}
+                  | {f"{name}_bits_per_token": bits for name, bits in per_token.items()})
     if "judge" not in judges:
         return result | {"mauve": None, "mauve_skipped": "no independent judge (--judge-steps 0)"}
     judge = judges["judge"]

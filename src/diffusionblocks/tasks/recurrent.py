@@ -335,7 +335,7 @@ def evaluate_model(model: nn.Module, cfg: RecurrentConfig, data: TextData, out: 
                    cfg.temperature).cpu()
     result["samples"] = ar.write_samples(ids, cfg, data, out / "samples.txt")
     judges = ar._with_self(model, judges)
-    return result | judged(ids, ar.real_continuations(data, cfg), cfg.prompt_length, judges)
+    return result | judged(ids, ar.real_continuations(data, cfg), cfg.prompt_length, judges, data)
 
 
 @torch.no_grad()
