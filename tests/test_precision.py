@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from diffusionblocks import cli, training
 from diffusionblocks.conditioning import modulated_linear
+from diffusionblocks.models.vit import scaled_dot_products
 from diffusionblocks.tasks import classify
 from diffusionblocks.training import OptimConfig, step_generator
 
@@ -84,6 +86,20 @@ def test_modulated_linear_under_autocast_gives_fp32_gradients_close_to_fp32():
     assert full_dtype == torch.float32 and low_dtype == torch.bfloat16
     for a, b in zip(full, low):
         assert b.dtype == torch.float32 and (a - b).norm() <= 0.02 * a.norm()
+
+
+def test_attention_under_cpu_autocast_runs_its_scaled_dot_products_in_fp32():
+    """The bf16 kernel's backward on CPU is slower than fp32's; the products stay fp32 there."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = scaled_dot_products(q, k, v, causal)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=causal)
+    assert a.dtype == torch.float32 and torch.equal(a, expected)
+    a.sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+    assert scaled_dot_products(q, k, v, causal).dtype == torch.bfloat16  # outside autocast: as given
 
 
 def test_fp16_keeps_a_scaler_per_block_in_the_checkpoint_and_resumes(tmp_path):

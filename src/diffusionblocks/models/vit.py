@@ -59,6 +59,17 @@ def rotary(x: Tensor, start: int = 0) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
 
 
+def scaled_dot_products(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """``F.scaled_dot_product_attention``, kept in fp32 on CPU under bf16/fp16 autocast: there the
+    low-precision kernel's backward is several times slower than fp32's and would take back what
+    the matrix products gain (docs/results.md, "Mixed precision on CPU")."""
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.autocast("cpu", enabled=False):
+        mask = mask.float() if mask is not None and mask.is_floating_point() else mask
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (optionally with rotary positions): qkv projection, scaled dot
     products, output projection."""
@@ -84,7 +95,7 @@ class Attention(nn.Module):
         if queries is not None:
             q, t = q[:, :, :queries], min(queries, t)
             mask = None if mask is None else mask[:queries]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = scaled_dot_products(q, k, v, mask)
         return a.transpose(1, 2).reshape(n, t, w)
 
     def forward(self, h: Tensor, mask: Tensor | None = None, cache=None,

@@ -501,7 +501,7 @@ def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) ->
 
 ROWS = [  # (label, result key, format) of report.md
     ("test BPC", "test_bpc", ".3f"),
-    ("next-char accuracy", "next_char_accuracy", ".4f"),
+    ("next-token accuracy (a character, or a subword under BPE)", "next_char_accuracy", ".4f"),
     ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
     ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
     ("judge BPC of samples (independent judge)", "judge_bpc", ".3f"),

@@ -47,12 +47,14 @@ class JudgeConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 1234  # its own, never a contestant's
+    precision: str = "auto"  # of its training, as the contestants' (OptimConfig.precision)
 
 
-def judge_config(lm: LMConfig, steps: int) -> JudgeConfig:
-    """Twice the contestants' width (and heads, so the head size stays), their depth and context."""
+def judge_config(lm: LMConfig, steps: int, precision: str = "auto") -> JudgeConfig:
+    """Twice the contestants' width (and heads, so the head size stays), their depth, context
+    and training precision."""
     return JudgeConfig(width=2 * lm.width, depth=lm.depth, heads=2 * lm.heads, context=lm.context,
-                       steps=steps)
+                       steps=steps, precision=precision)
 
 
 def _key(data: TextData, cfg: JudgeConfig) -> str:
@@ -83,7 +85,7 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
         pass
     model.to(device)
     windows = Windows(data.train, cfg.batch_size, cfg.context + 1, cfg.seed, device)
-    optim = OptimConfig(lr=cfg.lr, weight_decay=0.1, warmup=cfg.steps // 20)
+    optim = OptimConfig(lr=cfg.lr, weight_decay=0.1, warmup=cfg.steps // 20, precision=cfg.precision)
     strategy = EndToEnd(model, next_token_loss, optim, cfg.depth)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
@@ -202,8 +204,9 @@ def independent_judge(data: TextData, cfg, show: bool = True) -> tuple[dict[str,
 
     if not main_process():  # under torchrun rank 0 trains and caches it; the others read the cache
         barrier()
-    model, info = load_or_train(data, judge_config(cfg.lm, cfg.judge_steps), show=show and main_process(),
-                                device=resolve_device(cfg.device))
+    settings = judge_config(cfg.lm, cfg.judge_steps, cfg.optim.precision)
+    device = resolve_device(cfg.device)
+    model, info = load_or_train(data, settings, show=show and main_process(), device=device)
     if main_process():
         barrier()
     return {"judge": model}, info

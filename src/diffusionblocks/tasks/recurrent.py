@@ -456,7 +456,7 @@ def plot_sweep(results: dict[str, dict], path: Path) -> None:
 
 ROWS = [  # (label, result key, format) of report.md
     ("test BPC (baseline)", "test_bpc", ".3f"),
-    ("next-char accuracy (baseline)", "next_char_accuracy", ".4f"),
+    ("next-token accuracy (baseline)", "next_char_accuracy", ".4f"),
     ("teacher-forced accuracy, greedy (dblocks)", "teacher_forced_accuracy", ".4f"),
     ("sampled accuracy (temperature 1)", "sampled_accuracy", ".4f"),
     ("judge BPC of samples (independent judge)", "judge_bpc", ".3f"),
