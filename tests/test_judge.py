@@ -1,5 +1,8 @@
 """The independent judge of generated text: cached once trained, scores text, MAUVE from its features."""
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -64,9 +67,12 @@ def test_features_read_only_the_continuation_and_at_most_the_context(text, train
     assert torch.equal(judge.features(model, ids, 4), judge.features(model, changed, 4))
 
 
-def test_judge_config_is_twice_the_contestants_width():
-    cfg = judge.judge_config(LMConfig(width=128, heads=4, depth=8, context=128), steps=4000)
+def test_judge_config_is_twice_the_contestants_width_in_their_precision():
+    cfg = judge.judge_config(LMConfig(width=128, heads=4, depth=8, context=128), steps=4000, precision="bf16")
     assert (cfg.width, cfg.heads, cfg.depth, cfg.context, cfg.steps) == (256, 8, 8, 128, 4000)
+    assert cfg.precision == "bf16"
+    data = SimpleNamespace(tokenizer=SimpleNamespace(kind="char", chars="ab"), train=torch.zeros(4))
+    assert judge._key(data, cfg) != judge._key(data, replace(cfg, precision="fp32"))  # cached apart
 
 
 def test_without_the_mauve_package_the_score_is_none_with_the_reason(monkeypatch):
