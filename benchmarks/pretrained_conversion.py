@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,6 +34,11 @@ ROWS = (("a", "(a) end to end"), ("b", "(b) DiffusionBlocks from scratch"),
         ("c", "(c) (a) converted, fine-tuned"))
 
 
+def precision(optim, args: argparse.Namespace) -> dict:
+    """The task's optimiser settings (a dict) in ``--precision`` (the judge trains in it too)."""
+    return asdict(optim) | {"precision": args.precision}
+
+
 def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
     from diffusionblocks.data.images import load_images
 
@@ -41,6 +47,7 @@ def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
     def run(name: str, **settings) -> dict:
         cfg = classify.ClassifyConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                                       out=str(out / name), **settings)
+        cfg = classify.ClassifyConfig.from_dict(cfg.to_dict() | {"optim": precision(cfg.optim, args)})
         return classify.train(cfg, data)
 
     a = run("a_e2e", mode="e2e", steps=args.steps)
@@ -51,8 +58,9 @@ def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
 
 def text(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
     def config(name: str, **settings) -> ar.ARConfig:
-        return ar.ARConfig(data_dir=args.data_dir, seed=args.seed, out=str(out / name), device="cpu",
-                           **({"steps": args.steps} if args.steps else {}) | settings)
+        cfg = ar.ARConfig(data_dir=args.data_dir, seed=args.seed, out=str(out / name), device="cpu",
+                          **({"steps": args.steps} if args.steps else {}) | settings)
+        return ar.ARConfig.from_dict(cfg.to_dict() | {"optim": precision(cfg.optim, args)})
 
     a_cfg = config("a_e2e", mode="e2e")
     data = load_data(a_cfg)
@@ -74,6 +82,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--steps", type=int, default=None, help="N (default: the task's budget)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="auto (fp32 on the CPU), fp32, bf16 or fp16")
     parser.add_argument("--out", default="runs/conversion")
     parser.add_argument("--report", default="docs/bench/conversion")
     args = parser.parse_args()

@@ -84,9 +84,6 @@ def test_without_the_mauve_package_the_score_is_none_with_the_reason(monkeypatch
 
 
 def test_a_killed_judge_training_resumes_bit_for_bit(text, trained, tmp_path, monkeypatch, capsys):
-    class Killed(Exception):
-        pass
-
     save = judge.checkpoint.save
 
     def save_then_die(directory, parts, config, optimizers, progress):
@@ -114,3 +111,49 @@ def test_a_killed_judge_training_resumes_bit_for_bit(text, trained, tmp_path, mo
     assert all(torch.equal(a, b) for a, b in pairs)
     assert info["test_bpc"] == straight_info["test_bpc"]
     assert not list(tmp_path.glob("*.partial*"))  # the partial training is gone once the judge is cached
+
+
+class Killed(Exception):
+    pass
+
+
+def scripted_validation(monkeypatch, text, scores: list[float], snapshots: list[dict]) -> None:
+    """The judge's validation bits come from ``scores`` in turn (its weights at each are kept
+    in ``snapshots``); the test split keeps its real score."""
+    real, scores = judge.text_bpc, iter(scores)
+
+    def text_bpc(model, ids, batch=64):
+        if ids is not text.val:
+            return real(model, ids, batch)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(judge, "text_bpc", text_bpc)
+
+
+def test_the_judge_stops_on_validation_and_keeps_its_best_weights_also_across_a_kill(text, tmp_path,
+                                                                                    monkeypatch):
+    cfg = replace(SMALL, steps=400, patience=2)  # evaluations every 50 steps
+    seen: list[dict] = []
+    scripted_validation(monkeypatch, text, [3.0, 2.0, 2.5, 2.6], seen)
+    model, info = judge.load_or_train(text, cfg, cache_dir=tmp_path / "straight", show=False)
+    assert (info["best_step"], info["trained_steps"], info["val_bpc"]) == (100, 200, 2.0)
+    assert len(seen) == 4 and all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+    assert info["test_bpc"] == judge.text_bpc(model, text.test)  # the best weights' score
+
+    save = judge.checkpoint.save
+
+    def save_then_die(directory, parts, config, optimizers, progress):
+        save(directory, parts, config, optimizers, progress)
+        if progress.step == 150:  # after the best (step 100), before the stop
+            raise Killed
+
+    monkeypatch.setattr(judge.checkpoint, "save", save_then_die)
+    scripted_validation(monkeypatch, text, [3.0, 2.0, 2.5], [])
+    with pytest.raises(Killed):
+        judge.load_or_train(text, cfg, cache_dir=tmp_path / "killed", show=False)
+    monkeypatch.setattr(judge.checkpoint, "save", save)
+    scripted_validation(monkeypatch, text, [2.6], [])  # the resumed run scores step 200 only
+    resumed, resumed_info = judge.load_or_train(text, cfg, cache_dir=tmp_path / "killed", show=False)
+    assert all(torch.equal(v, seen[1][k]) for k, v in resumed.state_dict().items())
+    assert resumed_info == info

@@ -433,7 +433,7 @@ def fit(
     seed: int,
     progress: Progress | None = None,
     every: int = 0,
-    on_every: Callable[[Progress], None] | None = None,
+    on_every: Callable[[Progress], bool | None] | None = None,
     log: Callable[[dict], None] | None = None,
     desc: str = "train",
     show: bool = True,
@@ -441,7 +441,8 @@ def fit(
     """Run ``strategy`` from ``progress.step`` to ``total`` steps.
 
     ``on_every`` (evaluation, checkpoint) runs every ``every`` steps and at the end; its time
-    is not counted in ``train_seconds``.
+    is not counted in ``train_seconds``. When it returns True, training stops there (an early
+    stop).
     """
     progress = progress or Progress()
     bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not show, dynamic_ncols=True)
@@ -466,6 +467,7 @@ def fit(
             log({"step": progress.step, "lr": factor * strategy.cfg.lr, **record})
         if on_every is not None and ((every and progress.step % every == 0) or progress.step == total):
             bar.set_postfix(loss=f"{record['loss']:.3f}")
-            on_every(progress)
+            if on_every(progress):
+                break
     bar.close()
     return progress

@@ -11,6 +11,7 @@ its final hidden states over a continuation, read with the prompt as context.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -43,7 +44,8 @@ class JudgeConfig:
     depth: int = 8
     heads: int = 8
     context: int = 128
-    steps: int = 4000
+    steps: int = 4000  # at most: training stops once its validation bits stop improving
+    patience: int = 3  # evaluations (every twentieth of the steps) without a better validation score
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 1234  # its own, never a contestant's
@@ -68,7 +70,11 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
     """The judge of ``data`` on ``device`` and what it is (``test_bpc``, ``parameters``, its
     settings): from the cache when one with the same text and settings is there, else trained
     there and cached; a training that was killed resumes from its last checkpoint there (every
-    twentieth of the steps). An unwritable cache folder only skips caching."""
+    twentieth of the steps). An unwritable cache folder only skips caching.
+
+    Training is early-stopped on the validation split: scored at every checkpoint, it stops
+    once ``patience`` of them bring no better score, and the judge is the weights of its best
+    (``val_bpc`` at ``best_step``; ``trained_steps`` says where it stopped)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _key(data, cfg)
     weights, meta_path = folder / f"judge_{key}.safetensors", folder / f"judge_{key}.json"
@@ -84,31 +90,48 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
     except Exception:  # absent, unreadable or corrupt: train afresh
         pass
     model.to(device)
+    best = copy.deepcopy(model)
     windows = Windows(data.train, cfg.batch_size, cfg.context + 1, cfg.seed, device)
     optim = OptimConfig(lr=cfg.lr, weight_decay=0.1, warmup=cfg.steps // 20, precision=cfg.precision)
     strategy = EndToEnd(model, next_token_loss, optim, cfg.depth)
+    every = max(50, cfg.steps // 20)
 
     def batch_at(t: int) -> tuple[Tensor, Tensor]:
         w = windows(t)
         return w[:, :-1], w[:, 1:]
 
     partial = folder / f"judge_{key}.partial"  # a killed training resumes here, bit for bit
-    progress = _resume(partial, model, strategy.states)
+    progress, record = _resume(partial, {"model": model, "best": best}, strategy.states)
     if progress is not None and show:
         print(f"resuming the judge from {partial} at step {progress.step} of {cfg.steps}", file=sys.stderr)
 
-    def keep(p: Progress) -> None:
-        if p.step < cfg.steps:
+    def keep(p: Progress) -> bool:
+        model.eval()
+        bits = text_bpc(model, data.val)
+        model.train()
+        if bits < record["val_bpc"]:
+            best.load_state_dict(model.state_dict())
+            record.update(val_bpc=bits, best_step=p.step)
+        stop = p.step - record["best_step"] >= cfg.patience * every
+        if p.step < cfg.steps and not stop:
             try:
-                checkpoint.save(partial, {"model": model}, asdict(cfg), strategy.states, p)
+                checkpoint.save(partial, {"model": model, "best": best}, asdict(cfg) | {"best": record},
+                                strategy.states, p)
             except OSError:  # an unwritable cache only loses resumability
                 pass
+        return stop
 
-    fit(strategy, batch_at, cfg.steps, optim.warmup, cfg.seed, progress, every=max(50, cfg.steps // 20),
-        on_every=keep, desc="judge", show=show)
+    progress = fit(strategy, batch_at, cfg.steps, optim.warmup, cfg.seed, progress, every=every,
+                   on_every=keep, desc="judge", show=show)
+    if progress.step < cfg.steps and show:
+        print(f"the judge stopped early at step {progress.step} of {cfg.steps}: its best validation "
+              f"score was at step {record['best_step']}", file=sys.stderr)
+    model.load_state_dict(best.state_dict())
     model.eval()
+    scores = {"test_bpc": text_bpc(model, data.test)}
     info = {"parameters": sum(p.numel() for p in model.parameters()), **asdict(cfg), "key": key,
-            **per_character({"test_bpc": text_bpc(model, data.test)}, data)}
+            **per_character(scores, data), "trained_steps": progress.step, "best_step": record["best_step"],
+            **per_character({"val_bpc": record["val_bpc"]}, data, "val")}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -120,19 +143,22 @@ def load_or_train(data: TextData, cfg: JudgeConfig, cache_dir: str | Path | None
     return model, info
 
 
-def _resume(partial: Path, model: CausalLM, optimizers: dict) -> Progress | None:
-    """Load a judge's partial training from ``partial`` and return its progress (None when there
-    is none, or it is damaged: training then starts afresh). Its name holds the judge's key,
-    so what it holds is this judge's."""
+def _resume(partial: Path, parts: dict[str, CausalLM], optimizers: dict) -> tuple[Progress | None, dict]:
+    """Load a judge's partial training from ``partial`` into ``parts`` and ``optimizers``:
+    its progress (None when there is none, or it is damaged: training then starts afresh) and
+    the record of its best validation score. Its name holds the judge's key, so what it holds
+    is this judge's."""
+    fresh = {"val_bpc": math.inf, "best_step": 0}
     try:
-        snapshot = checkpoint.read(partial, parts=["model"], optimizers=list(optimizers))
-    except (OSError, ValueError):
-        return None
+        snapshot = checkpoint.read(partial, parts=list(parts), optimizers=list(optimizers))
+        record = snapshot.config["best"]
+    except (OSError, ValueError, KeyError):
+        return None, fresh
     if snapshot.progress is None:
-        return None
-    snapshot.load_parts({"model": model})
+        return None, fresh
+    snapshot.load_parts(parts)
     snapshot.load_optimizers(optimizers)
-    return snapshot.progress
+    return snapshot.progress, record
 
 
 @torch.no_grad()
