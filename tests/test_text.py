@@ -250,6 +250,15 @@ def test_diffusionblocks_generation_draws_once_its_start_noise_and_reads_the_arg
     assert torch.equal(greedy, ar.generate(model, cfg, prompt, 6, torch.Generator().manual_seed(5), 0.0))
 
 
+def test_real_continuations_are_the_test_text_after_each_prompt_as_long_as_a_sample(text):
+    cfg = ar.ARConfig(num_samples=5, prompt_length=8, sample_length=30)
+    prompts, real = ar.prompts(text, cfg), ar.real_continuations(text, cfg)
+    assert real.shape == (5, 38) and torch.equal(real[:, :8], prompts)
+    assert real[-1].tolist() == text.test[-38:].tolist()  # the last prompt still has a whole continuation
+    with pytest.raises(ValueError, match="shorter than"):
+        ar.prompts(text, ar.ARConfig(prompt_length=8, sample_length=len(text.test)))
+
+
 def test_top_p_draws_only_from_the_nucleus():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, 4)
     gen = torch.Generator().manual_seed(0)

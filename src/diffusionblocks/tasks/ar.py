@@ -357,17 +357,26 @@ def scores(model: nn.Module, pieces: list[Tensor], cfg: ARConfig, batch: int = 6
     return {"teacher_forced_accuracy": correct / count, **result}
 
 
+def _starts(data: TextData, cfg: ARConfig) -> list[int]:
+    """Where the prompts start: evenly spaced over the test split, each with room for its
+    prompt and a whole real continuation after it."""
+    room = len(data.test) - cfg.prompt_length - cfg.sample_length
+    if room < 0:
+        raise ValueError(f"the test split ({len(data.test)} tokens) is shorter than --prompt-length + "
+                         f"--sample-length ({cfg.prompt_length + cfg.sample_length})")
+    return torch.linspace(0, room, cfg.num_samples).long().tolist()
+
+
 def prompts(data: TextData, cfg: ARConfig) -> Tensor:
     """``num_samples`` prompts: evenly spaced windows of the test split."""
-    starts = torch.linspace(0, len(data.test) - cfg.prompt_length - 1, cfg.num_samples).long()
-    return torch.stack([data.test[s : s + cfg.prompt_length] for s in starts.tolist()])
+    return torch.stack([data.test[s : s + cfg.prompt_length] for s in _starts(data, cfg)])
 
 
 def real_continuations(data: TextData, cfg: ARConfig) -> Tensor:
-    """The test split's own continuation of each of :func:`prompts` (prompt included)."""
-    starts = torch.linspace(0, len(data.test) - cfg.prompt_length - 1, cfg.num_samples).long()
-    length = min(cfg.prompt_length + cfg.sample_length, len(data.test) - int(starts[-1]))
-    return torch.stack([data.test[s : s + length] for s in starts.tolist()])
+    """The test split's own continuation of each of :func:`prompts`, as long as a generated one
+    (prompt included)."""
+    length = cfg.prompt_length + cfg.sample_length
+    return torch.stack([data.test[s : s + length] for s in _starts(data, cfg)])
 
 
 def samples(model: nn.Module, cfg: ARConfig, data: TextData) -> Tensor:
