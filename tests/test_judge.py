@@ -1,5 +1,6 @@
 """The independent judge of generated text: cached once trained, scores text, MAUVE from its features."""
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -57,6 +58,16 @@ def test_judge_scores_real_text_above_shuffled_text_and_mauve_tells_them_apart(t
     same, _ = judge.mauve(features[::2], features[1::2])
     apart, _ = judge.mauve(features, judge.features(model, shuffled, 8))
     assert apart < 0.8 < same
+
+
+@pytest.mark.parametrize("prompt_length", [4, 20])  # within the judge's context of 16, and beyond it
+def test_judge_bpc_scores_each_token_with_up_to_a_context_before_it(text, trained, prompt_length):
+    model = trained[0]
+    ids = torch.stack([text.test[s : s + 40] for s in (0, 13, 50)])
+    nats = [torch.nn.functional.cross_entropy(model(ids[:, max(0, p - 16) : p])[:, -1], ids[:, p])
+            for p in range(prompt_length, 40)]  # one pass per token: the definition
+    expected = torch.stack(nats).mean().item() / math.log(2)
+    assert judge.judge_bpc(model, ids, prompt_length) == pytest.approx(expected, rel=1e-5)
 
 
 def test_features_read_only_the_continuation_and_at_most_the_context(text, trained):

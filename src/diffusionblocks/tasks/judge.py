@@ -177,15 +177,16 @@ def text_bpc(judge: CausalLM, ids: Tensor, batch: int = 64) -> float:
 @torch.no_grad()
 def judge_bpc(judge: CausalLM, ids: Tensor, prompt_length: int) -> float:
     """Bits per token of the generated part of ``ids`` (N, P + new) under ``judge``, each token
-    scored with up to ``context`` tokens before it."""
+    scored with up to ``context`` tokens before it: one causal pass over the first ``context``
+    tokens, then one window per token beyond them."""
     judge.eval()
     device = next(judge.parameters()).device
     context, ids = judge.cfg.context, ids.to(device)
-    nats = []
-    for p in range(prompt_length, ids.shape[1]):
-        logits = judge(ids[:, max(0, p - context) : p])[:, -1]
-        nats.append(torch.nn.functional.cross_entropy(logits, ids[:, p], reduction="none"))
-    return torch.stack(nats).mean().item() / LN2
+    first = min(ids.shape[1], context)
+    logits = [judge(ids[:, :first])[:, prompt_length - 1 : first - 1]]  # the whole prefix fits
+    logits += [judge(ids[:, p - context : p])[:, -1:] for p in range(max(first, prompt_length), ids.shape[1])]
+    logits = torch.cat(logits, dim=1)
+    return next_token_loss(logits, ids[:, prompt_length:]).item() / LN2
 
 
 @torch.no_grad()
