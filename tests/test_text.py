@@ -9,7 +9,7 @@ import torch
 
 from diffusionblocks import cli
 from diffusionblocks.data.text import Tokenizer, Windows, load_text
-from diffusionblocks.models.lm import LMConfig, causal_mask, denoising_mask
+from diffusionblocks.models.lm import KVCache, LMConfig, causal_mask, denoising_mask
 from diffusionblocks.noise import scalings
 from diffusionblocks.sampling import sample_euler
 from diffusionblocks.tasks import ar, mdm
@@ -215,6 +215,20 @@ def test_cached_generation_equals_uncached(sampler):
     a = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=True)
     b = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=False)
     assert a.shape == (2, 25) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
+
+
+def test_cached_next_token_generation_equals_the_window_recomputed_per_token():
+    cfg = ar.ARConfig(mode="e2e", prompt_length=4, lm=tiny_lm(11), device="cpu")
+    model = ar.build(cfg).eval()
+    prompt, caches = torch.randint(11, (3, 5)), [KVCache() for _ in model.layers]
+    ids = torch.cat([prompt, torch.randint(11, (3, 6))], dim=1)
+    cached = [model.extend(ids[:, :5], caches)]
+    cached += [model.extend(ids[:, t : t + 1], caches) for t in range(5, 11)]
+    assert torch.allclose(torch.stack(cached, 1), model(ids)[:, 4:], atol=1e-5)
+    # 5 + 20 tokens overflow the context of 16: the window then slides, recomputed per token
+    a = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=True)
+    b = ar.generate(model, cfg, prompt, 20, torch.Generator().manual_seed(0), 1.0, cached=False)
+    assert a.shape == (3, 25) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
 
 
 def test_greedy_prediction_starts_from_the_noise_mean_and_draws_start_from_noise():

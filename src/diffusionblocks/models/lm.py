@@ -136,6 +136,12 @@ class CausalLM(nn.Module):
         h = run_layers(self.layers, self.stem(ids), None, mask, checkpointing=self.checkpointing)
         return self.norm(h)
 
+    def extend(self, ids: Tensor, caches: list[KVCache]) -> Tensor:
+        """Logits (N, V) of the token after ``ids`` (N, T), new tokens after the prefix whose
+        keys and values ``caches`` (one per layer) hold; the caches are extended by them."""
+        h = run_cached(self.layers, self.stem(ids, start=len(caches[0])), None, caches, keep=True)
+        return self.head(self.norm(h[:, -1]))
+
 
 def next_token_loss(logits: Tensor, y: Tensor) -> Tensor:
     """Mean cross-entropy (nats) of logits (N, T, V) against targets (N, T)."""

@@ -283,17 +283,23 @@ class NextSlot:
 @torch.no_grad()
 def generate(model: nn.Module, cfg: ARConfig, prompt: Tensor, new: int, gen: torch.Generator,
              temperature: float = 1.0, cached: bool = True) -> Tensor:
-    """``prompt`` (N, P) followed by ``new`` generated tokens. The context is the last
-    ``context`` tokens; when it fills, it restarts from the last half (caches refilled).
-    A next-token model draws from its softmax at ``temperature`` (:func:`pick`, with the
-    paper's top-p under ``decoding='paper'``). DiffusionBlocks draws once: its draw is the
-    sampler's start noise, scaled by ``temperature`` (0: greedy, :func:`initial_state`); the
-    token is then the argmax of the final denoise's logits."""
+    """``prompt`` (N, P) followed by ``new`` generated tokens, read with at most ``context``
+    tokens before each. A next-token model reads them cached while the whole text fits, then
+    through a window sliding over the last ``context`` (recomputed per token), and draws from
+    its softmax at ``temperature`` (:func:`pick`, with the paper's top-p under
+    ``decoding='paper'``). DiffusionBlocks, when its context fills, restarts from the last half
+    (caches refilled); it draws once: its draw is the sampler's start noise, scaled by
+    ``temperature`` (0: greedy, :func:`initial_state`); the token is then the argmax of the
+    final denoise's logits."""
     model.eval()
     ids, start = prompt, max(0, prompt.shape[1] - cfg.lm.context)
     if not isinstance(model, DiffusionBlocks):  # a next-token model (CausalLM, RecurrentLM)
+        caches = [KVCache() for _ in model.layers] if cached and isinstance(model, CausalLM) else None
         for _ in range(new):
-            logits = model(ids[:, -cfg.lm.context :])[:, -1]
+            if caches is not None and ids.shape[1] <= cfg.lm.context:  # the whole text fits
+                logits = model.extend(ids[:, len(caches[0]) :], caches)
+            else:  # a window sliding over the last ``context`` tokens
+                logits = model(ids[:, -cfg.lm.context :])[:, -1]
             ids = torch.cat([ids, pick(logits, temperature, gen, top_p(cfg))], dim=1)
         return ids
     sigmas, shared = sigma_grid(cfg), model.shared
