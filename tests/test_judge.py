@@ -60,14 +60,20 @@ def test_judge_scores_real_text_above_shuffled_text_and_mauve_tells_them_apart(t
     assert apart < 0.8 < same
 
 
-@pytest.mark.parametrize("prompt_length", [4, 20])  # within the judge's context of 16, and beyond it
-def test_judge_bpc_scores_each_token_with_up_to_a_context_before_it(text, trained, prompt_length):
+@pytest.mark.parametrize("prompt_length", [4, 12, 20])  # context 16: scored by the first window, or not
+def test_judge_bpc_reads_each_token_with_all_text_before_it_or_at_least_half_a_context(text, trained,
+                                                                                     prompt_length):
     model = trained[0]
     ids = torch.stack([text.test[s : s + 40] for s in (0, 13, 50)])
-    nats = [torch.nn.functional.cross_entropy(model(ids[:, max(0, p - 16) : p])[:, -1], ids[:, p])
+
+    def window_start(p: int) -> int:  # windows [0, 16), [8, 24), [16, 32), …: the first that holds p
+        return 0 if p < 16 else (p - 16) // 8 * 8 + 8
+
+    nats = [torch.nn.functional.cross_entropy(model(ids[:, window_start(p) : p])[:, -1], ids[:, p])
             for p in range(prompt_length, 40)]  # one pass per token: the definition
     expected = torch.stack(nats).mean().item() / math.log(2)
     assert judge.judge_bpc(model, ids, prompt_length) == pytest.approx(expected, rel=1e-5)
+    assert all(8 <= p - window_start(p) <= 16 for p in range(16, 40))
 
 
 def test_features_read_only_the_continuation_and_at_most_the_context(text, trained):

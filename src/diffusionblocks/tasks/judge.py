@@ -176,17 +176,24 @@ def text_bpc(judge: CausalLM, ids: Tensor, batch: int = 64) -> float:
 
 @torch.no_grad()
 def judge_bpc(judge: CausalLM, ids: Tensor, prompt_length: int) -> float:
-    """Bits per token of the generated part of ``ids`` (N, P + new) under ``judge``, each token
-    scored with up to ``context`` tokens before it: one causal pass over the first ``context``
-    tokens, then one window per token beyond them."""
+    """Bits per token of the generated part of ``ids`` (N, P + new) under ``judge``. Windows of
+    ``context`` tokens every ``context // 2`` each score the tokens the ones before them did
+    not: every token is read with all of the text before it while that fits the context, and
+    with at least half a context once it does not (strided evaluation, two passes per
+    context's worth of text instead of one per token)."""
     judge.eval()
     device = next(judge.parameters()).device
     context, ids = judge.cfg.context, ids.to(device)
-    first = min(ids.shape[1], context)
-    logits = [judge(ids[:, :first])[:, prompt_length - 1 : first - 1]]  # the whole prefix fits
-    logits += [judge(ids[:, p - context : p])[:, -1:] for p in range(max(first, prompt_length), ids.shape[1])]
-    logits = torch.cat(logits, dim=1)
-    return next_token_loss(logits, ids[:, prompt_length:]).item() / LN2
+    stride, scored, nats = max(1, context // 2), prompt_length, []
+    for start in range(0, ids.shape[1], stride):
+        end = min(start + context, ids.shape[1])
+        if end > scored:  # positions scored .. end - 1, each predicted from the one before it
+            logits = judge(ids[:, start:end])[:, scored - 1 - start : end - 1 - start]
+            nats.append(next_token_loss(logits, ids[:, scored:end]) * (end - scored))
+            scored = end
+        if end == ids.shape[1]:
+            break
+    return (sum(nats) / (ids.shape[1] - prompt_length)).item() / LN2
 
 
 @torch.no_grad()
