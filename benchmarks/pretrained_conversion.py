@@ -8,8 +8,8 @@ Every run trains into OUT/NAME and is reused when finished.
 
     python benchmarks/pretrained_conversion.py --task classify --dataset mnist --steps 1000 \\
         --data-dir ../shared/data --out runs/conversion_mnist --report docs/bench/conversion
-    python benchmarks/pretrained_conversion.py --task ar --data-dir ../shared/data \\
-        --out runs/conversion_ar --report docs/bench/conversion
+    python benchmarks/pretrained_conversion.py --task ar --data-dir ../shared/data --precision bf16 \\
+        --num-samples 256 --out runs/conversion_ar --report docs/bench/conversion/ar1200
 
 Images: validation is a tenth of the training images (the default split). Text (Tiny
 Shakespeare, the documented CPU scale of the autoregressive family): validation is the 5%
@@ -58,8 +58,9 @@ def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
 
 def text(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
     def config(name: str, **settings) -> ar.ARConfig:
+        given = {"steps": args.steps, "num_samples": args.num_samples}
         cfg = ar.ARConfig(data_dir=args.data_dir, seed=args.seed, out=str(out / name), device="cpu",
-                          **({"steps": args.steps} if args.steps else {}) | settings)
+                          **{k: v for k, v in given.items() if v} | settings)
         return ar.ARConfig.from_dict(cfg.to_dict() | {"optim": precision(cfg.optim, args)})
 
     a_cfg = config("a_e2e", mode="e2e")
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--steps", type=int, default=None, help="N (default: the task's budget)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=int, default=None, help="ar: test prompts to continue, judge")
     parser.add_argument("--precision", default="auto", help="auto (fp32 on the CPU), fp32, bf16 or fp16")
     parser.add_argument("--out", default="runs/conversion")
     parser.add_argument("--report", default="docs/bench/conversion")
