@@ -135,7 +135,8 @@ def write_comparison(out: Path, results: dict[str, dict], rows: list[tuple[str, 
     table = "\n".join(lines) + "\n"
     if judge:
         table += (f"\nIndependent judge: an end-to-end model of width {judge['width']} and depth "
-                  f"{judge['depth']} ({judge['parameters']:,} parameters, {judge['steps']:,} steps, seed "
+                  f"{judge['depth']} ({judge['parameters']:,} parameters, the weights of its best "
+                  f"validation score, at step {judge['best_step']:,} of {judge['trained_steps']:,}, seed "
                   f"{judge['seed']}); the test text itself scores {judge['test_bpc']:.3f} bits per "
                   "character under it.\n")
     if main_process():
