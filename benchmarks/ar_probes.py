@@ -7,7 +7,8 @@ first if absent), bits per character under the end-to-end contestant. The real c
 of the same prompts are scored too (the reference). Beside each variant: the accuracy of its
 draw on the first 64 test windows, teacher-forced (how often the drawn token is right).
 Retrained DiffusionBlocks variants (partition, γ, …) are other runs, given as ``--extra
-LABEL=RUN_DIR`` and judged at their own settings.
+LABEL=RUN_DIR`` and judged at their own settings. Rows already in OUT.json (same run, judge and
+counts) are kept, so a later call adds new extras without redoing the rest.
 
     OMP_NUM_THREADS=1 python benchmarks/ar_probes.py --run runs/ar_judged --data-dir ../shared/data \\
         --extra "equiprob partition=runs/arprobe/equiprob" --out docs/lm/ar_probes
@@ -101,19 +102,28 @@ def main() -> None:
     variants += [("dblocks", dblocks, dblocks_cfg, label, o) for label, o in DBLOCKS]
     for item in args.extra:
         label, folder = item.split("=", 1)
+        if not (Path(folder) / "result.json").exists():
+            raise SystemExit(f"{folder} has not finished training (no result.json)")
         model, cfg = loaded(Path(folder))
         variants.append(("dblocks", model, cfg, label, {}))
-    for mode, model, cfg, label, overrides in variants:
-        result = probe(model, ar.ARConfig.from_dict(cfg.to_dict() | overrides), data, real, judges)
-        rows.append((mode, label, result))
-        print(mode, label, {k: result.get(k) for k in KEYS}, flush=True)
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"run": str(run), "judge": about, "prompts": args.num_samples,
-              "continuations": args.continuations,
-              "rows": [{"mode": m, "variant": v, **r} for m, v, r in rows]}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+              "continuations": args.continuations}
+    done = {}  # rows of an earlier call with the same run, judge and counts are kept
+    if out.with_suffix(".json").exists():
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        if {k: earlier.get(k) for k in record} == record:
+            done = {(r["mode"], r["variant"]): r for r in earlier["rows"]}
+    for mode, model, cfg, label, overrides in variants:
+        if (mode, label) in done:
+            result = {k: v for k, v in done[mode, label].items() if k not in ("mode", "variant")}
+        else:
+            result = probe(model, ar.ARConfig.from_dict(cfg.to_dict() | overrides), data, real, judges)
+        rows.append((mode, label, result))
+        print(mode, label, {k: result.get(k) for k in KEYS}, flush=True)
+        record["rows"] = [{"mode": m, "variant": v, **r} for m, v, r in rows]
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     lines = [f"Autoregressive probes at inference, {run} ({args.num_samples} test prompts × "
              f"{args.continuations} continuations; the judge scores the test text at "
              f"{about['test_bpc']:.3f} bits per character)", "",
