@@ -127,10 +127,12 @@ def main() -> None:
     lines = [f"Autoregressive probes at inference, {run} ({args.num_samples} test prompts × "
              f"{args.continuations} continuations; the judge scores the test text at "
              f"{about['test_bpc']:.3f} bits per character)", "",
-             "| mode | variant | draw accuracy | judge BPC | MAUVE | e2e-judge BPC | seconds |",
+             "| mode | variant | draw accuracy | judge BPC | MAUVE ± sd (10 k-means seeds) | e2e-judge BPC "
+             "| seconds |",
              "|---" * 7 + "|"]
     for mode, label, r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r.get(k), float) else "–" for k in KEYS[:-1]]
+        cells[2] += f" ± {r['mauve_sd']:.3f}" if isinstance(r.get("mauve_sd"), float) else ""
         lines.append(f"| {mode} | {label} | " + " | ".join(cells) + f" | {r.get('seconds', 0):.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -55,9 +55,9 @@ def test_judge_scores_real_text_above_shuffled_text_and_mauve_tells_them_apart(t
     assert judge.judge_bpc(model, real, 8) < judge.judge_bpc(model, shuffled, 8) - 1
     features = judge.features(model, real, 8)
     assert features.shape == (len(real), SMALL.width)
-    same, _ = judge.mauve(features[::2], features[1::2])
-    apart, _ = judge.mauve(features, judge.features(model, shuffled, 8))
-    assert apart < 0.8 < same
+    same = judge.mauve(features[::2], features[1::2])
+    apart = judge.mauve(features, judge.features(model, shuffled, 8))
+    assert apart["mauve"] < 0.8 < same["mauve"] and 0 <= apart["mauve_sd"] < 0.2
 
 
 @pytest.mark.parametrize("prompt_length", [4, 12, 20])  # context 16: scored by the first window, or not
@@ -96,8 +96,8 @@ def test_without_the_mauve_package_the_score_is_none_with_the_reason(monkeypatch
     import sys
 
     monkeypatch.setitem(sys.modules, "mauve", None)  # an import of it now fails
-    score, why = judge.mauve(torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64))
-    assert score is None and "pip install 'diffusionblocks[judge]'" in why
+    result = judge.mauve(torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64))
+    assert result["mauve"] is None and "pip install 'diffusionblocks[judge]'" in result["mauve_skipped"]
 
 
 def test_a_killed_judge_training_resumes_bit_for_bit(text, trained, tmp_path, monkeypatch, capsys):
