@@ -101,7 +101,7 @@ def main() -> None:
     variants = [("e2e", e2e, e2e_cfg, label, o) for label, o in E2E]
     variants += [("dblocks", dblocks, dblocks_cfg, label, o) for label, o in DBLOCKS]
     for item in args.extra:
-        label, folder = item.split("=", 1)
+        label, folder = item.rsplit("=", 1)
         if not (Path(folder) / "result.json").exists():
             raise SystemExit(f"{folder} has not finished training (no result.json)")
         model, cfg = loaded(Path(folder))
