@@ -50,13 +50,8 @@ def draw_accuracy(model: nn.Module, cfg: ar.ARConfig, data, windows: int = 64) -
         if isinstance(model, DiffusionBlocks):
             right += (ar.predict(model, x, cfg, gen, cfg.temperature).argmax(-1) == y).sum().item()
         else:
-            probs = (model(x).float() / cfg.temperature).softmax(-1)
-            if ar.top_p(cfg) < 1:
-                ranked, order = probs.sort(-1, descending=True)
-                ranked = ranked * (ranked.cumsum(-1) - ranked < ar.top_p(cfg))
-                probs = torch.zeros_like(probs).scatter(-1, order, ranked)
-                probs = probs / probs.sum(-1, keepdim=True)
-            right += probs.gather(-1, y[..., None]).sum().item()
+            probs = ar.nucleus((model(x).float() / cfg.temperature).softmax(-1), ar.top_p(cfg))
+            right += (probs.gather(-1, y[..., None]) / probs.sum(-1, keepdim=True)).sum().item()
         count += y.numel()
     return right / count
 

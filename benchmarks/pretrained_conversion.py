@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,9 +34,9 @@ ROWS = (("a", "(a) end to end"), ("b", "(b) DiffusionBlocks from scratch"),
         ("c", "(c) (a) converted, fine-tuned"))
 
 
-def precision(optim, args: argparse.Namespace) -> dict:
-    """The task's optimiser settings (a dict) in ``--precision`` (the judge trains in it too)."""
-    return asdict(optim) | {"precision": args.precision}
+def in_precision(cfg, args: argparse.Namespace):
+    """``cfg`` trained in ``--precision`` (the judge trains in it too)."""
+    return replace(cfg, optim=replace(cfg.optim, precision=args.precision))
 
 
 def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
@@ -47,8 +47,7 @@ def images(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
     def run(name: str, **settings) -> dict:
         cfg = classify.ClassifyConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                                       out=str(out / name), **settings)
-        cfg = classify.ClassifyConfig.from_dict(cfg.to_dict() | {"optim": precision(cfg.optim, args)})
-        return classify.train(cfg, data)
+        return classify.train(in_precision(cfg, args), data)
 
     a = run("a_e2e", mode="e2e", steps=args.steps)
     b = run("b_scratch", steps=a["steps"])
@@ -61,7 +60,7 @@ def text(args: argparse.Namespace, out: Path) -> tuple[dict, str, list[str]]:
         given = {"steps": args.steps, "num_samples": args.num_samples}
         cfg = ar.ARConfig(data_dir=args.data_dir, seed=args.seed, out=str(out / name), device="cpu",
                           **{k: v for k, v in given.items() if v} | settings)
-        return ar.ARConfig.from_dict(cfg.to_dict() | {"optim": precision(cfg.optim, args)})
+        return in_precision(cfg, args)
 
     a_cfg = config("a_e2e", mode="e2e")
     data = load_data(a_cfg)

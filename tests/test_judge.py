@@ -21,6 +21,10 @@ def text(tmp_path_factory):
     return load_text(str(path))
 
 
+class Killed(Exception):
+    pass
+
+
 SMALL = judge.JudgeConfig(width=32, depth=2, heads=2, context=16, steps=150, batch_size=16, lr=3e-3)
 
 
@@ -128,10 +132,6 @@ def test_a_killed_judge_training_resumes_bit_for_bit(text, trained, tmp_path, mo
     assert all(torch.equal(a, b) for a, b in pairs)
     assert info["test_bpc"] == straight_info["test_bpc"]
     assert not list(tmp_path.glob("*.partial*"))  # the partial training is gone once the judge is cached
-
-
-class Killed(Exception):
-    pass
 
 
 def scripted_validation(monkeypatch, text, scores: list[float], snapshots: list[dict]) -> None:

@@ -226,12 +226,18 @@ def pick(logits: Tensor, temperature: float, gen: torch.Generator, top_p: float 
     ``top_p`` (nucleus sampling; 1: every token)."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    probs = (logits.float() / temperature).softmax(-1).cpu()
-    if top_p < 1:
-        ranked, order = probs.sort(-1, descending=True)
-        ranked = ranked * (ranked.cumsum(-1) - ranked < top_p)  # the mass before a token is < p
-        probs = torch.zeros_like(probs).scatter(-1, order, ranked)
+    probs = nucleus((logits.float() / temperature).softmax(-1).cpu(), top_p)
     return torch.multinomial(probs, 1, generator=gen).to(logits.device)
+
+
+def nucleus(probs: Tensor, top_p: float) -> Tensor:
+    """``probs`` (…, V) kept on the smallest set of most likely tokens whose mass reaches
+    ``top_p`` and zero elsewhere (not renormalised); unchanged at 1."""
+    if top_p >= 1:
+        return probs
+    ranked, order = probs.sort(-1, descending=True)
+    ranked = ranked * (ranked.cumsum(-1) - ranked < top_p)  # the mass before a token is < p
+    return torch.zeros_like(probs).scatter(-1, order, ranked)
 
 
 def top_p(cfg) -> float:
