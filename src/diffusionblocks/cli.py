@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from . import configs
 from .blocks import SHARED_POLICIES
 from .data.images import DATASETS
+from .methods import ABOUT
+from .methods.ensemble import COMBINES
 from .models.vit import ViTConfig
 from .noise import GRIDS, PARTITIONS, NoiseConfig
 from .offload import OFFLOAD_TARGETS
@@ -25,7 +28,7 @@ from .training import PRECISIONS, SCHEDULES, OptimConfig
 
 HELP = {
     # run
-    "mode": "e2e: plain backprop through the whole network; dblocks: DiffusionBlocks",
+    "mode": "the training method: " + "; ".join(f"{m}: {a}" for m, a in ABOUT.items()),
     "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir), "
     "or folder:PATH, an image folder (PATH/train/CLASS/*.jpg, PATH/val/CLASS/…)",
     "image_size": "image folders (folder:PATH, tinyimagenet): resize to this side (default 64)",
@@ -64,6 +67,11 @@ HELP = {
     "(cpu) or in files under OUT/offload (disk); only the sampled block is on the device",
     "block": "train only block k (0 = the input end, highest noise) as an independent job; "
     "assemble the jobs with `diffusionblocks merge`",
+    "member": "ensemble: train only member k (an end-to-end network of block k's depth, seed "
+    "seed·B + k, in OUT/member_k) as an independent job; assemble the members with `diffusionblocks "
+    "merge` (or rerun without --member where their folders are)",
+    "combine": "ensemble: how members' predictions combine: logprob (mean log-probability) or prob "
+    "(log of the mean probability); the result reports both on validation",
     "parallel": "block-parallel run under torchrun: ranks split into one group per block (DDP "
     "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
     "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
@@ -179,7 +187,7 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
     "mode": MODES, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS, "decoding": DECODINGS,
     "match": ("layers", "steps"), "shared_policy": SHARED_POLICIES, "partition": PARTITIONS,
-    "offload": OFFLOAD_TARGETS, "precision": PRECISIONS, "schedule": SCHEDULES,
+    "offload": OFFLOAD_TARGETS, "precision": PRECISIONS, "schedule": SCHEDULES, "combine": COMBINES,
 }
 
 
@@ -508,6 +516,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
         connect(resolve_device(cfg.device))
     say = print if main_process() else (lambda text: None)  # under torchrun, rank 0 reports
+    if args.modes is not None:
+        chosen = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+        known = getattr(type(cfg), "MODES", None) or __import__(
+            f"{__package__}.tasks.{task}", fromlist=["MODES"]).MODES
+        unknown = [m for m in chosen if m not in known]
+        if unknown or not chosen:
+            raise ValueError(f"--modes {args.modes!r}: {task} has the modes {', '.join(known)}")
+        compare = functools.partial(compare, modes=chosen)
     if args.seeds == 1:
         say(compare(cfg, out, quick=args.quick, show=not args.quiet))
         return
@@ -695,7 +711,9 @@ def main(argv: list[str] | None = None) -> None:
                      "both modes, each in OUT/seed_S, and report mean ± sd and every seed's figure "
                      "(OUT/seeds.{json,md}; default: 1)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
-    _classify_args(cmp, skip=("mode", "block", "parallel", "sync_every", "init_from"))
+    cmp.add_argument("--modes", default=None, help="comma-separated methods to train and report "
+                     "(default: every mode of the task: e2e, dblocks and its controls)")
+    _classify_args(cmp, skip=("mode", "block", "member", "parallel", "sync_every", "init_from"))
     generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks
     _generate_args(generate_only, skip=("mode",))
     text_only = argparse.ArgumentParser(add_help=False)  # flags of the language models

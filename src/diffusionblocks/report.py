@@ -27,16 +27,20 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
     """Markdown table of a side-by-side run, one row per mode, plus the ratios that matter."""
     val = "val_accuracy" if metric == "test_accuracy" and all("val_accuracy" in r for r in results.values()) \
         else None  # chosen on validation, reported beside test
+    inference = any("inference_layers" in r for r in results.values())
     header = ["mode", "blocks", *(["val accuracy"] if val else []), metric.replace("_", " "),
-              "train time (s)", "s / step", "steps", "layer evals", "activations / step"]
+              "train time (s)", "s / step", "steps", "layer evals",
+              *(["layers / prediction"] if inference else []), "parameters", "activations / step"]
     rows = []
     for mode, r in results.items():
         value = r[metric]
+        extra = [f"{r['inference_layers']}" if "inference_layers" in r else "–"] if inference else []
         rows.append([
             mode, str(r.get("blocks", 1)), *([f"{100 * r[val]:.2f}%"] if val else []),
             f"{100 * value:.2f}%" if "accuracy" in metric else f"{value:.4g}",
             f"{r['train_seconds']:.1f}", f"{r['step_seconds'] * 1000:.1f} ms", str(r["steps"]),
-            f"{r['layer_evals']:,}", human_bytes(r["activation_bytes_per_step"]),
+            f"{r['layer_evals']:,}", *extra, f"{r['parameters']:,}" if "parameters" in r else "–",
+            human_bytes(r["activation_bytes_per_step"]),
         ])
     table = markdown_table(rows, header)
     for mode, r in results.items():
@@ -50,7 +54,15 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
             f"{e['activation_bytes_per_step'] / d['activation_bytes_per_step']:.2f}× (B = {b}). "
             f"Time per step, dblocks × B / e2e: {d['step_seconds'] * b / e['step_seconds']:.2f}.\n"
         )
+    if "dblocks" in results and CONTROLS & results.keys() and "accuracy" in metric:
+        d, controls = results["dblocks"][metric], sorted(CONTROLS & results.keys())
+        table += "\nDiffusionBlocks against its controls: " + "; ".join(
+            f"{'ahead of' if d > results[c][metric] else 'behind'} the {c} control by "
+            f"{100 * abs(d - results[c][metric]):.2f} points" for c in controls) + ".\n"
     return table
+
+
+CONTROLS = {"shallow", "ensemble"}  # the methods a reviewer asks for first (diffusionblocks.methods)
 
 
 def chain_line(chain: list[dict]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint, parallel
+from .. import checkpoint, methods, parallel
 from ..adapters import TokensToNextToken
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
@@ -413,7 +413,14 @@ def write_samples(ids: Tensor, cfg: ARConfig, data: TextData, path: Path) -> lis
 
 def train(cfg: ARConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
           judges: dict[str, CausalLM] | None = None) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then score it and sample; ``judges`` score
+    """Train one mode (a method: e2e, dblocks or the shallow control; :func:`train_network`
+    trains the first two)."""
+    return methods.train(FAMILY, cfg, data, show, evaluate=evaluate, judges=judges)
+
+
+def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True,
+                  judges: dict[str, CausalLM] | None = None) -> dict:
+    """Train one network (resuming from OUT/checkpoint), then score it and sample; ``judges`` score
     the samples (:func:`.judge.judged`). ``cfg.block`` and ``cfg.parallel`` train some blocks
     only, as :func:`.generate.train` does."""
     data = data or load_data(cfg)
@@ -503,20 +510,23 @@ def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[
     return checkpoint.load_model(path, ARConfig.from_dict, build, resolve_device(device), averaged)
 
 
-def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True) -> str:
-    """Both modes on the same budget, their samples scored by the independent judge (trained
-    first, or read from the cache) and by the end-to-end model (trained first)."""
+def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True,
+            modes: tuple[str, ...] = ARConfig.MODES) -> str:
+    """``modes`` (e2e, dblocks and the shallow control by default) on the same budget, their
+    samples scored by the independent judge (trained first, or read from the cache) and, where
+    e2e is among them, by the end-to-end model (trained first)."""
     if quick:
         quick_settings = {"steps": 30, "evals": 1, "num_samples": 4, "sample_length": 16,
                           "judge_steps": min(cfg.judge_steps, 30)}
         cfg = ARConfig.from_dict(cfg.to_dict() | quick_settings)
     data = load_data(cfg)
     judge, about = independent_judge(data, ARConfig.from_dict(resolved(cfg, data)), show)
-    e2e = ARConfig.from_dict(cfg.to_dict() | {"mode": "e2e", "out": str(out / "e2e")})
-    results = {"e2e": train(e2e, data, show=show, judges=judge)}
-    rival, _ = load(Path(e2e.out) / "checkpoint", e2e.device)
-    run = ARConfig.from_dict(cfg.to_dict() | {"mode": "dblocks", "out": str(out / "dblocks")})
-    results["dblocks"] = train(run, data, show=show, judges=judge | {"e2e_judge": rival})
+    results, rivals = {}, {}
+    for mode in sorted(modes, key=lambda m: m != "e2e"):  # e2e first: it judges the others too
+        run = ARConfig.from_dict(cfg.to_dict() | {"mode": mode, "out": str(out / mode)})
+        results[mode] = train(run, data, show=show, judges=judge | rivals)
+        if mode == "e2e":
+            rivals = {"e2e_judge": load(Path(run.out) / "checkpoint", run.device)[0]}
     return write_comparison(out, results, ROWS, judge=about)
 
 
@@ -538,3 +548,9 @@ ROWS = [  # (label, result key, format) of report.md
     ("activation MiB / step", "activation_mib", ".1f"),
     ("parameters", "parameters", "d"),
 ]
+
+
+FAMILY = methods.Family(
+    name="ar", config=ARConfig, model="lm", train=train_network, build=build,
+    resolve=lambda cfg, data: ARConfig.from_dict(resolved(cfg, data)), load_data=load_data,
+    mergeable=frozenset(MERGEABLE))

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint, parallel
+from .. import checkpoint, methods, parallel
 from ..adapters import ImageToLabel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
+from ..methods.ensemble import COMBINES
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
@@ -47,7 +48,7 @@ from ..training import (
 )
 
 ViTAdapter = ImageToLabel  # its earlier name
-MODES = ("e2e", "dblocks")
+MODES = ("e2e", "dblocks", "shallow", "ensemble")  # methods.ABOUT says what each trains
 # How the label is decoded: greedy starts the sampler at the noise mean, draw from noise.
 DECODES = ("greedy", "draw")
 # How the prediction is read from the chain's denoiser calls (see read_out).
@@ -55,7 +56,7 @@ READOUTS = ("mean", "last")
 # Peak learning rate per mode, each the better of {3e-3, 5e-3} on MNIST at 600 steps (e2e
 # 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
 # the identity and open their gates faster with the larger rate.
-MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}
+MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}  # the controls train end to end, with e2e's
 # Noise levels of a label (docs/cifar10.md). A unit-length label is hidden from its noisy copy
 # above σ ≈ 2 and readable below σ ≈ 0.2: a block trained below that learns mostly to copy the
 # label, and the chain's answer is then that of whichever block owns σ ≈ 0.5-2. So the blocks
@@ -108,6 +109,8 @@ class ClassifyConfig:
     tensorboard: bool = False  # also log to OUT/tensorboard
     offload: str | None = None
     block: int | None = None
+    member: int | None = None  # ensemble: train only this member (an independent job)
+    combine: str = "logprob"  # ensemble: mean log-probability, or "prob": log of the mean probability
     parallel: bool = False
     sync_every: int = 100
     init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
@@ -125,7 +128,7 @@ class ClassifyConfig:
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         check_device_name(self.device)
-        if self.mode == "dblocks":
+        if self.mode != "e2e":  # the controls' units are the blocks' depths
             split_layers(self.vit.depth, self.blocks, self.split)
         if self.shared_policy not in SHARED_POLICIES:
             raise ValueError(
@@ -144,6 +147,16 @@ class ClassifyConfig:
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
         check_block_job(self)
+        check_choice("ensemble combine", self.combine, COMBINES)
+        if self.member is not None and self.mode != "ensemble":
+            raise ValueError("--member trains one member of an ensemble as its own job: it needs "
+                             "--mode ensemble")
+        if self.member is not None and not 0 <= self.member < self.blocks:
+            raise ValueError(f"member {self.member} does not exist: members are numbered 0 to "
+                             f"{self.blocks - 1}")
+        if self.mode == "ensemble" and self.parallel:
+            raise ValueError("--parallel with --mode ensemble is not supported: members share "
+                             "nothing, so train each as its own job (--member k) and merge them")
         if self.init_from and self.mode != "dblocks":
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
@@ -161,7 +174,7 @@ class ClassifyConfig:
 
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "sampler", "decode", "readout", "grid",
-             "sample_steps", "checkpointing", "tensorboard", "offload", "init_from"}
+             "sample_steps", "checkpointing", "tensorboard", "offload", "init_from", "combine"}
 # Fields block jobs may differ in and still be merged into one model.
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # budgets may differ: a block can train longer
 
@@ -183,7 +196,8 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
-    optim = asdict(cfg.optim) | {"lr": MODE_LR[cfg.mode] if cfg.optim.lr is None else cfg.optim.lr}
+    lr = MODE_LR.get(cfg.mode, MODE_LR["e2e"]) if cfg.optim.lr is None else cfg.optim.lr
+    optim = asdict(cfg.optim) | {"lr": lr}
     val_size = len(data.y_train) // 10 if cfg.val_size is None else cfg.val_size
     cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim, "val_size": val_size}
     if cfg.steps is None:
@@ -383,7 +397,14 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
 
 
 def train(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:
-    """Train one mode, resuming from its checkpoint when it exists; return its results.
+    """Train one mode (a method: :data:`MODES`), resuming from its checkpoint when it exists;
+    return its results (:func:`train_network` for e2e and dblocks, :mod:`.methods` the controls)."""
+    return methods.train(FAMILY, cfg, data, show)
+
+
+def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool = True) -> dict:
+    """Train the network of ``cfg`` end to end or as DiffusionBlocks, resuming from its
+    checkpoint when it exists; return its results.
 
     With ``cfg.block`` only that block trains (an independent job; merge the jobs with
     :func:`merge`); with ``cfg.parallel`` this is one ``torchrun`` rank of a block-parallel run
@@ -443,35 +464,67 @@ def score(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
     chain contributes (:func:`chain_accuracy`)."""
     if not isinstance(model, DiffusionBlocks):
         return {"test_accuracy": evaluate(model, data.x_test, data.y_test, cfg),
-                "test_examples": len(data.y_test)}
+                "test_examples": len(data.y_test), "inference_layers": inference_layers(model, cfg)}
     chain = chain_accuracy(model, data.x_test, data.y_test, cfg)
-    return {"test_accuracy": chain[-1]["chain_after"], "test_examples": len(data.y_test), "chain": chain}
+    return {"test_accuracy": chain[-1]["chain_after"], "test_examples": len(data.y_test), "chain": chain,
+            "inference_layers": inference_layers(model, cfg)}
+
+
+def inference_layers(model: nn.Module, cfg: ClassifyConfig) -> int:
+    """Layer evaluations of one prediction: every layer of a network (of each member of an
+    ensemble); DiffusionBlocks: the layers of the block each call of the σ grid routes to."""
+    if isinstance(model, DiffusionBlocks):
+        return sum(model.sizes[model.route(s)] for s in sigma_grid(cfg))
+    return sum(len(unit.layers) for unit in model.modules() if isinstance(unit, ViTClassifier))
+
+
+def validate(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
+    """Accuracy on the validation split of ``cfg`` (the fixed hold-out every mode trains
+    without); {} when the run has none."""
+    if not cfg.val_size:
+        return {}
+    held = data.holdout(cfg.val_size)
+    return {"val_accuracy": evaluate(model, held.x_val, held.y_val, cfg), "val_examples": cfg.val_size}
 
 
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, ClassifyConfig.from_dict, build, device, averaged)
+    return checkpoint.load_model(path, ClassifyConfig.from_dict, partial(methods.build, FAMILY), device,
+                                 averaged)
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
     """Assemble classification block checkpoints into one model at OUT/checkpoint
-    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ), or the end-to-end
+    checkpoints of ensemble members into their ensemble (:func:`.methods.ensemble.merge`)."""
+    if all(checkpoint.read_config(s).get("mode") == "e2e" for s in sources):
+        from ..methods.ensemble import merge as merge_members
+
+        return merge_members(FAMILY, sources, out)
     return parallel.merge(sources, out, "classify", ClassifyConfig.from_dict, build, MERGEABLE,
                           average_shared, fresh)
 
 
-def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True) -> str:
-    """Train both modes on the same budget; write OUT/report.{json,md} and a plot."""
+def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True,
+            modes: tuple[str, ...] = MODES) -> str:
+    """Train ``modes`` (end to end, DiffusionBlocks and its controls by default) on the same
+    budget; write OUT/report.{json,md} and a plot."""
     from ..report import write_report
 
-    modes = {"e2e": replace(cfg, mode="e2e", offload=None), "dblocks": replace(cfg, mode="dblocks")}
+    modes = {m: replace(cfg, mode=m, **({} if m == "dblocks" else {"offload": None})) for m in modes}
     data = load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size)  # both configs validated first
     if quick:
         modes = {m: replace(c, steps=min(c.steps or 30, 30), evals=2) for m, c in modes.items()}
     results = {}
     for mode, mode_cfg in modes.items():
         results[mode] = train(replace(mode_cfg, out=str(out / mode)), data, show)
-    title = (f"{cfg.dataset}: end to end vs DiffusionBlocks (B={cfg.blocks}), "
+    title = (f"{cfg.dataset}: end to end vs DiffusionBlocks (B={cfg.blocks}) and its controls, "
              f"equal {'layer evaluations' if cfg.match == 'layers' else 'steps'}")
     return write_report(out, results, title=title)
+
+
+FAMILY = methods.Family(
+    name="classify", config=ClassifyConfig, model="vit", train=train_network, build=build,
+    resolve=resolve_config, load_data=lambda cfg: load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size),
+    score=score, validate=validate, mergeable=frozenset(MERGEABLE))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import checkpoint, parallel
+from .. import checkpoint, methods, parallel
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images
 from ..models.dit import DiTAdapter, DiTConfig, make_layers
@@ -52,7 +52,7 @@ from ..training import (
     matched_budget,
 )
 
-MODES = ("e2e", "dblocks")
+MODES = ("e2e", "dblocks", "shallow")  # methods.ABOUT says what each trains
 # Per-dataset defaults: patch size and end-to-end training steps at batch 64.
 DATASET_DEFAULTS = {
     "digits": {"patch_size": 2, "steps": 1500},
@@ -111,7 +111,7 @@ class GenerateConfig:
             raise ValueError(f"guidance scale must be ≥ 0 (1: conditional, 0: unconditional), "
                              f"got {self.guidance}")
         check_device_name(self.device)
-        if self.mode == "dblocks":
+        if self.mode != "e2e":  # the shallow control is one block's depth
             split_layers(self.dit.depth, self.blocks, self.split)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("grid", self.grid, GRIDS)
@@ -351,7 +351,13 @@ def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
 
 def train(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
           evaluate: bool = True) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then sample and measure its quality.
+    """Train one mode (a method: :data:`MODES`; :func:`train_network` trains e2e and dblocks)."""
+    return methods.train(FAMILY, cfg, data, show, evaluate=evaluate)
+
+
+def train_network(cfg: GenerateConfig, data: ImageData | None = None, show: bool = True,
+                  evaluate: bool = True) -> dict:
+    """Train one network (resuming from OUT/checkpoint), then sample and measure its quality.
 
     With ``cfg.block`` only that block trains (an independent job; :func:`merge` assembles the
     jobs); with ``cfg.parallel`` this is one torchrun rank of a block-parallel run (its group
@@ -427,6 +433,14 @@ def report_table(results: dict[str, dict]) -> str:
              f"{r['sample_seconds_per_image'] * 1000:.2f} ms", f"{r['layer_evals_per_sample']:,}",
              human_bytes(r["activation_bytes_per_step"])] for mode, r in results.items()]
     table = markdown_table(rows, header)
+    if "shallow" in results and "dblocks" in results:
+        s, d = results["shallow"], results["dblocks"]
+        table += (f"\nDiffusionBlocks against the shallow control ({s['depth']} layers, "
+                  f"{s['layer_evals_per_sample']:,} layer evaluations per sample as DiffusionBlocks' "
+                  f"{d['layer_evals_per_sample']:,}): FID test {d['fid_test']:.2f} vs {s['fid_test']:.2f} "
+                  f"({'ahead' if d['fid_test'] < s['fid_test'] else 'behind'}).\n")
+    if not {"e2e", "dblocks"} <= results.keys():
+        return table
     e, d = results["e2e"], results["dblocks"]
     table += (
         f"\n{e['num_samples']:,} samples each ({e['sampler']}, {e['sample_steps']} steps, {e['grid']} grid, "
@@ -460,10 +474,12 @@ def plot_history(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(cfg: GenerateConfig, out: Path, quick: bool = False, show: bool = True) -> str:
-    """Train both modes on the same budget, sample both; write OUT/report.{json,md}, a loss
-    plot and both sample grids (OUT/e2e/samples.png, OUT/dblocks/samples.png)."""
-    modes = {"e2e": replace(cfg, mode="e2e", offload=None), "dblocks": replace(cfg, mode="dblocks")}
+def compare(cfg: GenerateConfig, out: Path, quick: bool = False, show: bool = True,
+            modes: tuple[str, ...] = MODES) -> str:
+    """Train ``modes`` (end to end, DiffusionBlocks and the shallow control by default) on the
+    same budget, sample each; write OUT/report.{json,md}, a loss plot and each mode's sample
+    grid (OUT/MODE/samples.png)."""
+    modes = {m: replace(cfg, mode=m, **({} if m == "dblocks" else {"offload": None})) for m in modes}
     data = load_data(cfg)
     if quick:
         modes = {m: replace(c, steps=min(c.steps or 30, 30), evals=1, num_samples=min(c.num_samples, 100),
@@ -487,3 +503,8 @@ def write_comparison(out: Path, results: dict[str, dict]) -> str:
     (out / "report.md").write_text(f"# {title}\n\n{table}")
     plot_history(results, out / "test_loss.png")
     return table
+
+
+FAMILY = methods.Family(
+    name="generate", config=GenerateConfig, model="dit", train=train_network, build=build,
+    resolve=resolve_config, load_data=load_data, mergeable=frozenset(MERGEABLE))

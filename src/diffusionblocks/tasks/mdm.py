@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint, parallel
+from .. import checkpoint, methods, parallel
 from ..adapters import TokensToTokens
 from ..blocks import Block, split_layers
 from ..data.text import TextData, Windows
@@ -250,7 +250,14 @@ def make_strategy(cfg: MDMConfig, model: MaskedDiffusion, offload_dir=None,
 
 
 def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True) -> dict:
-    """Train one mode (resuming from OUT/checkpoint), then measure its test bound and sample.
+    """Train one mode (a method: e2e, dblocks or the shallow control; :func:`train_network`
+    trains the first two)."""
+    return methods.train(FAMILY, cfg, data, show, evaluate=evaluate)
+
+
+def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = True,
+                  evaluate: bool = True) -> dict:
+    """Train one network (resuming from OUT/checkpoint), then measure its test bound and sample.
     ``cfg.block`` and ``cfg.parallel`` train some blocks (t-intervals) only, as
     :func:`.generate.train` does."""
     data = data or load_data(cfg)
@@ -313,14 +320,16 @@ def evaluate_model(model: MaskedDiffusion, cfg: MDMConfig, data: TextData, out: 
                           "test_characters": round(len(data.test) * scale), "samples": texts}, data)
 
 
-def compare(cfg: MDMConfig, out: Path, quick: bool = False, show: bool = True) -> str:
-    """Both modes on the same budget; report.json, report.md and samples under ``out``."""
+def compare(cfg: MDMConfig, out: Path, quick: bool = False, show: bool = True,
+            modes: tuple[str, ...] = MDMConfig.MODES) -> str:
+    """``modes`` (e2e, dblocks and the shallow control by default) on the same budget;
+    report.json, report.md and samples under ``out``."""
     if quick:
         cfg = MDMConfig.from_dict(cfg.to_dict() | {"steps": 30, "evals": 1, "bound_passes": 2,
                                                    "sample_steps": 8, "num_samples": 1,
                                                    "sample_length": min(32, cfg.lm.context)})
     results = {}
-    for mode in ("e2e", "dblocks"):
+    for mode in modes:
         run = MDMConfig.from_dict(cfg.to_dict() | {"mode": mode, "out": str(out / mode)})
         results[mode] = train(run, show=show)
     return write_comparison(out, results, ROWS)
@@ -342,3 +351,9 @@ ROWS = [  # (label, result key, format) of report.md
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[MaskedDiffusion, MDMConfig]:
     """A trained model and its config from a checkpoint directory."""
     return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device), averaged)
+
+
+FAMILY = methods.Family(
+    name="mdm", config=MDMConfig, model="lm", train=train_network, build=build,
+    resolve=lambda cfg, data: MDMConfig.from_dict(resolved(cfg, data)), load_data=load_data,
+    mergeable=frozenset(MERGEABLE))

@@ -19,7 +19,7 @@ from ..noise import GRIDS
 from ..runs import check_at_least_one, check_choice, check_device_name, check_numbers
 from ..sampling import SAMPLERS
 
-MODES = ("e2e", "dblocks")
+MODES = ("e2e", "dblocks", "shallow")  # methods.ABOUT says what each trains
 LN2 = math.log(2)
 DECODINGS = ("sample", "paper")  # how next-token models continue text (see ar.generate)
 TOP_P = 0.95  # the paper's nucleus for end-to-end models
@@ -58,7 +58,7 @@ class TextConfig:
         check_choice("budget match", self.match, ("layers", "steps"))
         check_at_least_one(self, ("steps", "batch_size", "evals", "blocks"))
         check_device_name(self.device)
-        if self.mode == "dblocks":
+        if self.mode != "e2e":  # the shallow control is one block's depth
             split_layers(self.lm.depth, self.blocks, self.split)
 
     @property

@@ -1,0 +1,94 @@
+"""Training methods, one axis beside the families (DESIGN.md, "methods as one axis").
+
+A *family* (a module of ``tasks``) says what the backbone, data, target space and metrics are,
+and trains its own network natively in two ways: ``e2e`` (backprop through all L layers) and
+``dblocks`` (DiffusionBlocks). A *method* says what units it trains, what crosses between them
+and how they combine at inference. Besides the two native ones, the controls a reviewer asks
+for first are methods made of the family's end-to-end training, each one module here:
+
+- :mod:`.shallow`: one end-to-end network of one block's depth, given the same training layer
+  evaluations (B× the steps);
+- :mod:`.ensemble`: B end-to-end networks of one block's depth, each trained alone on the
+  end-to-end step budget, predicting by the mean of their log-probabilities.
+
+A family describes itself to the methods with a :class:`Family` and routes its ``train``
+through :func:`train`. This package imports no task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..blocks import split_layers
+
+NATIVE = ("e2e", "dblocks")
+CONTROLS = ("shallow", "ensemble")
+ABOUT = {
+    "e2e": "plain backprop through the whole network",
+    "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
+    "shallow": "control: one end-to-end network of one block's depth, B× the steps (the same "
+               "training layer evaluations, one block's activation memory)",
+    "ensemble": "control: B end-to-end networks of one block's depth, each its own seed and the "
+                "end-to-end step budget, predicting by their mean log-probability (train one with "
+                "--member k, assemble with merge)",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a method needs of a family. ``config``: its config dataclass;
+    ``train(cfg, data, show, **kw)`` trains a native (``e2e``/``dblocks``) config and returns
+    its result; ``build(cfg)`` makes its model; ``model`` names the nested config holding
+    ``depth`` (``vit``, ``dit``, ``lm``); ``resolve(cfg, data)`` fills in what the data decides
+    (steps included); the rest serve the ensemble: ``load_data(cfg)``, ``score(model, data,
+    cfg)`` (test figures of a whole model), ``validate(model, data, cfg)`` (validation figures,
+    {} without a split) and ``mergeable`` (fields its members may differ in)."""
+
+    name: str
+    config: type
+    model: str
+    train: Callable[..., dict]
+    build: Callable[[object], nn.Module]
+    resolve: Callable[[object, object], object]
+    load_data: Callable[[object], object]
+    score: Callable[[nn.Module, object, object], dict] | None = None
+    validate: Callable[[nn.Module, object, object], dict] | None = None
+    mergeable: frozenset[str] = frozenset()
+
+
+def depth_of(family: Family, cfg) -> int:
+    """The layers L of ``cfg``'s network."""
+    return getattr(cfg, family.model).depth
+
+
+def with_depth(family: Family, cfg, depth: int, **changes):
+    """``cfg`` with its network ``depth`` layers deep (and other fields changed)."""
+    model = dataclasses.replace(getattr(cfg, family.model), depth=depth)
+    return dataclasses.replace(cfg, **{family.model: model}, **changes)
+
+
+def unit_depths(family: Family, cfg) -> list[int]:
+    """The layers of each of the B blocks (``split``, else even): the depth of each control unit."""
+    return split_layers(depth_of(family, cfg), cfg.blocks, cfg.split)
+
+
+def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:
+    """Train ``cfg`` by its method (``cfg.mode``): natively, or as one of the controls."""
+    if cfg.mode in NATIVE:
+        return family.train(cfg, data, show, **kw)
+    from . import ensemble, shallow
+
+    return {"shallow": shallow, "ensemble": ensemble}[cfg.mode].train(family, cfg, data, show, **kw)
+
+
+def build(family: Family, cfg) -> nn.Module:
+    """The model of a stored config, whatever its method (an ensemble: its members)."""
+    if cfg.mode == "ensemble":
+        from .ensemble import build as build_ensemble
+
+        return build_ensemble(family, cfg)
+    return family.build(cfg)
