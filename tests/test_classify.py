@@ -133,14 +133,16 @@ TINY_FLAGS = ["--quick", "--quiet", "--width", "16", "--depth", "3", "--heads", 
 def test_cli_compare_writes_the_report(tmp_path, capsys):
     cli.main(["compare", "--out", str(tmp_path), *TINY_FLAGS])
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report) == {"e2e", "dblocks"}
+    assert set(report) == {"e2e", "dblocks", "shallow", "ensemble"}  # the controls by default
     for mode, r in report.items():
         for key in ("test_accuracy", "val_accuracy", "activation_bytes_per_step", "step_seconds",
                     "layer_evals", "train_seconds"):
             assert key in r, (mode, key)
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
         assert r["val_examples"] == 143  # a tenth of digits' 1,437 training images, by default
-    assert report["e2e"]["layer_evals"] == report["dblocks"]["layer_evals"] == 30 * 3
+    assert {r["layer_evals"] for r in report.values()} == {30 * 3}  # every row, the same budget
+    assert report["shallow"]["inference_layers"] == 1 and report["ensemble"]["inference_layers"] == 3
+    assert "against its controls" in (tmp_path / "report.md").read_text()
     assert "| e2e |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "val_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve watches val
     assert "| dblocks |" in capsys.readouterr().out

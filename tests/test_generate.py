@@ -184,10 +184,12 @@ def test_compare_generate_quick_writes_the_report(tmp_path, monkeypatch, capsys)
     report = json.loads((out / "report.json").read_text())
     keys = {"fid_train", "fid_test", "class_accuracy", "sample_seconds_per_image",
             "layer_evals_per_sample", "num_samples"}
-    for mode in ("e2e", "dblocks"):
+    assert set(report) == {"e2e", "dblocks", "shallow"}  # the shallow control by default
+    for mode in report:
         assert keys <= report[mode].keys()
         assert report[mode]["fid_test"] > 0 and (out / mode / "samples.png").exists()
-    assert report["e2e"]["layer_evals"] == report["dblocks"]["layer_evals"]  # equal budgets
+    assert len({r["layer_evals"] for r in report.values()}) == 1  # equal budgets
+    assert report["shallow"]["layer_evals_per_sample"] == report["dblocks"]["layer_evals_per_sample"]
     assert report["e2e"]["layer_evals_per_sample"] == 3 * report["dblocks"]["layer_evals_per_sample"]
     assert "FID dblocks / e2e" in capsys.readouterr().out
     assert all(report[m]["grid"] == "equiprob" for m in ("e2e", "dblocks"))  # the paper's, by default

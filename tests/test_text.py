@@ -343,7 +343,9 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
             assert 0 <= report[mode]["mauve"] <= 1 and report[mode]["mauve_samples"] == [4, 8]
         assert report["judge"]["steps"] == 30 and report["judge"]["width"] == 64  # twice the contestants'
         assert report["judge"]["test_bpc"] > 0 and "Independent judge" in (out / "report.md").read_text()
-    assert report["dblocks"]["layer_evals"] == report["e2e"]["layer_evals"]
+    assert set(report) - {"judge"} == {"e2e", "dblocks", "shallow"}  # the shallow control by default
+    assert len({report[m]["layer_evals"] for m in ("e2e", "dblocks", "shallow")}) == 1
+    assert report["shallow"]["depth"] == 4 // int(blocks)
     capsys.readouterr()
     ckpt = str(out / "dblocks" / "checkpoint")
     paper = ["--decoding", "paper"] if task == "ar" else []  # mdm has no such setting

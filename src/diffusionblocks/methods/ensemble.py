@@ -151,14 +151,23 @@ def merge(family: Family, sources: list[str | Path], out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"merge --out {out} is not empty; merge into a fresh folder")
     configs = [checkpoint.config_of(checkpoint.read(s), family.config.from_dict) for s in sources]
-    order = sorted(range(len(sources)), key=lambda i: configs[i].seed)
-    configs, sources = [configs[i] for i in order], [Path(sources[i]) for i in order]
-    size = len(configs)
-    base = configs[0]
-    depths = [getattr(c, family.model).depth for c in configs]
-    cfg = with_depth(family, base, sum(depths), mode="ensemble", blocks=size, seed=base.seed // size,
-                     split=None if len(set(depths)) == 1 else depths, member=None, parallel=False,
-                     out=str(out))
+    size, first = configs[0].blocks, min(c.seed for c in configs)  # a member keeps its ensemble's B
+    members: dict[int, tuple[Path, object]] = {}
+    for src, c in zip(sources, configs):
+        k = c.seed - first // size * size
+        if not 0 <= k < size or k in members:
+            raise ValueError(f"{src} (seed {c.seed}) is not a member of one ensemble with the others: "
+                             f"member k of the ensemble of seed s has seed s·{size} + k, each once")
+        members[k] = (Path(src), c)
+    missing = [k for k in range(size) if k not in members]
+    if missing:
+        raise ValueError(f"no checkpoint holds member(s) {missing} of the ensemble of seed {first // size}; "
+                         "train them (--member k) and pass their checkpoints too")
+    sources, configs = [members[k][0] for k in range(size)], [members[k][1] for k in range(size)]
+    base = configs[0]  # members keep their ensemble's blocks and split; the depth is theirs
+    depth = sum(base.split) if base.split else size * getattr(base, family.model).depth
+    cfg = with_depth(family, base, depth, mode="ensemble", seed=first // size, member=None,
+                     parallel=False, out=str(out))
     for k, (src, c) in enumerate(zip(sources, configs)):
         want = member_config(family, cfg, k).to_dict()
         have = c.to_dict()

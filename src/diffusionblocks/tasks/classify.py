@@ -507,10 +507,14 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True,
-            modes: tuple[str, ...] = MODES) -> str:
-    """Train ``modes`` (end to end, DiffusionBlocks and its controls by default) on the same
-    budget; write OUT/report.{json,md} and a plot."""
+            modes: tuple[str, ...] | None = None) -> str:
+    """Train ``modes`` (end to end, DiffusionBlocks and its controls by default; under
+    ``--parallel`` no ensemble, whose members train as separate jobs) on the same budget; write
+    OUT/report.{json,md} and a plot."""
     from ..report import write_report
+
+    if modes is None:
+        modes = tuple(m for m in MODES if not (cfg.parallel and m == "ensemble"))
 
     modes = {m: replace(cfg, mode=m, **({} if m == "dblocks" else {"offload": None})) for m in modes}
     data = load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size)  # both configs validated first
