@@ -19,6 +19,7 @@ overrides of ClassifyConfig; nested ``vit``, ``noise``, ``optim``):
     python benchmarks/probes_classify.py d_min2.0 --set '{"noise": {"sigma_min": 2.0}}'
     python benchmarks/probes_classify.py e_2L --mode e2e --set '{"vit": {"depth": 2}}'
     python benchmarks/probes_classify.py b0_w1 --only 0 --set '{"noise": {"max_weight": 1}}'
+    python benchmarks/probes_classify.py ens --mode ensemble    # the controls score validation only
 
 (1,000 end-to-end steps' worth by default, one thread: two probes side by side use both cores.)
 """
@@ -110,8 +111,9 @@ def main() -> None:
             out["alone"] = accuracy(model.shared.logits(model.denoise(z, top, x, args.only)), y)
         out["oracle"] = round(C.block_accuracy(model, x, y, cfg, args.only), 4)
     else:
-        model, cfg = C.load(Path(cfg.out) / "checkpoint")
-        out |= {"val": result["test_accuracy"]} if args.mode == "e2e" else read_chain(model, cfg, x, y)
+        if args.mode == "dblocks":
+            model, cfg = C.load(Path(cfg.out) / "checkpoint")
+        out |= {"val": result["test_accuracy"]} if args.mode != "dblocks" else read_chain(model, cfg, x, y)
     out["seconds"] = round(time.time() - start)
     Path(cfg.out, "probe.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out))

@@ -194,3 +194,27 @@ def test_mnist_from_the_data_dir(data_dir):
     # standardized with the training split's statistics
     assert abs(data.x_train.mean().item()) < 1e-3 and data.x_train.std().item() == pytest.approx(1, abs=1e-3)
     assert torch.bincount(data.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_label_error_centres_the_noise_on_a_wrong_class_and_keeps_the_true_target(monkeypatch):
+    cfg = ClassifyConfig(mode="dblocks", blocks=2, vit=ViTConfig(width=16, depth=2, heads=2))
+    model = classify.build(classify.resolve_config(cfg, classify.FAMILY.load_data(cfg)))
+    x, y = torch.randn(400, 1, 8, 8), torch.randint(0, 10, (400,))
+    seen = {}
+
+    def spy(model, x, y, block, gen, centre=None):
+        seen["centre"], seen["y"] = centre, y
+        return torch.tensor(0.0)
+
+    monkeypatch.setattr(classify, "blockwise_loss", spy)
+    table = model.shared.embeddings()
+    for p, wrong_share in ((1.0, (0.999, 1.0)), (0.3, (0.25, 0.35))):
+        classify.wrong_estimate_loss(p, model, x, y, 1, torch.Generator().manual_seed(0))
+        centred_on = (seen["centre"] @ table.T).argmax(-1)  # unit rows: the class each centre is
+        assert torch.equal(seen["y"], y)  # the target stays the true label
+        share = (centred_on != y).float().mean().item()
+        assert wrong_share[0] <= share <= wrong_share[1]
+    with pytest.raises(ValueError, match="label_error is a probability below 1"):
+        ClassifyConfig(label_error=1.0)
+    with pytest.raises(ValueError, match="needs --mode dblocks"):
+        ClassifyConfig(mode="e2e", label_error=0.2)

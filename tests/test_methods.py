@@ -166,6 +166,29 @@ def test_shallow_runs_and_resumes_as_an_end_to_end_run(digits, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["mode"] == "shallow"
 
 
+def test_an_autoregressive_ensemble_averages_per_token_and_merges_from_member_jobs(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("to be, or not to be: that is the question. " * 60)
+    lm = dict(context=16, width=16, depth=4, heads=2)
+    base = dict(data=str(path), blocks=2, steps=6, evals=1, batch_size=4, num_samples=2, sample_length=8,
+                prompt_length=4, judge_steps=0, device="cpu", lm=ar.LMConfig(**lm))
+    whole = ar.train(ar.ARConfig(mode="ensemble", out=str(tmp_path / "whole"), **base), show=False)
+    e2e = ar.train(ar.ARConfig(mode="e2e", out=str(tmp_path / "e2e"), **base), show=False)
+    assert whole["layer_evals"] == e2e["layer_evals"] and whole["inference_layers"] == 4
+    assert [m["seed"] for m in whole["members"]] == [0, 1] and set(whole["validation_by_combine"]) == {
+        "logprob", "prob"}
+    model, cfg = ar.load(tmp_path / "whole" / "checkpoint")
+    x = torch.randint(0, cfg.lm.vocab_size, (3, 16))
+    per_member = torch.stack([m(x).log_softmax(-1) for m in model.members])
+    assert torch.allclose(model(x), per_member.mean(0))  # mean log-probability, token by token
+    sources = []
+    for k in (1, 0):
+        ar.train(ar.ARConfig(mode="ensemble", member=k, out=str(tmp_path / f"job_{k}"), **base), show=False)
+        sources.append(tmp_path / f"job_{k}" / f"member_{k}" / "checkpoint")
+    merged, _ = ar.load(ar.merge(sources, tmp_path / "merged"))
+    assert torch.equal(merged(x), model(x))
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 

@@ -343,9 +343,14 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
             assert 0 <= report[mode]["mauve"] <= 1 and report[mode]["mauve_samples"] == [4, 8]
         assert report["judge"]["steps"] == 30 and report["judge"]["width"] == 64  # twice the contestants'
         assert report["judge"]["test_bpc"] > 0 and "Independent judge" in (out / "report.md").read_text()
-    assert set(report) - {"judge"} == {"e2e", "dblocks", "shallow"}  # the shallow control by default
-    assert len({report[m]["layer_evals"] for m in ("e2e", "dblocks", "shallow")}) == 1
+    modes = {"e2e", "dblocks", "shallow"} | ({"ensemble"} if task == "ar" else set())  # the controls
+    assert set(report) - {"judge"} == modes
+    assert len({report[m]["layer_evals"] for m in modes}) == 1
     assert report["shallow"]["depth"] == 4 // int(blocks)
+    if task == "ar":  # per predicted token: L layers, but d for the shallow control
+        assert {m: report[m]["inference_layers"] for m in modes} == {
+            "e2e": 4, "dblocks": 4, "ensemble": 4, "shallow": 4 // int(blocks)}
+        assert {"judge_bpc", "e2e_judge_bpc", "mauve", "test_bpc"} <= set(report["ensemble"])
     capsys.readouterr()
     ckpt = str(out / "dblocks" / "checkpoint")
     paper = ["--decoding", "paper"] if task == "ar" else []  # mdm has no such setting

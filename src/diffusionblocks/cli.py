@@ -38,7 +38,7 @@ HELP = {
     "patch_size": "ViT patch size (default: 2 for digits, 4 otherwise)",
     "shared_policy": "frozen: the label table (and logit scale) stay at their random init, so "
     "blocks share nothing that moves (default); cotrained: every block's step updates them (paper)",
-    "steps": "end-to-end training steps, the budget (default per dataset: digits 1000, mnist and "
+    "steps": "end-to-end training steps, the budget (default per dataset: digits 500, mnist and "
     "fashion_mnist 4000, cifar10 and cifar100 10000, cifar10_exact 2000)",
     "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
     "batch_size": "training batch size",
@@ -72,6 +72,9 @@ HELP = {
     "merge` (or rerun without --member where their folders are)",
     "combine": "ensemble: how members' predictions combine: logprob (mean log-probability) or prob "
     "(log of the mean probability); the result reports both on validation",
+    "label_error": "dblocks: the chance a training input's noisy label is centred on a wrong class "
+    "(the target stays the true one), so a block learns to correct an estimate instead of copying "
+    "it; matters only where σ lets the label show (--sigma-min below ~1). Default 0",
     "parallel": "block-parallel run under torchrun: ranks split into one group per block (DDP "
     "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
     "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
@@ -524,6 +527,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if unknown or not chosen:
             raise ValueError(f"--modes {args.modes!r}: {task} has the modes {', '.join(known)}")
         compare = functools.partial(compare, modes=chosen)
+    if args.jobs is not None and (args.jobs < 1 or task != "classify"):
+        raise ValueError(f"--jobs {args.jobs}: " + ("it must be at least 1" if args.jobs < 1 else
+                         f"modes train side by side for --task classify only, not {task}"))
+    if task == "classify":
+        compare = functools.partial(compare, jobs=args.jobs or default_jobs(cfg, args.modes))
     if args.seeds == 1:
         say(compare(cfg, out, quick=args.quick, show=not args.quiet))
         return
@@ -537,6 +545,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
         reports[seed] = json.loads((out / f"seed_{seed}" / "report.json").read_text())
     if main_process():
         say(seeds_report(out, reports))
+
+
+def default_jobs(cfg, modes: str | None) -> int:
+    """Side-by-side modes of a classification compare: on CPU as many as cores and modes allow
+    (one thread each on two cores), on a GPU one."""
+    from .runs import resolve_device
+    from .tasks.classify import MODES
+
+    if cfg.parallel or resolve_device(cfg.device).type != "cpu":
+        return 1
+    count = len(modes.split(",")) if modes else len(MODES)
+    return max(1, min(os.cpu_count() or 1, count))
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -713,6 +733,9 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp.add_argument("--modes", default=None, help="comma-separated methods to train and report "
                      "(default: every mode of the task: e2e, dblocks and its controls)")
+    cmp.add_argument("--jobs", type=int, default=None, help="classify: modes trained side by side, "
+                     "each in its own process with an equal share of the cores (default: on CPU, as "
+                     "many as there are cores and modes; on a GPU, 1)")
     _classify_args(cmp, skip=("mode", "block", "member", "parallel", "sync_every", "init_from"))
     generate_only = argparse.ArgumentParser(add_help=False)  # flags classification lacks
     _generate_args(generate_only, skip=("mode",))

@@ -321,3 +321,26 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
         step_times = [r["seconds"] for r in map(json.loads, metrics_path.read_text().splitlines())
                       if "seconds" in r] if writer else []
     return progress, history, step_times
+
+
+def side_by_side(task: str, configs: dict[str, object], jobs: int) -> dict[str, dict]:
+    """Train each of ``configs`` (name -> a task's config) with ``tasks.<task>.train``, up to
+    ``jobs`` at once in their own processes, the cores shared among them; returns their results.
+    Each run is as resumable as it is alone (a finished one is read back)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    payload = {name: (task, cfg.to_dict(), threads) for name, cfg in configs.items()}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {name: pool.submit(_train_one, *args) for name, args in payload.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _train_one(task: str, config: dict, threads: int) -> dict:
+    import importlib
+
+    torch.set_num_threads(threads)
+    module = importlib.import_module(f"{__package__}.tasks.{task}")
+    return module.train(module.FAMILY.config.from_dict(config), show=False)

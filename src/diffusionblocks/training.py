@@ -342,10 +342,12 @@ class Blockwise:
 
 
 def blockwise_loss(
-    model: DiffusionBlocks, x: Tensor, y: Tensor, block: int, gen: torch.Generator
+    model: DiffusionBlocks, x: Tensor, y: Tensor, block: int, gen: torch.Generator,
+    centre: Tensor | None = None,
 ) -> Tensor:
-    """Denoising score matching for one block: mean over examples of λ(σ)·ℓ(D_b(y + σε, σ), y)."""
-    target = model.shared.target(y)
+    """Denoising score matching for one block: mean over examples of λ(σ)·ℓ(D_b(y + σε, σ), y).
+    ``centre``: the point the noise is added to, if not the target (a wrong estimate to correct)."""
+    target = model.shared.target(y) if centre is None else centre
     sigma = model.sample_sigma(block, target.shape[0], gen).to(target.device)
     eps = torch.randn(target.shape, generator=gen, device=gen.device).to(target.device)
     z = target + sigma.view(-1, *[1] * (target.dim() - 1)) * eps

@@ -50,6 +50,20 @@ class Ensemble(nn.Module):
         return logp.mean(0)
 
 
+def check(cfg) -> None:
+    """The ensemble fields of a config (``member``, ``combine``) make sense for its mode."""
+    if cfg.combine not in COMBINES:
+        raise ValueError(f"unknown ensemble combine {cfg.combine!r}; choose one of {', '.join(COMBINES)}")
+    if cfg.member is not None and cfg.mode != "ensemble":
+        raise ValueError("--member trains one member of an ensemble as its own job: it needs "
+                         "--mode ensemble")
+    if cfg.member is not None and not 0 <= cfg.member < cfg.blocks:
+        raise ValueError(f"member {cfg.member} does not exist: members are numbered 0 to {cfg.blocks - 1}")
+    if cfg.mode == "ensemble" and cfg.parallel:
+        raise ValueError("--parallel with --mode ensemble is not supported: members share "
+                         "nothing, so train each as its own job (--member k) and merge them")
+
+
 def member_config(family: Family, cfg, k: int):
     """Member k's end-to-end config (its folder ``OUT/member_k``)."""
     depths = unit_depths(family, cfg)
@@ -73,7 +87,7 @@ def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:
         return members[cfg.member] | {"mode": "ensemble", "member": cfg.member}
     out = Path(cfg.out)
     ckpt = assemble(family, cfg, [out / f"member_{k}" / "checkpoint" for k in ks], out)
-    return conclude(family, cfg, ckpt, data, [members[k] for k in ks])
+    return conclude(family, cfg, ckpt, data, [members[k] for k in ks], **kw)
 
 
 def assemble(family: Family, cfg, sources: list[Path], out: Path) -> Path:
@@ -98,10 +112,11 @@ def assemble(family: Family, cfg, sources: list[Path], out: Path) -> Path:
     return checkpoint.save(out / "checkpoint", parts, config, None, progress)
 
 
-def conclude(family: Family, cfg, ckpt: Path, data, members: list[dict]) -> dict:
+def conclude(family: Family, cfg, ckpt: Path, data, members: list[dict], **kw) -> dict:
     """The ensemble's result (OUT/result.json): test figures of the assembled model under
     ``cfg.combine``, validation under both rules, a curve of the ensembles of the first k
-    members against their layer evaluations, and the budget columns summed over members."""
+    members against their layer evaluations, and the budget columns summed over members.
+    ``kw`` goes to the family's ``score`` (a language model's judges)."""
     from .. import checkpoint
     from ..parallel import main_process
 
@@ -126,15 +141,17 @@ def conclude(family: Family, cfg, ckpt: Path, data, members: list[dict]) -> dict
         "step_seconds": statistics.mean(times) if times else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "activation_bytes_per_step": max(r["activation_bytes_per_step"] for r in members),
+        "activation_mib": max(r["activation_bytes_per_step"] for r in members) / 2**20,
         "inference_layers": sum(unit_depths(family, cfg)), "history": history,
         **by_rule[cfg.combine], "validation_by_combine": by_rule,
         "members": [{k: r.get(k) for k in ("seed", "steps", "layer_evals", "parameters",
-                                           "val_accuracy", "test_accuracy") if k in r}
+                                           "val_accuracy", "test_accuracy", "test_bpc",
+                                           "next_char_accuracy") if k in r}
                     | {"member": i, "seed": cfg.seed * len(members) + i}
                     for i, r in enumerate(members)],
     }
     if family.score:
-        result |= family.score(model, data, cfg)
+        result |= family.score(model, data, cfg, **kw)
     if main_process():
         (Path(cfg.out) / "result.json").write_text(json.dumps(result, indent=2))
         (Path(cfg.out) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))

@@ -21,6 +21,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,8 @@ from ..adapters import TokensToNextToken
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
+from ..methods.ensemble import Ensemble
+from ..methods.ensemble import check as check_ensemble
 from ..models.lm import (
     CausalLM,
     KVCache,
@@ -75,7 +78,7 @@ from .text import (
 # Fields a resumed run may change; everything else must match the checkpoint.
 RESUMABLE = {"steps", "evals", "device", "out", "data_dir", "checkpointing", "tensorboard", "sampler", "grid",
              "sample_steps", "num_samples", "continuations", "prompt_length", "sample_length", "temperature",
-             "judge_steps", "decoding", "init_from"}
+             "judge_steps", "decoding", "init_from", "combine"}
 MERGEABLE = RESUMABLE | {"block", "parallel"}  # block jobs that may be merged into one model
 
 
@@ -83,6 +86,8 @@ MERGEABLE = RESUMABLE | {"block", "parallel"}  # block jobs that may be merged i
 class ARConfig(TextConfig):
     """One autoregressive run. The noise partition is equal log-widths, as for classification
     (a discrete target read from context; see tasks/classify.py), with the paper's γ = 0.1."""
+
+    MODES: ClassVar[tuple[str, ...]] = (*TextConfig.MODES, "ensemble")
 
     blocks: int = 4
     shared_policy: str = "frozen"
@@ -98,6 +103,8 @@ class ARConfig(TextConfig):
     judge_steps: int = 4000  # training steps of the independent judge (tasks/judge.py); 0: none
     init_from: str | None = None  # an end-to-end checkpoint DiffusionBlocks starts from
     block: int | None = None  # train only this block (a block job; `merge` assembles them)
+    member: int | None = None  # ensemble: train only this member (an independent job)
+    combine: str = "logprob"  # ensemble, per token: mean log-probability, or "prob": of the probability
     parallel: bool = False  # one torchrun rank of a block-parallel run
     sync_every: int = 100  # --parallel, co-trained token table: average it every N steps
     out: str = "runs/ar"
@@ -118,6 +125,7 @@ class ARConfig(TextConfig):
             raise ValueError("--init-from converts an end-to-end model into DiffusionBlocks: it "
                              "needs --mode dblocks")
         check_block_job(self)
+        check_ensemble(self)
 
     def to_dict(self) -> dict:
         return {"task": "ar", **asdict(self)}
@@ -473,16 +481,29 @@ def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True
         "tokens_per_layer_eval": cfg.batch_size * cfg.lm.context * (2 if cfg.mode == "dblocks" else 1),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
         "activation_mib": statistics.mean(per_block) / 2**20,
+        "inference_layers": inference_layers(model, cfg),
     }
     score = (lambda m, c: evaluate_model(m, c, data, Path(cfg.out), judges)) if evaluate else None
     merge_groups = partial(merge, average_shared=cfg.shared_policy == "cotrained", fresh=False)
     return parallel.conclude(cfg, job, result, model, score, partial(load, device=str(device)), merge_groups)
 
 
+def inference_layers(model: nn.Module, cfg: ARConfig) -> int:
+    """Layers evaluated per predicted token: the chain's calls on the σ grid, or the network's."""
+    if isinstance(model, DiffusionBlocks):
+        return sum(model.sizes[model.route(s)] for s in sigma_grid(cfg))
+    return cfg.lm.depth
+
+
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
     """Assemble autoregressive block checkpoints into one model at OUT/checkpoint
-    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
+    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ), or the end-to-end
+    checkpoints of ensemble members into their ensemble (:func:`.methods.ensemble.merge`)."""
+    if all(checkpoint.read_config(s).get("mode") == "e2e" for s in sources):
+        from ..methods.ensemble import merge as merge_members
+
+        return merge_members(FAMILY, sources, out)
     return parallel.merge(sources, out, "ar", ARConfig.from_dict, build, MERGEABLE, average_shared, fresh)
 
 
@@ -498,27 +519,45 @@ def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
 
 
 def _with_self(model: nn.Module, judges: dict | None) -> dict:
-    """``judges``, and a next-token model as its own ``e2e_judge`` when none is given."""
+    """``judges``, and a next-token network as its own ``e2e_judge`` when none is given (an
+    ensemble is judged by others only)."""
     judges = dict(judges or {})
-    if not isinstance(model, DiffusionBlocks):
+    if not isinstance(model, (DiffusionBlocks, Ensemble)):
         judges.setdefault("e2e_judge", model)
     return judges
 
 
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ARConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, ARConfig.from_dict, build, resolve_device(device), averaged)
+    return checkpoint.load_model(path, ARConfig.from_dict, partial(methods.build, FAMILY),
+                                 resolve_device(device), averaged)
+
+
+def validate(model: nn.Module, data: TextData, cfg: ARConfig) -> dict:
+    """Scores on the first 64 validation windows (what the training curve watches)."""
+    val = test_windows(data.val, cfg.lm.context)[:64]
+    return per_character({f"val_{k}": v for k, v in scores(model, val, cfg).items()}, data, "val",
+                         "val_test_bpc")
+
+
+def score(model: nn.Module, data: TextData, cfg: ARConfig, evaluate: bool = True,
+          judges: dict[str, CausalLM] | None = None) -> dict:
+    """A whole model's test figures and judged samples (:func:`evaluate_model`)."""
+    return evaluate_model(model, cfg, data, Path(cfg.out), judges) if evaluate else {}
 
 
 def compare(cfg: ARConfig, out: Path, quick: bool = False, show: bool = True,
-            modes: tuple[str, ...] = ARConfig.MODES) -> str:
-    """``modes`` (e2e, dblocks and the shallow control by default) on the same budget, their
+            modes: tuple[str, ...] | None = None) -> str:
+    """``modes`` (e2e, dblocks and both controls by default; under ``--parallel`` no ensemble,
+    whose members train as separate jobs) on the same budget, their
     samples scored by the independent judge (trained first, or read from the cache) and, where
     e2e is among them, by the end-to-end model (trained first)."""
     if quick:
         quick_settings = {"steps": 30, "evals": 1, "num_samples": 4, "sample_length": 16,
                           "judge_steps": min(cfg.judge_steps, 30)}
         cfg = ARConfig.from_dict(cfg.to_dict() | quick_settings)
+    if modes is None:
+        modes = tuple(m for m in ARConfig.MODES if not (cfg.parallel and m == "ensemble"))
     data = load_data(cfg)
     judge, about = independent_judge(data, ARConfig.from_dict(resolved(cfg, data)), show)
     results, rivals = {}, {}
@@ -542,6 +581,7 @@ ROWS = [  # (label, result key, format) of report.md
     ("blocks", "blocks", "d"),
     ("training steps", "steps", "d"),
     ("layer evaluations", "layer_evals", "d"),
+    ("layers per predicted token", "inference_layers", "d"),
     ("tokens per layer evaluation", "tokens_per_layer_eval", "d"),
     ("train seconds", "train_seconds", ".0f"),
     ("seconds / step", "step_seconds", ".4f"),
@@ -553,4 +593,4 @@ ROWS = [  # (label, result key, format) of report.md
 FAMILY = methods.Family(
     name="ar", config=ARConfig, model="lm", train=train_network, build=build,
     resolve=lambda cfg, data: ARConfig.from_dict(resolved(cfg, data)), load_data=load_data,
-    mergeable=frozenset(MERGEABLE))
+    score=score, validate=validate, mergeable=frozenset(MERGEABLE))
