@@ -351,6 +351,8 @@ def test_cli_compare_generate_and_eval(task, text_file, tmp_path, capsys):
         assert {m: report[m]["inference_layers"] for m in modes} == {
             "e2e": 4, "dblocks": 4, "ensemble": 4, "shallow": 4 // int(blocks)}
         assert {"judge_bpc", "e2e_judge_bpc", "mauve", "test_bpc"} <= set(report["ensemble"])
+    else:  # a denoising step runs one block: d layers, as the shallow control's every step
+        assert {m: report[m]["inference_layers"] for m in modes} == {"e2e": 4, "dblocks": 1, "shallow": 1}
     capsys.readouterr()
     ckpt = str(out / "dblocks" / "checkpoint")
     paper = ["--decoding", "paper"] if task == "ar" else []  # mdm has no such setting

@@ -426,12 +426,14 @@ def report_table(results: dict[str, dict]) -> str:
     from ..report import human_bytes, markdown_table
 
     header = ["mode", "blocks", "FID train", "FID test", "class acc.", "train time (s)", "s / step",
-              "layer evals (train)", "s / image (sampling)", "layer evals / sample", "activations / step"]
+              "layer evals (train)", "s / image (sampling)", "layer evals / sample", "parameters",
+              "activations / step"]
     rows = [[mode, str(r["blocks"]), f"{r['fid_train']:.2f}", f"{r['fid_test']:.2f}",
              f"{100 * r['class_accuracy']:.1f}%", f"{r['train_seconds']:.0f}",
              f"{r['step_seconds'] * 1000:.1f} ms", f"{r['layer_evals']:,}",
              f"{r['sample_seconds_per_image'] * 1000:.2f} ms", f"{r['layer_evals_per_sample']:,}",
-             human_bytes(r["activation_bytes_per_step"])] for mode, r in results.items()]
+             f"{r['parameters']:,}", human_bytes(r["activation_bytes_per_step"])]
+            for mode, r in results.items()]
     table = markdown_table(rows, header)
     if "shallow" in results and "dblocks" in results:
         s, d = results["shallow"], results["dblocks"]

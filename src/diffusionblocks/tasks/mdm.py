@@ -293,6 +293,7 @@ def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = Tru
         **run_summary(progress, history, step_times, model, device),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
         "activation_mib": statistics.mean(per_block) / 2**20,
+        "inference_layers": max(model.sizes),  # a denoising step runs one block
     }
     score = (lambda m, c: evaluate_model(m, c, data, Path(cfg.out))) if evaluate else None
     return parallel.conclude(cfg, job, result, model, score, partial(load, device=str(device)),
@@ -341,6 +342,7 @@ ROWS = [  # (label, result key, format) of report.md
     ("blocks", "blocks", "d"),
     ("training steps", "steps", "d"),
     ("layer evaluations", "layer_evals", "d"),
+    ("layers per denoising step", "inference_layers", "d"),
     ("train seconds", "train_seconds", ".0f"),
     ("seconds / step", "step_seconds", ".4f"),
     ("activation MiB / step", "activation_mib", ".1f"),
