@@ -211,3 +211,22 @@ def test_compare_modes_names_the_task_s_modes(tmp_path, capsys):
         cli.main(["compare", "--task", "generate", "--modes", "e2e,ensemble", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and "generate has the modes e2e, dblocks, shallow" in err
+
+
+def test_compare_trains_modes_side_by_side_in_their_own_processes(tmp_path):
+    cfg = ClassifyConfig(**TINY | {"steps": 6, "vit": ViTConfig(width=16, depth=3, heads=2)})
+    classify.compare(cfg, tmp_path, modes=("e2e", "ensemble"), jobs=2, show=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {m: report[m]["layer_evals"] for m in ("e2e", "ensemble")} == {"e2e": 18, "ensemble": 18}
+    alone = classify.train(ClassifyConfig(mode="e2e", out=str(tmp_path / "e2e"), **TINY | {
+        "steps": 6, "vit": ViTConfig(width=16, depth=3, heads=2)}), show=False)  # finished: read back
+    assert alone["test_accuracy"] == report["e2e"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("flags, words", [(["--jobs", "0"], "it must be at least 1"),
+                                          (["--task", "mdm", "--jobs", "2"], "for --task classify only")])
+def test_compare_jobs_that_do_not_apply_are_one_line(flags, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--quick", "--out", str(tmp_path), *flags])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "\n" not in err and words in err
