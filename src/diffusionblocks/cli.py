@@ -551,11 +551,11 @@ def default_jobs(cfg, modes: str | None) -> int:
     """Side-by-side modes of a classification compare: on CPU as many as cores and modes allow
     (one thread each on two cores), on a GPU one."""
     from .runs import resolve_device
-    from .tasks.classify import MODES
+    from .tasks.classify import COMPARED
 
     if cfg.parallel or resolve_device(cfg.device).type != "cpu":
         return 1
-    count = len(modes.split(",")) if modes else len(MODES)
+    count = len(modes.split(",")) if modes else len(COMPARED)
     return max(1, min(os.cpu_count() or 1, count))
 
 

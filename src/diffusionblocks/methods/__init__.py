@@ -27,6 +27,7 @@ from ..blocks import split_layers
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
+PEERS = ("noprop",)  # other ways to train without end-to-end backprop, each its own module
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -35,6 +36,8 @@ ABOUT = {
     "ensemble": "control: B end-to-end networks of one block's depth, each its own seed and the "
                 "end-to-end step budget, predicting by their mean log-probability (train one with "
                 "--member k, assemble with merge)",
+    "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
+              "each denoising a noisy label embedding sampled from q, no forward chain in training",
 }
 
 
@@ -78,7 +81,7 @@ def unit_depths(family: Family, cfg) -> list[int]:
 
 def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:
     """Train ``cfg`` by its method (``cfg.mode``): natively, or as one of the controls."""
-    if cfg.mode in NATIVE:
+    if cfg.mode not in CONTROLS:  # native, or a peer the family builds (its model's own module)
         return family.train(cfg, data, show, **kw)
     from . import ensemble, shallow
 

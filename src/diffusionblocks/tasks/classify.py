@@ -21,6 +21,7 @@ from ..adapters import ImageToLabel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
+from ..methods import noprop
 from ..methods.ensemble import check as check_ensemble
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
@@ -50,7 +51,8 @@ from ..training import (
 )
 
 ViTAdapter = ImageToLabel  # its earlier name
-MODES = ("e2e", "dblocks", "shallow", "ensemble")  # methods.ABOUT says what each trains
+MODES = ("e2e", "dblocks", "shallow", "ensemble", "noprop")  # methods.ABOUT says what each trains
+COMPARED = ("e2e", "dblocks", "shallow", "ensemble")  # compare's default; peers when asked for
 # How the label is decoded: greedy starts the sampler at the noise mean, draw from noise.
 DECODES = ("greedy", "draw")
 # How the prediction is read from the chain's denoiser calls (see read_out).
@@ -58,7 +60,7 @@ READOUTS = ("mean", "last")
 # Peak learning rate per mode, each the better of {3e-3, 5e-3} on MNIST at 600 steps (e2e
 # 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
 # the identity and open their gates faster with the larger rate.
-MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}  # the controls train end to end, with e2e's
+MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3, "noprop": 1e-3}  # the controls train with e2e's; NoProp: its paper's
 # Noise levels of a label (docs/cifar10.md). A unit-length label is hidden from its noisy copy
 # above σ ≈ 2 and readable below σ ≈ 0.2: a block trained below that learns mostly to copy the
 # label, and the chain's answer is then that of whichever block owns σ ≈ 0.5-2. So the blocks
@@ -132,7 +134,7 @@ class ClassifyConfig:
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         check_device_name(self.device)
-        if self.mode != "e2e":  # the controls' units are the blocks' depths
+        if self.mode in ("dblocks", "shallow", "ensemble"):  # the controls' units: the blocks' depths
             split_layers(self.vit.depth, self.blocks, self.split)
         if self.shared_policy not in SHARED_POLICIES:
             raise ValueError(
@@ -210,6 +212,8 @@ def build(cfg: ClassifyConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.mode == "e2e":
         return ViTClassifier(cfg.vit, cfg.checkpointing)
+    if cfg.mode == "noprop":  # the paper's own CNN blocks, not the ViT
+        return noprop.NoPropDT(cfg.vit.channels, cfg.vit.image_size, cfg.vit.num_classes, cfg.blocks)
     layers = make_layers(cfg.vit, cond_dim=cfg.vit.width)
     shared = LabelSpace(cfg.vit.num_classes, cfg.vit.width)
     return DiffusionBlocks(
@@ -267,6 +271,8 @@ def make_strategy(
         strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir,
                              loss=loss)
         return strategy, total, warmup
+    if cfg.mode == "noprop":
+        return noprop.NoPropTrainer(model, cfg.optim), cfg.steps, cfg.optim.warmup
     return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
 
 
@@ -321,6 +327,8 @@ def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) ->
     """Logits for a batch. DiffusionBlocks: run the label embedding from σ_max to σ_min, block
     by block (greedy by default, see :func:`initial_state`), and read the prediction out of the
     denoiser calls (:func:`read_out`)."""
+    if isinstance(model, noprop.NoPropDT):  # the chain from z_0 ~ N(0, I), as the paper infers
+        return model(x, generator)
     if not isinstance(model, DiffusionBlocks):
         return model(x)
     return read_out(trace(model, x, cfg, generator), cfg)
@@ -406,6 +414,9 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
     """Activation bytes saved for backward in one training step (dblocks: mean over the trained
     blocks, since each is sampled with equal probability)."""
     x, y = batch
+    if isinstance(model, noprop.NoPropDT):
+        return {"activation_bytes_per_step": activation_bytes(
+            lambda: model.loss(x, y, torch.Generator(x.device).manual_seed(0)), model)}
     if not isinstance(model, DiffusionBlocks):
         return {"activation_bytes_per_step": activation_bytes(lambda: F.cross_entropy(model(x), y), model)}
     return blockwise_activation_bytes(model, x, y, blocks)
@@ -459,7 +470,7 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
     result = {
         "mode": cfg.mode,
         "dataset": cfg.dataset,
-        "blocks": cfg.blocks if cfg.mode == "dblocks" else 1,
+        "blocks": cfg.blocks if cfg.mode in ("dblocks", "noprop") else 1,
         "trained_blocks": job.blocks,
         "steps": total,
         **run_summary(progress, history, step_times, model, device),
@@ -490,6 +501,8 @@ def inference_layers(model: nn.Module, cfg: ClassifyConfig) -> int:
     ensemble); DiffusionBlocks: the layers of the block each call of the σ grid routes to."""
     if isinstance(model, DiffusionBlocks):
         return sum(model.sizes[model.route(s)] for s in sigma_grid(cfg))
+    if isinstance(model, noprop.NoPropDT):  # blocks, not layers: one call of each
+        return model.num_blocks
     return sum(len(unit.layers) for unit in model.modules() if isinstance(unit, ViTClassifier))
 
 
@@ -529,7 +542,7 @@ def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = Tr
     from ..report import write_report
 
     if modes is None:
-        modes = tuple(m for m in MODES if not (cfg.parallel and m == "ensemble"))
+        modes = tuple(m for m in COMPARED if not (cfg.parallel and m == "ensemble"))
 
     modes = {m: replace(cfg, mode=m, **({} if m == "dblocks" else {"offload": None})) for m in modes}
     data = load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size)  # both configs validated first
