@@ -11,6 +11,9 @@ for first are methods made of the family's end-to-end training, each one module 
 - :mod:`.ensemble`: B end-to-end networks of one block's depth, each trained alone on the
   end-to-end step budget, predicting by the mean of their log-probabilities.
 
+Peer methods bring their own network, which the family builds and trains through its one
+driver: :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its inference chain).
+
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
 """
@@ -27,7 +30,6 @@ from ..blocks import split_layers
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop",)  # other ways to train without end-to-end backprop, each its own module
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",

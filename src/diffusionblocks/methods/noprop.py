@@ -1,7 +1,7 @@
 """NoProp-DT (Li, Teh & Pascanu 2025, arXiv 2503.24322): T separately parameterised blocks,
 each trained alone to denoise a noisy label embedding, with no forward chain in training.
 
-Time runs from noise to label: ``z_0`` is (nearly) pure noise and ``z_T`` the clean end, with
+Time runs from noise to label: ``z_0`` is pure noise and ``z_T`` the clean end, with
 ``q(z_t | y) = N(√ᾱ_t·u_y, (1 − ᾱ_t)·I)``, ``u_y = W_embed[y]`` and ᾱ_0 < ᾱ_1 < … < ᾱ_T a
 cosine schedule. Block t predicts ``û_t(z_{t−1}, x) = softmax(logits_t)·W_embed`` from the image
 and a *sample of q* at t − 1 (never another block's output), so no activation or gradient
@@ -28,8 +28,6 @@ from torch import Tensor, nn
 
 ETA = 0.1  # the paper's η
 DROPOUT = 0.2
-
-
 SNR_MAX = 100.0  # ᾱ_T of the cosine schedule is 1 (an infinite SNR); capped, as reproductions do
 
 
