@@ -39,7 +39,8 @@ ABOUT = {
                 "end-to-end step budget, predicting by their mean log-probability (train one with "
                 "--member k, assemble with merge)",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
-              "each denoising a noisy label embedding sampled from q, no forward chain in training",
+              "each denoising a noisy label embedding sampled from q, no forward chain in training "
+              "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
 }
 
 
