@@ -393,12 +393,17 @@ class EndToEnd:
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
         with self.precision.autocast():
-            loss = self.loss_fn(self.model(x), y).float()
+            loss = self.objective(x, y, gen).float()
         stepped = self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(),
                                                    self.cfg.clip)
         if self.averages and stepped:
             self.averages.update(["model"])
         return {"loss": loss.item(), "layers": self.layers}
+
+    def objective(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        """The loss a step descends: ``loss_fn(model(x), y)`` (a method with its own, e.g.
+        NoProp's, overrides this)."""
+        return self.loss_fn(self.model(x), y)
 
     def gathered(self) -> AbstractContextManager:
         """The whole model resident (always, end to end)."""

@@ -20,11 +20,12 @@ q(z_t | z_{t−1}, y) with u_y replaced by its prediction, and reads ``p̂(y | z
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..training import EndToEnd
 
 ETA = 0.1  # the paper's η
 DROPOUT = 0.2
@@ -144,30 +145,13 @@ class NoPropDT(nn.Module):
         return self.out(z)
 
 
-class NoPropTrainer:
+class NoPropTrainer(EndToEnd):
     """One AdamW over blocks, embedding and classifier (the paper's), stepping Eq. 8 on each
     batch; a step evaluates every block once (``layers``: T block evaluations)."""
 
     def __init__(self, model: NoPropDT, cfg, eta: float = ETA):
-        from ..training import Precision, make_optimizer
+        super().__init__(model, None, cfg, model.num_blocks)
+        self.eta = eta
 
-        self.model, self.cfg, self.eta = model, cfg, eta
-        self.optimizers = {"model": make_optimizer(model, cfg)}
-        self.precision = Precision(cfg.precision, ["model"])
-        self.precision.bind(next(model.parameters()).device)
-        self.averages = None
-
-    @property
-    def states(self) -> dict:
-        return self.optimizers | self.precision.states()
-
-    def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            loss = self.model.loss(x, y, gen, self.eta).float()
-        self.precision.backward_and_step(loss, "model", [opt], self.model.parameters(), self.cfg.clip)
-        return {"loss": loss.item(), "layers": self.model.num_blocks}
-
-    def gathered(self):
-        return nullcontext()
+    def objective(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        return self.model.loss(x, y, gen, self.eta)
