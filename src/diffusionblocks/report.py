@@ -28,9 +28,11 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
     val = "val_accuracy" if metric == "test_accuracy" and all("val_accuracy" in r for r in results.values()) \
         else None  # chosen on validation, reported beside test
     inference = any("inference_layers" in r for r in results.values())
+    traffic = any("traffic_bytes_per_step" in r for r in results.values())  # in training, between blocks
     header = ["mode", "blocks", *(["val accuracy"] if val else []), metric.replace("_", " "),
               "train time (s)", "s / step", "steps", "layer evals",
-              *(["layers / prediction"] if inference else []), "parameters", "activations / step"]
+              *(["layers / prediction"] if inference else []), "parameters", "activations / step",
+              *(["crosses blocks / step"] if traffic else [])]
     rows = []
     for mode, r in results.items():
         value = r[metric]
@@ -41,6 +43,8 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
             f"{r['train_seconds']:.1f}", f"{r['step_seconds'] * 1000:.1f} ms", str(r["steps"]),
             f"{r['layer_evals']:,}", *extra, f"{r['parameters']:,}" if "parameters" in r else "–",
             human_bytes(r["activation_bytes_per_step"]),
+            *([human_bytes(r["traffic_bytes_per_step"]) if "traffic_bytes_per_step" in r else "–"]
+              if traffic else []),
         ])
     table = markdown_table(rows, header)
     for mode, r in results.items():

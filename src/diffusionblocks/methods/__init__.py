@@ -12,7 +12,9 @@ for first are methods made of the family's end-to-end training, each one module 
   end-to-end step budget, predicting by the mean of their log-probabilities.
 
 Peer methods bring their own network, which the family builds and trains through its one
-driver: :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its inference chain).
+driver (:func:`peer`): :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its inference
+chain) and :mod:`.local` (greedy local learning: the ViT's blocks, each with its own head and
+cross-entropy on the detached output of the block before).
 
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
@@ -30,6 +32,7 @@ from ..blocks import split_layers
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
+PEERS = ("noprop", "local")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -38,6 +41,9 @@ ABOUT = {
     "ensemble": "control: B end-to-end networks of one block's depth, each its own seed and the "
                 "end-to-end step budget, predicting by their mean log-probability (train one with "
                 "--member k, assemble with merge)",
+    "local": "peer: greedy local learning (decoupled), the network cut into the --blocks blocks, "
+             "each with its own head and cross-entropy on the detached output of the block before "
+             "(activations cross forward, never gradients)",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
               "each denoising a noisy label embedding sampled from q, no forward chain in training "
               "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
@@ -64,6 +70,17 @@ class Family:
     score: Callable[[nn.Module, object, object], dict] | None = None
     validate: Callable[[nn.Module, object, object], dict] | None = None
     mergeable: frozenset[str] = frozenset()
+
+
+def peer(mode: str):
+    """The module of a peer method (``build(cfg)``, ``trainer(model, cfg)``, ``predict(model, x,
+    generator)``, ``activations(model, x, y)``, ``inference_layers(model)``, its default ``LR``),
+    or None for a native mode or a control. A peer is one file: adding one touches this tuple."""
+    if mode not in PEERS:
+        return None
+    import importlib
+
+    return importlib.import_module(f".{mode}", __name__)
 
 
 def depth_of(family: Family, cfg) -> int:

@@ -142,6 +142,7 @@ def conclude(family: Family, cfg, ckpt: Path, data, members: list[dict], **kw) -
         "parameters": sum(p.numel() for p in model.parameters()),
         "activation_bytes_per_step": max(r["activation_bytes_per_step"] for r in members),
         "activation_mib": max(r["activation_bytes_per_step"] for r in members) / 2**20,
+        "traffic_bytes_per_step": 0,  # members never exchange anything
         "inference_layers": sum(unit_depths(family, cfg)), "history": history,
         **by_rule[cfg.combine], "validation_by_combine": by_rule,
         "members": [{k: r.get(k) for k in ("seed", "steps", "layer_evals", "parameters",

@@ -155,3 +155,39 @@ class NoPropTrainer(EndToEnd):
 
     def objective(self, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
         return self.model.loss(x, y, gen, self.eta)
+
+
+# The peer-method interface the classification family calls (methods.peer).
+
+LR = 1e-3  # the paper's AdamW rate
+
+
+def build(cfg) -> NoPropDT:
+    """The paper's CNN blocks for ``cfg``'s images (T = ``cfg.blocks``), not the family's ViT."""
+    return NoPropDT(cfg.vit.channels, cfg.vit.image_size, cfg.vit.num_classes, cfg.blocks)
+
+
+def trainer(model: NoPropDT, cfg) -> NoPropTrainer:
+    return NoPropTrainer(model, cfg.optim)
+
+
+def predict(model: NoPropDT, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The chain from z_0 ∼ N(0, I), as the paper infers."""
+    return model(x, generator)
+
+
+def activations(model: NoPropDT, x: Tensor, y: Tensor) -> dict:
+    """Saved activations of one step (every block's), and what a run with a block per device
+    would exchange each step: the gradients of the shared W_embed and classifier (no activation
+    crosses: each block's input is a sample of q)."""
+    from ..memory import activation_bytes
+
+    shared = [*model.embed.parameters(), *model.out.parameters()]
+    return {"activation_bytes_per_step": activation_bytes(
+                lambda: model.loss(x, y, torch.Generator(x.device).manual_seed(0)), model),
+            "traffic_bytes_per_step": sum(p.numel() * p.element_size() for p in shared)}
+
+
+def inference_layers(model: NoPropDT) -> int:
+    """Blocks, not layers: one call of each."""
+    return model.num_blocks

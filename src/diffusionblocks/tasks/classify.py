@@ -21,7 +21,6 @@ from ..adapters import ImageToLabel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
 from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
 from ..memory import activation_bytes
-from ..methods import noprop
 from ..methods.ensemble import check as check_ensemble
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
@@ -51,7 +50,7 @@ from ..training import (
 )
 
 ViTAdapter = ImageToLabel  # its earlier name
-MODES = ("e2e", "dblocks", "shallow", "ensemble", "noprop")  # methods.ABOUT says what each trains
+MODES = (*methods.NATIVE, *methods.CONTROLS, *methods.PEERS)  # methods.ABOUT says what each trains
 COMPARED = ("e2e", "dblocks", "shallow", "ensemble")  # compare's default; peers when asked for
 # How the label is decoded: greedy starts the sampler at the noise mean, draw from noise.
 DECODES = ("greedy", "draw")
@@ -60,7 +59,7 @@ READOUTS = ("mean", "last")
 # Peak learning rate per mode, each the better of {3e-3, 5e-3} on MNIST at 600 steps (e2e
 # 95.05% vs 94.19%; the first block trained alone 87.6% vs 89.9%): AdaLN-Zero blocks start as
 # the identity and open their gates faster with the larger rate.
-MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3, "noprop": 1e-3}  # the controls train with e2e's; NoProp: its paper's
+MODE_LR = {"e2e": 3e-3, "dblocks": 5e-3}  # the controls train with e2e's; a peer with its module's LR
 # Noise levels of a label (docs/cifar10.md). A unit-length label is hidden from its noisy copy
 # above σ ≈ 2 and readable below σ ≈ 0.2: a block trained below that learns mostly to copy the
 # label, and the chain's answer is then that of whichever block owns σ ≈ 0.5-2. So the blocks
@@ -134,7 +133,7 @@ class ClassifyConfig:
         if self.sample_steps is not None and self.sample_steps < 2:
             raise ValueError(f"sample_steps must be at least 2 (σ_max and σ_min), got {self.sample_steps}")
         check_device_name(self.device)
-        if self.mode in ("dblocks", "shallow", "ensemble"):  # the controls' units: the blocks' depths
+        if self.mode in ("dblocks", "shallow", "ensemble", "local"):  # units of the blocks' depths
             split_layers(self.vit.depth, self.blocks, self.split)
         if self.shared_policy not in SHARED_POLICIES:
             raise ValueError(
@@ -153,6 +152,9 @@ class ClassifyConfig:
             if self.mode != "dblocks":
                 raise ValueError("offload keeps inactive blocks off the device: it needs --mode dblocks")
         check_block_job(self)
+        if self.parallel and methods.peer(self.mode):
+            raise ValueError(f"--parallel places DiffusionBlocks' blocks (or an end-to-end model's "
+                             f"replicas) on torchrun ranks; --mode {self.mode} trains in one process")
         check_ensemble(self)
         if not 0 <= self.label_error < 1:
             raise ValueError(f"label_error is a probability below 1, got {self.label_error}")
@@ -198,7 +200,9 @@ def resolve_config(cfg: ClassifyConfig, data: ImageData) -> ClassifyConfig:
     patch = defaults["patch_size"] if cfg.patch_size is None else cfg.patch_size
     vit = asdict(cfg.vit) | {"image_size": size, "channels": channels, "patch_size": patch,
                              "num_classes": data.num_classes}
-    lr = MODE_LR.get(cfg.mode, MODE_LR["e2e"]) if cfg.optim.lr is None else cfg.optim.lr
+    peer = methods.peer(cfg.mode)
+    default = (peer.LR if peer else None) or MODE_LR.get(cfg.mode, MODE_LR["e2e"])
+    lr = default if cfg.optim.lr is None else cfg.optim.lr
     optim = asdict(cfg.optim) | {"lr": lr}
     val_size = len(data.y_train) // 10 if cfg.val_size is None else cfg.val_size
     cfg_dict = asdict(cfg) | {"vit": vit, "patch_size": patch, "optim": optim, "val_size": val_size}
@@ -212,8 +216,8 @@ def build(cfg: ClassifyConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.mode == "e2e":
         return ViTClassifier(cfg.vit, cfg.checkpointing)
-    if cfg.mode == "noprop":  # the paper's own CNN blocks, not the ViT
-        return noprop.NoPropDT(cfg.vit.channels, cfg.vit.image_size, cfg.vit.num_classes, cfg.blocks)
+    if peer := methods.peer(cfg.mode):  # a peer method builds its own network
+        return peer.build(cfg)
     layers = make_layers(cfg.vit, cond_dim=cfg.vit.width)
     shared = LabelSpace(cfg.vit.num_classes, cfg.vit.width)
     return DiffusionBlocks(
@@ -271,8 +275,8 @@ def make_strategy(
         strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir,
                              loss=loss)
         return strategy, total, warmup
-    if cfg.mode == "noprop":
-        return noprop.NoPropTrainer(model, cfg.optim), cfg.steps, cfg.optim.warmup
+    if peer := methods.peer(cfg.mode):
+        return peer.trainer(model, cfg), cfg.steps, cfg.optim.warmup
     return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
 
 
@@ -327,8 +331,8 @@ def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) ->
     """Logits for a batch. DiffusionBlocks: run the label embedding from σ_max to σ_min, block
     by block (greedy by default, see :func:`initial_state`), and read the prediction out of the
     denoiser calls (:func:`read_out`)."""
-    if isinstance(model, noprop.NoPropDT):  # the chain from z_0 ~ N(0, I), as the paper infers
-        return model(x, generator)
+    if peer := methods.peer(cfg.mode):
+        return peer.predict(model, x, generator)
     if not isinstance(model, DiffusionBlocks):
         return model(x)
     return read_out(trace(model, x, cfg, generator), cfg)
@@ -414,9 +418,8 @@ def measure_activations(model: nn.Module, batch: tuple[Tensor, Tensor], cfg: Cla
     """Activation bytes saved for backward in one training step (dblocks: mean over the trained
     blocks, since each is sampled with equal probability)."""
     x, y = batch
-    if isinstance(model, noprop.NoPropDT):
-        return {"activation_bytes_per_step": activation_bytes(
-            lambda: model.loss(x, y, torch.Generator(x.device).manual_seed(0)), model)}
+    if peer := methods.peer(cfg.mode):
+        return peer.activations(model, x, y)
     if not isinstance(model, DiffusionBlocks):
         return {"activation_bytes_per_step": activation_bytes(lambda: F.cross_entropy(model(x), y), model)}
     return blockwise_activation_bytes(model, x, y, blocks)
@@ -470,12 +473,14 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
     result = {
         "mode": cfg.mode,
         "dataset": cfg.dataset,
-        "blocks": cfg.blocks if cfg.mode in ("dblocks", "noprop") else 1,
+        "blocks": cfg.blocks if cfg.mode == "dblocks" or methods.peer(cfg.mode) else 1,
         "trained_blocks": job.blocks,
         "steps": total,
         **run_summary(progress, history, step_times, model, device),
         **measure_activations(model, batches(0), cfg, job.blocks),
     }
+    if cfg.mode == "dblocks" and not cotrained:  # nothing crosses: each block trains on data alone
+        result["traffic_bytes_per_step"] = 0
     if job.blocks is None and cfg.val_size and history:
         result |= {"val_accuracy": history[-1]["val_accuracy"], "val_examples": cfg.val_size}
     elif job.blocks is not None and history:
@@ -501,8 +506,8 @@ def inference_layers(model: nn.Module, cfg: ClassifyConfig) -> int:
     ensemble); DiffusionBlocks: the layers of the block each call of the σ grid routes to."""
     if isinstance(model, DiffusionBlocks):
         return sum(model.sizes[model.route(s)] for s in sigma_grid(cfg))
-    if isinstance(model, noprop.NoPropDT):  # blocks, not layers: one call of each
-        return model.num_blocks
+    if peer := methods.peer(cfg.mode):
+        return peer.inference_layers(model)
     return sum(len(unit.layers) for unit in model.modules() if isinstance(unit, ViTClassifier))
 
 
