@@ -105,6 +105,7 @@ def dry_run(task: str, cfg) -> dict:
 
     import torch
 
+    from . import methods
     from .data.images import SHAPES, load_images
     from .tasks import ar, classify, generate, mdm, recurrent, text
 
@@ -134,10 +135,10 @@ def dry_run(task: str, cfg) -> dict:
     else:
         cfg = type(cfg).from_dict(text.resolved(cfg, data))
     with torch.device("meta"):  # shapes only: a paper-size model costs no memory or time
-        model = module.build(cfg)
+        model = methods.build(module.FAMILY, cfg) if hasattr(module, "FAMILY") else module.build(cfg)
     parts = model.parts() if hasattr(model, "parts") else {"model": model}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    blocks = cfg.num_blocks if hasattr(cfg, "num_blocks") else (cfg.blocks if cfg.mode == "dblocks" else 1)
+    blocks = cfg.num_blocks if hasattr(cfg, "num_blocks") else getattr(model, "num_blocks", 1)
     layers = getattr(cfg, "layers_per_pass", None) or next(
         getattr(cfg, name).depth for name in ("vit", "dit", "lm") if hasattr(cfg, name))
     config = cfg.to_dict()

@@ -14,7 +14,8 @@ for first are methods made of the family's end-to-end training, each one module 
 Peer methods bring their own network, which the family builds and trains through its one
 driver (:func:`peer`): :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its inference
 chain) and :mod:`.local` (greedy local learning: the ViT's blocks, each with its own head and
-cross-entropy on the detached output of the block before).
+cross-entropy on the detached output of the block before) and :mod:`.cff` (Contrastive
+Forward-Forward: every layer with its own contrastive loss, then a head on frozen features).
 
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
@@ -32,7 +33,7 @@ from ..blocks import split_layers
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop", "local")
+PEERS = ("noprop", "local", "cff")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -44,6 +45,9 @@ ABOUT = {
     "local": "peer: greedy local learning (decoupled), the network cut into the --blocks blocks, "
              "each with its own head and cross-entropy on the detached output of the block before "
              "(activations cross forward, never gradients)",
+    "cff": "peer: Contrastive Forward-Forward (Aghagolzadeh & Ezoji 2025), every layer trained alone "
+           "with a marginal supervised contrastive loss on two views, then a linear head on the "
+           "frozen features (its recipe: configs/cpu/cff_mnist.toml)",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
               "each denoising a noisy label embedding sampled from q, no forward chain in training "
               "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
@@ -109,9 +113,14 @@ def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:
 
 
 def build(family: Family, cfg) -> nn.Module:
-    """The model of a stored config, whatever its method (an ensemble: its members)."""
+    """The model of a config, whatever its method (an ensemble: its members; the shallow control:
+    its one network of a block's depth)."""
     if cfg.mode == "ensemble":
         from .ensemble import build as build_ensemble
 
         return build_ensemble(family, cfg)
+    if cfg.mode == "shallow":
+        from .shallow import unit
+
+        return family.build(unit(family, cfg, cfg.steps))
     return family.build(cfg)

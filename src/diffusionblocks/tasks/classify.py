@@ -19,7 +19,15 @@ from torch import Tensor, nn
 from .. import checkpoint, methods, parallel
 from ..adapters import ImageToLabel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
-from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images, parse_augment
+from ..data.images import (
+    Batches,
+    ImageData,
+    augment,
+    check_dataset,
+    dataset_kind,
+    load_images,
+    parse_augment,
+)
 from ..memory import activation_bytes
 from ..methods.ensemble import check as check_ensemble
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
@@ -264,10 +272,11 @@ def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
 
 def make_strategy(
     cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None,
-    blocks: list[int] | None = None,
+    blocks: list[int] | None = None, views=None,
 ) -> tuple[Blockwise | EndToEnd, int, int]:
     """The mode's training strategy, its total steps and its warm-up steps. ``blocks``: train
-    only these (a block job, a parallel rank), with their share of the budget."""
+    only these (a block job, a parallel rank), with their share of the budget. ``views(x,
+    generator)``: an augmented view of a raw batch, for a peer that sees two (``TWO_VIEWS``)."""
     if cfg.mode == "dblocks":
         total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match),
                                     blocks, cfg.blocks)
@@ -276,7 +285,9 @@ def make_strategy(
                              loss=loss)
         return strategy, total, warmup
     if peer := methods.peer(cfg.mode):
-        return peer.trainer(model, cfg), cfg.steps, cfg.optim.warmup
+        extra = {"views": views} if getattr(peer, "TWO_VIEWS", False) else {}
+        total = peer.budget(cfg.steps) if hasattr(peer, "budget") else cfg.steps
+        return peer.trainer(model, cfg, **extra), total, cfg.optim.warmup
     return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
 
 
@@ -453,13 +464,19 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
     if cfg.init_from and not checkpoint.exists(folder / "checkpoint"):  # a resume has its weights
         init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
     model = model.to(device)
-    strategy, total, warmup = make_strategy(cfg, model, folder / "offload", job.blocks)
+    ops = parse_augment(cfg.augment)
+    two_views = getattr(methods.peer(cfg.mode), "TWO_VIEWS", False)  # the method augments twice
+
+    def views(x: Tensor, gen: torch.Generator) -> Tensor:
+        return augment(x, ops, gen, pixels=data.pixels) if ops else x
+
+    strategy, total, warmup = make_strategy(cfg, model, folder / "offload", job.blocks, views)
     cotrained = cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, getattr(model, "shared", None), cotrained, cfg.sync_every,
                         device)
     seed = cfg.seed + job.seed_offset  # a group's replicas see other batches
     batches = Batches(data.x_train, data.y_train, job.batch(cfg.batch_size), seed, device,
-                      parse_augment(cfg.augment), data.pixels)
+                      () if two_views else ops, data.pixels)
 
     def on_eval(p: Progress) -> dict:
         if job.blocks is None:
@@ -473,7 +490,7 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
     result = {
         "mode": cfg.mode,
         "dataset": cfg.dataset,
-        "blocks": cfg.blocks if cfg.mode == "dblocks" or methods.peer(cfg.mode) else 1,
+        "blocks": getattr(model, "num_blocks", 1),  # units trained apart (a peer's, DiffusionBlocks')
         "trained_blocks": job.blocks,
         "steps": total,
         **run_summary(progress, history, step_times, model, device),
