@@ -394,3 +394,91 @@ def test_11_a_checkpoint_write_failing_inside_a_library_is_one_line_too(tmp_path
 def test_3_a_resume_with_other_flags_names_the_nested_field_first(copy_of, capsys):
     refused([*TINY, "--ema", "0.9", "--out", copy_of()], capsys,
             "optim.ema: checkpoint 0.0 vs now 0.9", "resume with the same flags")
+
+
+# --- issue 35, item 8: the last nine bad inputs, and one mode for a checkpoint's files ---------
+
+TEXT35 = "the quick brown fox jumps over the lazy dog. " * 120
+TEXT_FLAGS = ["--width", "16", "--depth", "2", "--heads", "2", "--blocks", "2", "--context", "16",
+              "--batch-size", "8", "--steps", "2", "--evals", "1", "--quiet", "--device", "cpu"]
+AR_FLAGS = [*TEXT_FLAGS, "--num-samples", "2", "--sample-length", "8", "--prompt-length", "4",
+            "--judge-steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny trained runs of every kind the probes need, each ``NAME -> OUT/checkpoint``."""
+    root = tmp_path_factory.mktemp("probes35")
+    corpus, other = root / "corpus.txt", root / "other.txt"
+    corpus.write_text(TEXT35)
+    other.write_text("ZYXW vuts 0123 " * 400)  # another character set: another vocabulary
+    runs = {
+        "ar": ["train", "ar", "--mode", "e2e", "--data", corpus, *AR_FLAGS],
+        "ar_dblocks": ["train", "ar", "--mode", "dblocks", "--data", corpus, *AR_FLAGS],
+        "ar_other_vocab": ["train", "ar", "--mode", "e2e", "--data", other, *AR_FLAGS],
+        "mdm": ["train", "mdm", "--data", corpus, *TEXT_FLAGS, "--num-samples", "2", "--bound-passes", "2",
+                "--sample-steps", "2"],
+        "classify": [*TINY[:-5], "--steps", "2", "--evals", "1", "--quiet"],
+    }
+    for name, argv in runs.items():
+        train([*argv, "--out", root / name])
+    generate = root / "generate" / "checkpoint"  # `eval` refuses --judge from the config alone
+    generate.mkdir(parents=True)
+    (generate / "config.json").write_text(json.dumps({"task": "generate"}))
+    return {name: root / name / "checkpoint" for name in runs} | {"generate": generate}
+
+
+def test_35_a_judge_must_be_an_end_to_end_next_token_model(checkpoints, capsys):
+    refused(["eval", checkpoints["ar"], "--judge", checkpoints["ar_dblocks"]], capsys,
+            "is a dblocks checkpoint", "an end-to-end model")
+
+
+def test_35_a_judge_must_read_the_contestants_vocabulary(checkpoints, capsys):
+    refused(["eval", checkpoints["ar"], "--judge", checkpoints["ar_other_vocab"]], capsys,
+            "reads another vocabulary", "must share the contestant's tokens")
+
+
+@pytest.mark.parametrize("task", ["mdm", "classify", "generate"])
+def test_35_judge_is_refused_where_it_does_not_apply(checkpoints, capsys, task):
+    refused(["eval", checkpoints[task], "--judge", checkpoints["ar"]], capsys,
+            "--judge", "applies to ar and recurrent checkpoints", f"is a {task} checkpoint")
+
+
+def test_35_a_binary_config_names_the_file(tmp_path, capsys):
+    config = tmp_path / "weights.toml"
+    config.write_bytes(bytes(range(128, 256)) * 4)
+    refused(["train", "classify", "--config", config, "--dry-run"], capsys,
+            f"--config {config} is not a text file")
+
+
+@pytest.mark.parametrize("content", [bytes(range(128, 256)), b'{"version": "1.0", "model": broken'])
+def test_35_a_corrupt_tokenizer_json_names_the_file(tmp_path, capsys, content):
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_bytes(content)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT35)
+    refused(["train", "ar", "--data", corpus, "--tokenizer", tokenizer, *AR_FLAGS, "--out", tmp_path / "r"],
+            capsys, f"tokenizer file {tokenizer} is not a tokenizer.json")
+
+
+def test_35_init_from_a_checkpoint_of_another_task_names_the_task(checkpoints, tmp_path, capsys):
+    refused([*TINY, "--init-from", checkpoints["ar"], "--out", tmp_path / "r"], capsys,
+            "holds a checkpoint of `train ar`", "needs one of `train classify`")
+
+
+def test_35_a_prompt_longer_than_the_sample_names_its_length(checkpoints, capsys):
+    refused(["generate", checkpoints["mdm"], "--prompt", "the fox " * 12_500, "--length", "16"], capsys,
+            "the prompt is 100,000 tokens long", "--length 16 leaves room for at most 15")
+
+
+def test_35_every_file_of_a_checkpoint_has_the_umasks_mode(checkpoints):
+    mode = 0o666 & ~_umask()
+    files = list(checkpoints["classify"].iterdir())
+    assert {f.suffix for f in files} >= {".safetensors", ".json", ".pt"}
+    assert {f.stat().st_mode & 0o777 for f in files} == {mode}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

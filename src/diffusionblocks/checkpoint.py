@@ -39,6 +39,13 @@ PROGRESS = "progress.json"
 MANIFEST = "manifest.json"
 
 
+
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 def _previous(directory: Path) -> Path:
     return directory.with_name(directory.name + ".old")
 
@@ -93,7 +100,9 @@ def save(
             (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
         files = {f.name: _digest(f.read_bytes()) for f in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        for f in tmp.iterdir():  # make the files durable before the rename publishes them
+        mode = file_mode()
+        for f in tmp.iterdir():  # one mode for every file; durable before the rename publishes them
+            f.chmod(mode)  # safetensors writes its files 0600, whatever the umask
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except Exception as e:  # a full disk also surfaces as safetensors' or torch's own errors
@@ -370,11 +379,15 @@ def stored_parts(model: nn.Module, blocks: list[int] | None = None) -> dict[str,
 
 def load_model(directory: str | Path, from_dict: Callable[[dict], object],
                build: Callable[[object], nn.Module], device: torch.device | str = "cpu",
-               averaged: bool = True):
+               averaged: bool = True, task: str | None = None):
     """(model, config) of a checkpoint: the stored config read through ``from_dict``, the model
     ``build`` makes of it, every stored part loaded (config and weights from one read; a part's
     weight average where it has one, unless ``averaged`` is False), in eval mode on ``device``."""
     snapshot = read(directory, parts=None)
+    stored = snapshot.config.get("task")
+    if task and stored and stored != task:
+        raise ValueError(f"{directory} holds a checkpoint of `train {stored}`; this needs one of "
+                         f"`train {task}`")
     cfg = config_of(snapshot, from_dict)
     partial_job = getattr(cfg, "parallel", False) and getattr(cfg, "mode", None) == "dblocks"
     if getattr(cfg, "block", None) is not None or partial_job:

@@ -354,6 +354,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError("usage: diffusionblocks eval [fid] CHECKPOINT")
     args.checkpoint = words[-1]
     task = checkpoint.read_config(args.checkpoint).get("task")
+    if args.judge and task not in ("ar", "recurrent"):
+        raise ValueError(f"--judge scores sampled text under another next-token model: it applies to "
+                         f"ar and recurrent checkpoints; {args.checkpoint} is a {task} checkpoint")
     if fid and task != "generate":
         raise ValueError(f"{args.checkpoint} is a {task} checkpoint; FID scores image generators "
                          "(`train generate`)")
@@ -403,11 +406,19 @@ def _eval_text(args: argparse.Namespace, task: str) -> None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     judge = None
     if args.judge:  # an end-to-end model of the autoregressive or recurrent family
-        judge_task = checkpoint.read_config(args.judge).get("task")
+        judge_cfg = checkpoint.read_config(args.judge)
+        judge_task = judge_cfg.get("task")
         if judge_task not in ("ar", "recurrent"):
             raise ValueError(f"--judge {args.judge} is a {judge_task} checkpoint; a judge is a "
                              "next-token model (`train ar|recurrent --mode e2e`)")
-        judge, _ = _text_module(judge_task).load(args.judge, device=args.device or "auto")
+        if judge_cfg.get("mode") not in ("e2e", "baseline"):  # recurrent: its baseline
+            raise ValueError(f"--judge {args.judge} is a {judge_cfg.get('mode')} checkpoint; a judge "
+                             "scores every token in one pass: an end-to-end model (`train ar --mode e2e`)")
+        judge, judged_cfg = _text_module(judge_task).load(args.judge, device=args.device or "auto")
+        if (judged_cfg.tokenizer, judged_cfg.vocab) != (cfg.tokenizer, cfg.vocab):
+            raise ValueError(f"--judge {args.judge} reads another vocabulary ({judged_cfg.tokenizer} "
+                             f"tokenizer) than {args.checkpoint} ({cfg.tokenizer}): a judge must "
+                             "share the contestant's tokens")
     out = Path(args.out or Path(args.checkpoint).parent / "eval")
     checkpoint.check_writable_folder(out)
     extra = {"judges": {"judge": judge} if judge else None} if task != "mdm" else {}
@@ -451,9 +462,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
             module.with_depth(model, cfg, cfg.depth_k)
         ids = module.generate(model, cfg, prompt.repeat(args.num, 1), args.length, gen, cfg.temperature)
     else:
-        if args.length > cfg.lm.context or len(prompt) >= args.length:
-            raise ValueError(f"a masked-diffusion sample has at most {cfg.lm.context} characters "
-                             f"(the context), prompt included; got --length {args.length}")
+        if args.length > cfg.lm.context:
+            raise ValueError(f"a masked-diffusion sample has at most {cfg.lm.context} tokens (the "
+                             f"context), prompt included; got --length {args.length}")
+        if len(prompt) >= args.length:
+            raise ValueError(f"the prompt is {len(prompt):,} tokens long; a masked-diffusion sample of "
+                             f"--length {args.length} leaves room for at most {args.length - 1}")
         ids = module.sample(model, args.num, args.length, cfg.sample_steps, gen, cfg.temperature,
                             prompt if len(prompt) else None)
     for i, row in enumerate(ids.cpu()):

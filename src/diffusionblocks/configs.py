@@ -30,9 +30,12 @@ def read_file(path: str | Path) -> dict:
     if path.is_dir():
         raise ValueError(f"--config {path} is a folder; give a .toml file or a run's config.json")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"--config {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path} is not a text file (not UTF-8 at byte {e.start}); give a "
+                         ".toml file or a run's config.json") from None
     try:
         d = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:

@@ -47,11 +47,15 @@ class Tokenizer:
 
     def __init__(self, kind: str, chars: str | None = None):
         check_tokenizer(kind)
+        source = f"tokenizer file {kind} is " if kind.endswith(".json") else "the tokenizer state is "
         if kind.endswith(".json"):  # a tokenizer file: its JSON is the state from now on
             try:
                 chars = chars or Path(kind).read_text(encoding="utf-8")
             except FileNotFoundError:
                 raise ValueError(f"tokenizer file {kind} does not exist") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"tokenizer file {kind} is not a tokenizer.json (not UTF-8 at byte "
+                                 f"{e.start})") from None
             kind = "bpe"
         if kind in ("char", "bpe") and not chars:
             raise ValueError(f"a {kind} tokenizer needs its vocabulary (fit it on the training text)")
@@ -62,7 +66,7 @@ class Tokenizer:
             try:
                 self.subwords = _bpe().Tokenizer.from_str(chars)
             except Exception as e:  # noqa: BLE001 - the package raises a bare Exception
-                raise ValueError(f"not a tokenizer.json ({str(e)[:120]})") from None
+                raise ValueError(f"{source}not a tokenizer.json ({str(e)[:120]})") from None
 
     @classmethod
     def fit(cls, kind: str, text: str, vocab_size: int = 4096) -> Tokenizer:

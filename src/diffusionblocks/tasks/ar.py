@@ -530,7 +530,7 @@ def _with_self(model: nn.Module, judges: dict | None) -> dict:
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ARConfig]:
     """A trained model and its config from a checkpoint directory."""
     return checkpoint.load_model(path, ARConfig.from_dict, partial(methods.build, FAMILY),
-                                 resolve_device(device), averaged)
+                                 resolve_device(device), averaged, task="ar")
 
 
 def validate(model: nn.Module, data: TextData, cfg: ARConfig) -> dict:

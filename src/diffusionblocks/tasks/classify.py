@@ -540,7 +540,7 @@ def validate(model: nn.Module, data: ImageData, cfg: ClassifyConfig) -> dict:
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, ClassifyConfig]:
     """A trained model and its config from a checkpoint directory."""
     return checkpoint.load_model(path, ClassifyConfig.from_dict, partial(methods.build, FAMILY), device,
-                                 averaged)
+                                 averaged, task="classify")
 
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,

@@ -415,7 +415,8 @@ def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData,
 def load(path: str | Path, device: str = "cpu",
          averaged: bool = True) -> tuple[DiffusionBlocks, GenerateConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, GenerateConfig.from_dict, build, resolve_device(device), averaged)
+    return checkpoint.load_model(path, GenerateConfig.from_dict, build, resolve_device(device), averaged,
+                                 task="generate")
 
 
 # --- side by side ------------------------------------------------------------------------------

@@ -352,7 +352,8 @@ ROWS = [  # (label, result key, format) of report.md
 
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[MaskedDiffusion, MDMConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device), averaged)
+    return checkpoint.load_model(path, MDMConfig.from_dict, build, resolve_device(device), averaged,
+                                 task="mdm")
 
 
 FAMILY = methods.Family(

@@ -356,7 +356,8 @@ def generate(model: nn.Module, cfg: RecurrentConfig, prompt: Tensor, new: int, g
 
 def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[nn.Module, RecurrentConfig]:
     """A trained model and its config from a checkpoint directory."""
-    return checkpoint.load_model(path, RecurrentConfig.from_dict, build, resolve_device(device), averaged)
+    return checkpoint.load_model(path, RecurrentConfig.from_dict, build, resolve_device(device), averaged,
+                                 task="recurrent")
 
 
 def seconds_per_step(cfg: RecurrentConfig, data: TextData, steps: int = 12) -> float:
