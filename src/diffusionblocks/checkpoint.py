@@ -27,7 +27,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 from torch import nn
 
-from .training import Progress
+from .progress import Progress
 
 try:  # advisory locks die with their process: no stale lock can outlive a run
     import fcntl

@@ -13,7 +13,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from .runs import check_numbers
+from .checks import check_numbers
 
 _N = NormalDist()
 PARTITIONS = ("equiprob", "uniform")

@@ -298,7 +298,8 @@ def merge(sources: list[str | Path], out: str | Path, task: str, from_dict: Call
     folder, which holds its groups). Each block's weight average travels with it.
     """
     from . import checkpoint
-    from .training import Averages, Progress
+    from .progress import Progress
+    from .training import Averages
 
     out = Path(out)
     if fresh and out.exists() and (not out.is_dir() or any(out.iterdir())):

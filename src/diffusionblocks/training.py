@@ -22,10 +22,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .blocks import DiffusionBlocks
+from .checks import check_numbers
 from .memory import activation_bytes
 from .noise import loss_weight
 from .offload import Offload
-from .runs import check_numbers
+from .progress import Progress
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
@@ -421,15 +422,6 @@ class Strategy(Protocol):
         """One optimizer step on the batch (x, y), every draw from ``gen``; returns at least
         ``loss`` and ``layers`` (the step's layer evaluations)."""
         ...
-
-
-@dataclass
-class Progress:
-    """What a run has done so far; saved with every checkpoint."""
-
-    step: int = 0
-    layer_evals: int = 0
-    train_seconds: float = 0.0
 
 
 def fit(

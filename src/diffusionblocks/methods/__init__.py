@@ -23,13 +23,9 @@ through :func:`train`. This package imports no task.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from torch import nn
 
-from ..blocks import split_layers
+from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - the methods' API
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
@@ -54,28 +50,6 @@ ABOUT = {
 }
 
 
-@dataclass(frozen=True)
-class Family:
-    """What a method needs of a family. ``config``: its config dataclass;
-    ``train(cfg, data, show, **kw)`` trains a native (``e2e``/``dblocks``) config and returns
-    its result; ``build(cfg)`` makes its model; ``model`` names the nested config holding
-    ``depth`` (``vit``, ``dit``, ``lm``); ``resolve(cfg, data)`` fills in what the data decides
-    (steps included); the rest serve the ensemble: ``load_data(cfg)``, ``score(model, data,
-    cfg)`` (test figures of a whole model), ``validate(model, data, cfg)`` (validation figures,
-    {} without a split) and ``mergeable`` (fields its members may differ in)."""
-
-    name: str
-    config: type
-    model: str
-    train: Callable[..., dict]
-    build: Callable[[object], nn.Module]
-    resolve: Callable[[object, object], object]
-    load_data: Callable[[object], object]
-    score: Callable[[nn.Module, object, object], dict] | None = None
-    validate: Callable[[nn.Module, object, object], dict] | None = None
-    mergeable: frozenset[str] = frozenset()
-
-
 def peer(mode: str):
     """The module of a peer method (``build(cfg)``, ``trainer(model, cfg)``, ``predict(model, x,
     generator)``, ``activations(model, x, y)``, ``inference_layers(model)``, its default ``LR``),
@@ -85,22 +59,6 @@ def peer(mode: str):
     import importlib
 
     return importlib.import_module(f".{mode}", __name__)
-
-
-def depth_of(family: Family, cfg) -> int:
-    """The layers L of ``cfg``'s network."""
-    return getattr(cfg, family.model).depth
-
-
-def with_depth(family: Family, cfg, depth: int, **changes):
-    """``cfg`` with its network ``depth`` layers deep (and other fields changed)."""
-    model = dataclasses.replace(getattr(cfg, family.model), depth=depth)
-    return dataclasses.replace(cfg, **{family.model: model}, **changes)
-
-
-def unit_depths(family: Family, cfg) -> list[int]:
-    """The layers of each of the B blocks (``split``, else even): the depth of each control unit."""
-    return split_layers(depth_of(family, cfg), cfg.blocks, cfg.split)
 
 
 def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import Family, unit_depths, with_depth
-from . import build as build_any
+from .family import Family, unit_depths, with_depth
 
 COMBINES = ("logprob", "prob")
 
@@ -94,7 +93,7 @@ def assemble(family: Family, cfg, sources: list[Path], out: Path) -> Path:
     """Write ``OUT/checkpoint``: the members' weights (and weight averages) of ``sources``, in
     order, under the ensemble's config. Each source must be member k's checkpoint."""
     from .. import checkpoint
-    from ..training import Progress
+    from ..progress import Progress
 
     raw, averaged, progress = build(family, cfg), build(family, cfg), Progress()
     parts = {}
@@ -120,7 +119,7 @@ def conclude(family: Family, cfg, ckpt: Path, data, members: list[dict], **kw) -
     from .. import checkpoint
     from ..parallel import main_process
 
-    model = checkpoint.load_model(ckpt, type(cfg).from_dict, lambda c: build_any(family, c))[0]
+    model = checkpoint.load_model(ckpt, type(cfg).from_dict, lambda c: build(family, c))[0]
     validate = family.validate or (lambda m, d, c: {})
     by_rule = {}
     for rule in COMBINES:

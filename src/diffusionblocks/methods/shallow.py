@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from . import Family, depth_of, unit_depths, with_depth
+from .family import Family, depth_of, unit_depths, with_depth
 
 
 def unit(family: Family, cfg, steps: int):

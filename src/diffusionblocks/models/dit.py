@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import Adapter
+from ..checks import check_at_least_one, check_numbers
 from ..conditioning import AdaLNZero, modulated_linear
-from ..runs import check_at_least_one, check_numbers
 from .vit import SHAPE_FIELDS, TransformerLayer, patchify, unpatchify
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_at_least_one, check_numbers
 from ..memory import run_layers
-from ..runs import check_at_least_one, check_numbers
 from .vit import TransformerLayer
 
 

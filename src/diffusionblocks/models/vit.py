@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_at_least_one, check_numbers
 from ..conditioning import AdaLNZero, modulated_linear
 from ..memory import run_layers
-from ..runs import check_at_least_one, check_numbers
 
 # Integer shape fields every transformer config here validates (each at least 1).
 SHAPE_FIELDS = ("image_size", "channels", "patch_size", "width", "depth", "heads", "num_classes")
