@@ -24,13 +24,13 @@ FLOORS = [
     ["tasks.judge", "tasks.classify", "tasks.generate", "tasks.mdm"],
     ["tasks.ar"],
     ["tasks.recurrent"],
-    ["configs"],
+    ["configs", "hub"],
     ["bench"],
     ["cli"],
     ["__main__"],
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
-CORE = [name for name in FLOOR if not name.startswith(("tasks", "methods", "configs", "bench", "cli"))
+CORE = [name for name in FLOOR if not name.startswith(("tasks", "methods", "configs", "hub", "bench", "cli"))
         and name != "__main__"]
 
 

@@ -81,15 +81,7 @@ def save(
 ) -> Path:
     """Write a checkpoint atomically: temp dir (manifest last), then rename over the old one.
     A failed write (a full disk) removes its temp dir and leaves the old checkpoint."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by killed writers
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> None:
         for name, module in parts.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(tensors, str(tmp / f"{name}.safetensors"))
@@ -98,6 +90,42 @@ def save(
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         if progress is not None:
             (tmp / PROGRESS).write_text(json.dumps(asdict(progress)))
+
+    return _publish(Path(directory), write)
+
+
+def export(source: str | Path, directory: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """A shareable copy of the checkpoint at ``source`` in ``directory``: its weights (and
+    their averages), config and progress, checked against its manifest, with ``extra`` text
+    files (a model card) added, and no optimizer state (nothing pickled leaves the run). It
+    loads as the checkpoint does, partial ones (a block job's) included."""
+    snapshot = read(source, parts=None)
+    keep = {n: b for n, b in snapshot.files.items()
+            if n.endswith(".safetensors") or n in (CONFIG, PROGRESS)}
+    if not any(n.endswith(".safetensors") for n in keep):
+        raise ValueError(f"{source} holds no weights; give a run's OUT/checkpoint")
+
+    def write(tmp: Path) -> None:
+        for name, data in keep.items():
+            (tmp / name).write_bytes(data)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    return _publish(Path(directory), write)
+
+
+def _publish(directory: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` into a temp dir beside ``directory``, add the manifest, give every file the
+    umask's mode, make it durable, then rename it over ``directory``."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by killed writers
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
         files = {f.name: _digest(f.read_bytes()) for f in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
         mode = file_mode()

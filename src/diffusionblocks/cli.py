@@ -577,7 +577,9 @@ def cmd_merge(args: argparse.Namespace) -> None:
     import importlib
 
     from . import checkpoint
+    from .hub import resolve
 
+    args.checkpoints = [resolve(c) for c in args.checkpoints]  # folders, or hf:ORG/NAME[/SUB][@REV]
     task = checkpoint.read_config(args.checkpoints[0]).get("task")
     if task not in MERGING:
         raise ValueError(f"{args.checkpoints[0]} is a {task} checkpoint; merge assembles block jobs of "
@@ -585,6 +587,16 @@ def cmd_merge(args: argparse.Namespace) -> None:
     module = importlib.import_module(f".tasks.{task}", __package__)
     where = module.merge(args.checkpoints, args.out, average_shared=args.average_shared)
     print(json.dumps({"merged": [str(c) for c in args.checkpoints], "checkpoint": str(where)}, indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from . import hub
+
+    folder = hub.save_pretrained(args.checkpoint, args.folder)
+    report = {"checkpoint": str(args.checkpoint), "folder": str(folder)}
+    if args.push_to_hub:
+        report["hub"] = hub.push_to_hub(folder, args.push_to_hub, args.subfolder, args.revision)
+    print(json.dumps(report, indent=2))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -769,11 +781,23 @@ def main(argv: list[str] | None = None) -> None:
 
     merge = sub.add_parser("merge", help="assemble separately trained blocks into one model")
     merge.add_argument("checkpoints", nargs="+", help="checkpoint directories of block jobs "
-                       "(OUT/checkpoint of each `train ... --block k`)")
+                       "(OUT/checkpoint of each `train ... --block k`, or their exported folders, "
+                       "or Hub sources hf:ORG/NAME[/SUBFOLDER][@REVISION])")
     merge.add_argument("--out", required=True, help="folder for the merged model (OUT/checkpoint)")
     merge.add_argument("--average-shared", action="store_true",
                        help="average shared parts that differ (co-trained) instead of refusing")
     merge.set_defaults(func=cmd_merge)
+
+    export = sub.add_parser("export", help="write a run's model as a shared folder (save_pretrained: "
+                            "config, safetensors, model card), and optionally push it to the Hub")
+    export.add_argument("checkpoint", help="a run's OUT/checkpoint (a block job's too)")
+    export.add_argument("folder", help="the folder to write (from_pretrained reads it)")
+    export.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                        help="upload the folder to this Hub repository (needs a token and network)")
+    export.add_argument("--subfolder", default=None, help="--push-to-hub into this subfolder (one "
+                        "block of a model trained as block jobs: block_k)")
+    export.add_argument("--revision", default=None, help="--push-to-hub onto this branch")
+    export.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="measure memory or speed per training step")
     _bench_args(bench)
