@@ -17,6 +17,7 @@ FLOORS = [
     ["models.dit", "models.lm", "training"],
     ["adapters", "parallel"],
     ["__init__", "runs", "report"],
+    ["docs"],
     ["methods.family", "methods.noprop", "methods.local", "methods.cff"],
     ["methods.ensemble", "methods.shallow"],
     ["methods"],

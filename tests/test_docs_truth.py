@@ -1,0 +1,33 @@
+"""The README's and docs' rendered tables agree with the committed JSON they come from, and the
+check bites when a figure is edited by hand."""
+
+import shutil
+from pathlib import Path
+
+from diffusionblocks import docs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_rendered_table_matches_its_json():
+    assert docs.stale(ROOT) == []
+    marked = sum((ROOT / f).read_text().count("<!-- table: ") for f in docs.DOCS if (ROOT / f).is_file())
+    assert marked >= 3  # the main job's table and the controls' tables at least
+
+
+def test_a_figure_edited_by_hand_is_caught_and_rewritten(tmp_path):
+    for name in ("README.md", "docs/bench/main_job/report.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    readme = tmp_path / "README.md"
+    text = readme.read_text()
+    assert "| dblocks | 3 | 99.30% | 98.33% |" in text
+    readme.write_text(text.replace("| dblocks | 3 | 99.30% | 98.33% |", "| dblocks | 3 | 99.30% | 99.99% |"))
+    assert docs.stale(tmp_path, ["README.md"]) == ["README.md"]
+    assert docs.main(["--check", "--root", str(tmp_path)]) == 1
+    assert docs.main(["--root", str(tmp_path)]) == 0 and readme.read_text() == text
+
+
+def test_rows_tables_render_as_data():
+    table = docs.rows({"columns": ["method", "test"], "rows": [["e2e", "98.1%"]]})
+    assert table == "| method | test |\n|---|---|\n| e2e | 98.1% |\n"
