@@ -316,8 +316,26 @@ def _text_module(task: str):
     return {"mdm": mdm, "ar": ar, "recurrent": recurrent}[task]
 
 
+WANDB_HELP = ("also log to Weights & Biases project PROJECT (the wandb extra): config, loss per block, "
+              "throughput, evaluations and memory, in group GROUP (default: the name of --out; give "
+              "block jobs one), one job type per block or member; offline (OUT/wandb, `wandb sync` "
+              "later) without WANDB_API_KEY or WANDB_MODE")
+
+
+def _wandb(args: argparse.Namespace, group: str | None = None) -> None:
+    """Ask :func:`runs.wandb_run` for W&B runs in this process and those it starts."""
+    from .runs import WANDB_GROUP, WANDB_PROJECT
+
+    if getattr(args, "wandb", None):
+        project, _, named = args.wandb.partition("/")
+        os.environ[WANDB_PROJECT] = project
+        if named or group:
+            os.environ[WANDB_GROUP] = named or group
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _task_config(args, args.task)
+    _wandb(args)
     if args.dry_run:  # one JSON object, the last line of stdout
         print(json.dumps(configs.dry_run(args.task, cfg)))
         return
@@ -520,6 +538,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     cfg = _task_config(args, task, mode="dblocks")  # compare runs both modes
     given_out = args.out or settings.get("out")  # else a folder of compare's own
     out = Path(cfg.out if given_out else "runs/compare" + ("" if task == "classify" else f"_{task}"))
+    _wandb(args, out.resolve().name)
     if task in TEXT_TASKS:
         compare = _text_module(task).compare
     else:
@@ -684,6 +703,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "print them as one JSON line (parameters per block; data missing or "
                                  "not) and exit without training")
         task_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        task_parser.add_argument("--wandb", default=None, metavar="PROJECT[/GROUP]", help=WANDB_HELP)
         task_parser.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="test accuracy of a classifier, or FID and class accuracy "
@@ -757,6 +777,8 @@ def main(argv: list[str] | None = None) -> None:
                      "both modes, each in OUT/seed_S, and report mean ± sd and every seed's figure "
                      "(OUT/seeds.{json,md}; default: 1)")
     cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.add_argument("--wandb", default=None, metavar="PROJECT[/GROUP]", help=WANDB_HELP + "; one "
+                     "group per comparison")
     cmp.add_argument("--modes", default=None, help="comma-separated methods to train and report "
                      "(default: every mode of the task: e2e, dblocks and its controls)")
     cmp.add_argument("--jobs", type=int, default=None, help="classify: modes trained side by side, "

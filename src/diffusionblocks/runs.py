@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -102,11 +104,13 @@ class MetricsLog:
     """A run's log: every 10th training step and every evaluation as a line of metrics.jsonl
     (written line by line), and with ``tensorboard`` every step and evaluation also as TensorBoard
     scalars under OUT/tensorboard: loss (overall and per block), learning rate, throughput and
-    each evaluation metric. ``start``: the step a resumed run continues from (later events of the
-    interrupted run are dropped from the board)."""
+    each evaluation metric; with ``wandb`` (a run of :func:`wandb_run`) the same to Weights &
+    Biases, evaluations with the process's peak memory. ``start``: the step a resumed run
+    continues from (later events of the interrupted run are dropped from the board)."""
 
-    def __init__(self, out: Path, mode: str, total: int, tensorboard: bool = False, start: int = 0):
-        self.mode, self.total = mode, total
+    def __init__(self, out: Path, mode: str, total: int, tensorboard: bool = False, start: int = 0,
+                 wandb=None):
+        self.mode, self.total, self.wandb = mode, total, wandb
         self.board = tensorboard_writer(out / "tensorboard", start) if tensorboard else None
         self.file = (out / "metrics.jsonl").open("a", buffering=1)
 
@@ -117,27 +121,84 @@ class MetricsLog:
         self.file.close()
         if self.board:
             self.board.close()
+        if self.wandb:
+            self.wandb.finish()
+
+    def _scalar(self, name: str, value: float, step: int) -> None:
+        if self.board:
+            self.board.add_scalar(name, value, step)
 
     def step(self, record: dict) -> None:
         """A training step's record (step, lr, loss, seconds, layers, block if block-wise)."""
         if record["step"] % 10 == 1 or record["step"] == self.total:
             self.file.write(json_line({"mode": self.mode, **record}))
-        if self.board:
+        if self.board or self.wandb:
             t, seconds = record["step"], max(record["seconds"], 1e-9)
-            self.board.add_scalar("train/loss", record["loss"], t)
-            if "block" in record:
-                self.board.add_scalar(f"train/loss_block_{record['block']}", record["loss"], t)
-            self.board.add_scalar("train/lr", record["lr"], t)
-            self.board.add_scalar("throughput/steps_per_second", 1 / seconds, t)
-            self.board.add_scalar("throughput/layer_evals_per_second", record["layers"] / seconds, t)
+            scalars = {"train/loss": record["loss"], "train/lr": record["lr"],
+                       "throughput/steps_per_second": 1 / seconds,
+                       "throughput/layer_evals_per_second": record["layers"] / seconds}
+            if "block" in record:  # block-wise: the block this step trained
+                scalars[f"train/loss_block_{record['block']}"] = record["loss"]
+            for b, loss in enumerate(record.get("block_losses", ())):  # every block each step
+                scalars[f"train/loss_block_{b}"] = loss
+            for name, value in scalars.items():
+                self._scalar(name, value, t)
+            if self.wandb:
+                self.wandb.log(scalars, step=t)
 
     def evaluation(self, record: dict) -> None:
         """An evaluation's record (step, layer_evals, train_seconds and the metrics)."""
         self.file.write(json_line(record))
-        if self.board:
-            for name, value in flat_numbers(record).items():
-                if name not in ("step", "layer_evals", "train_seconds"):
-                    self.board.add_scalar(f"eval/{name}", value, record["step"])
+        scalars = {f"eval/{name}": value for name, value in flat_numbers(record).items()
+                   if name not in ("step", "layer_evals", "train_seconds")}
+        for name, value in scalars.items():
+            self._scalar(name, value, record["step"])
+        if self.wandb:
+            self.wandb.log(scalars | {"eval/layer_evals": record["layer_evals"],
+                                      "memory/peak_mib": peak_memory_mib()}, step=record["step"])
+
+
+WANDB_PROJECT = "DIFFUSIONBLOCKS_WANDB"  # the W&B project of this process's runs (--wandb)
+WANDB_GROUP = "DIFFUSIONBLOCKS_WANDB_GROUP"  # the experiment that groups them (compare's OUT)
+
+
+def peak_memory_mib() -> float:
+    """The process's peak memory: CUDA's allocator peak when a GPU trains, else the peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def wandb_run(cfg, folder: Path, job_type: str):
+    """A Weights & Biases run for the training run in ``folder`` when ``--wandb PROJECT`` asked
+    for one (None otherwise): grouped by experiment, ``job_type`` the unit it trains (a block,
+    a member, a mode), the config logged, resumed under the same id after an interruption, and
+    offline (files under OUT/wandb, ``wandb sync`` later) unless a key or WANDB_MODE says otherwise."""
+    project = os.environ.get(WANDB_PROJECT)
+    if not project:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb needs the wandb package: pip install 'diffusionblocks[wandb]'") from None
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    where = folder.resolve()
+    group = os.environ.get(WANDB_GROUP) or Path(cfg.out).resolve().name
+    run_id = hashlib.sha1(str(where).encode()).hexdigest()[:16]  # one folder, one run, resumed
+    return wandb.init(project=project, group=group, job_type=job_type, name=f"{group}/{where.name}",
+                      id=run_id, resume="allow", dir=str(where), config=cfg.to_dict(), mode=mode,
+                      settings=wandb.Settings(silent=True, console="off"))
+
+
+def job_type(cfg, job) -> str:
+    """What a run trains, for grouping: ``block_k``, ``member_k``, ranks' blocks, or its mode."""
+    if getattr(cfg, "member", None) is not None:
+        return f"member_{cfg.member}"
+    if job.blocks is not None:
+        return "block_" + "_".join(map(str, job.blocks))
+    return cfg.mode
 
 
 def flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
@@ -242,7 +303,8 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
 
         mine = f" blocks {job.blocks}" if job.blocks is not None else ""
         try:
-            with (MetricsLog(folder, cfg.mode, total, cfg.tensorboard, progress.step) if writer
+            run = wandb_run(cfg, folder, job_type(cfg, job)) if writer else None
+            with (MetricsLog(folder, cfg.mode, total, cfg.tensorboard, progress.step, run) if writer
                   else nullcontext()) as metrics:
                 if first and restored is None:
                     on_every(progress)
