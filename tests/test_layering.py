@@ -25,13 +25,13 @@ FLOORS = [
     ["tasks.judge", "tasks.classify", "tasks.generate", "tasks.mdm"],
     ["tasks.ar"],
     ["tasks.recurrent"],
-    ["configs", "hub"],
+    ["configs", "hub", "launch"],
     ["bench"],
     ["cli"],
     ["__main__"],
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
-CORE = [name for name in FLOOR if not name.startswith(("tasks", "methods", "configs", "hub", "bench", "cli"))
+CORE = [name for name in FLOOR if not name.startswith(("tasks", "methods", "configs", "hub", "launch", "bench", "cli"))
         and name != "__main__"]
 
 

@@ -618,6 +618,25 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def cmd_launch(args: argparse.Namespace) -> None:
+    from .launch import Resources, launch
+
+    train = args.train[1:] if args.train[:1] == ["--"] else args.train
+    if train[:1] != ["train"] or len(train) < 2:
+        raise ValueError("launch takes the run after --: diffusionblocks launch [options] -- train "
+                         "TASK ...")
+    run = args.parser.parse_args(train)
+    cfg = _task_config(run, run.task)
+    if getattr(cfg, "mode", "dblocks") != "dblocks" or not hasattr(cfg, "block"):
+        raise ValueError(f"launch cuts a DiffusionBlocks run into block jobs; `{' '.join(train[:2])}` "
+                         f"trains {getattr(cfg, 'mode', '?')} (give --mode dblocks)")
+    if cfg.block is not None or cfg.parallel:
+        raise ValueError("launch gives each job its --block; leave --block and --parallel out")
+    resources = Resources(args.partition, args.timeout_min, args.gpus_per_block, args.cpus_per_block,
+                          args.mem_gb, args.max_parallel)
+    print(json.dumps(launch(train, cfg.blocks, cfg.out, args.cluster, resources, args.wait), indent=2))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import BenchConfig, run
 
@@ -824,6 +843,22 @@ def main(argv: list[str] | None = None) -> None:
     bench = sub.add_parser("bench", help="measure memory or speed per training step")
     _bench_args(bench)
     bench.set_defaults(func=cmd_bench)
+
+    launch = sub.add_parser("launch", help="train every block as a task of one Slurm array, then merge "
+                            "them in a job that waits for all (submitit; the slurm extra)")
+    launch.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
+                        help="slurm: submit and return; local: run the jobs here and wait (a dry run)")
+    launch.add_argument("--partition", default=None, help="Slurm partition of the block tasks")
+    launch.add_argument("--timeout-min", type=int, default=60, help="wall time of each task (a "
+                        "task that runs out is requeued and resumes from its checkpoint)")
+    launch.add_argument("--gpus-per-block", type=int, default=0, help="GPUs of each block task")
+    launch.add_argument("--cpus-per-block", type=int, default=2, help="CPU cores of each block task")
+    launch.add_argument("--mem-gb", type=int, default=None, help="memory of each block task")
+    launch.add_argument("--max-parallel", type=int, default=None, help="at most this many blocks at once")
+    launch.add_argument("--wait", action="store_true", help="wait for the merge before returning")
+    launch.add_argument("train", nargs=argparse.REMAINDER, help="-- train TASK ... --out OUT: the "
+                        "run to cut into block jobs (each gets --block k --out OUT/block_k)")
+    launch.set_defaults(func=cmd_launch, parser=parser)
 
     args = parser.parse_args(argv)
     try:
