@@ -11,7 +11,8 @@ ROOT = Path(diffusionblocks.__file__).parent
 # Floors, lowest first; a module may import only modules on floors below its own.
 FLOORS = [
     ["checks", "progress", "memory", "conditioning", "offload", "sampling", "data", "data.images",
-     "metrics", "metrics.fid", "models", "tasks"],
+     "metrics", "metrics.fid", "models", "tasks",
+     "commands"],
     ["noise", "data.text", "checkpoint", "convert"],
     ["blocks", "models.vit"],
     ["models.dit", "models.lm", "training"],
@@ -26,13 +27,14 @@ FLOORS = [
     ["tasks.ar"],
     ["tasks.recurrent"],
     ["configs", "hub", "launch"],
-    ["bench"],
+    ["bench", "commands.flags"],
+    ["commands.train", "commands.inference", "commands.compare", "commands.share", "commands.bench"],
     ["cli"],
     ["__main__"],
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
-CORE = [name for name in FLOOR if not name.startswith(("tasks", "methods", "configs", "hub", "launch", "bench", "cli"))
-        and name != "__main__"]
+ABOVE_CORE = ("tasks", "methods", "configs", "hub", "launch", "bench", "commands", "cli", "__main__")
+CORE = [name for name in FLOOR if not name.startswith(ABOVE_CORE)]
 
 
 def module_name(path: Path) -> str:
