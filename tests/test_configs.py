@@ -213,3 +213,20 @@ def test_an_image_folder_is_read_by_class_and_resized(tmp_path, monkeypatch, tin
     assert data.y_test.tolist() == ([1, 0, 1] if tiny_imagenet else [0, 0, 1, 1])
     again = load_images(f"folder:{tmp_path / 'set'}", size=16)  # from the cache
     assert (again.x_train == data.x_train).all()
+
+
+def test_train_help_lists_the_flags_of_the_chosen_method_in_sections(capsys):
+    from diffusionblocks import cli
+
+    def help_of(*argv) -> str:
+        with pytest.raises(SystemExit):
+            cli.main(["train", "classify", *argv, "--help"])
+        return capsys.readouterr().out
+
+    default, e2e, ensemble = help_of(), help_of("--mode", "e2e"), help_of("--mode", "ensemble")
+    assert len(default.splitlines()) < 120
+    for section in ("model:", "noise (DiffusionBlocks):", "optimizer:", "method:", "data:", "run:"):
+        assert f"\n{section}\n" in default
+    assert "--sigma-min" in default and "--sigma-min" not in e2e and "--label-error" not in ensemble
+    assert "--member" in ensemble and "--member" not in default and "--combine" not in e2e
+    assert "e2e: plain backprop" in e2e and "dblocks: DiffusionBlocks" in default

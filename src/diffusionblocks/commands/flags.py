@@ -21,63 +21,49 @@ from ..training import PRECISIONS, SCHEDULES, OptimConfig
 
 HELP = {
     # run
-    "mode": "the training method: " + "; ".join(f"{m}: {a}" for m, a in ABOUT.items()),
-    "dataset": f"dataset name: {', '.join(DATASETS)} (digits is embedded, the rest read --data-dir), "
-    "or folder:PATH, an image folder (PATH/train/CLASS/*.jpg, PATH/val/CLASS/…)",
+    "mode": f"the training method: {', '.join(ABOUT)} (--mode M --help says what M trains)",
+    "dataset": "digits (embedded), mnist, fashion_mnist, cifar10, cifar10_exact, cifar100, tinyimagenet or "
+    "folder:PATH",
     "image_size": "image folders (folder:PATH, tinyimagenet): resize to this side (default 64)",
     "data_dir": "folder holding the dataset files (default: $DIFFUSIONBLOCKS_DATA, else ./data)",
-    "blocks": "number of blocks B the layers are cut into",
-    "split": "explicit layers per block when depth is not divisible by B, e.g. --split 3 2 2",
+    "blocks": "number of blocks B (default: 3)",
+    "split": "layers per block, e.g. --split 3 2 2 (default: even)",
     "patch_size": "ViT patch size (default: 2 for digits, 4 otherwise)",
-    "shared_policy": "frozen: the label table (and logit scale) stay at their random init, so "
-    "blocks share nothing that moves (default); cotrained: every block's step updates them (paper)",
-    "steps": "end-to-end training steps, the budget (default per dataset: digits 500, mnist and "
-    "fashion_mnist 4000, cifar10 and cifar100 10000, cifar10_exact 2000)",
-    "match": "layers: DiffusionBlocks gets B× the steps (equal layer evaluations); steps: the same",
+    "shared_policy": "frozen (default): the label table stays random; cotrained: every block updates it "
+    "(paper)",
+    "steps": "end-to-end training steps, the budget (default: digits 500, mnist 4000, cifar10 10000)",
+    "match": "layers: B× the steps for DiffusionBlocks (equal layer evaluations, default); steps: the same",
     "batch_size": "training batch size",
-    "val_size": "hold this many training examples out as a validation split (a fixed random "
-    "choice): the curve watches it and defaults are chosen on it; test is scored once, at the end "
-    "(default: a tenth of the training set; 0: none, the curve watches test)",
-    "seed": "random seed (initialization, data order, blocks, noise)",
-    "augment": "training augmentation for both modes, comma-separated: flip (random horizontal "
-    "flip), crop (random crop after 4 pixels of zero padding), randaugment (2 of 14 operations per "
-    "image at magnitude 9, as Cubuk et al.); drawn on the device, seeded per step",
+    "val_size": "training examples held out for validation, where defaults are chosen (default: a tenth; 0: "
+    "none, the curve watches test)",
+    "seed": "seed of init, data order, blocks and noise (default: 0)",
+    "augment": "training augmentation, comma-separated: flip, crop (4-pixel padding), randaugment (2 ops, "
+    "magnitude 9)",
     "sampler": "ODE sampler at inference: euler (paper) or heun",
-    "readout": "mean: the prediction averages the log-probabilities of every denoiser call of the "
-    "chain (each block's estimate alike); last: the final call's, at σ_min (the ODE's answer)",
-    "decode": "greedy: start the sampler at the noise mean, one deterministic path (a prediction); "
-    "draw: start from noise, which returns a draw from the model",
-    "grid": "inference σ grid: uniform (equal log σ steps, as the default partition), equiprob (equal "
-    "training mass) or karras (ρ = 7)",
+    "readout": "mean: average the log-probabilities of every denoiser call (default); last: the final call "
+    "at σ_min",
+    "decode": "greedy: start the sampler at the noise mean (default); draw: from noise, a draw from the "
+    "model",
+    "grid": "inference σ grid: uniform (equal log steps), equiprob (equal training mass) or karras (ρ = 7)",
     "sample_steps": "points on the inference σ grid (default: B, one denoiser call per block)",
-    "evals": "test-set evaluations (and checkpoints) during training",
-    "device": "auto (cuda when available), cpu or cuda",
-    "tensorboard": "also log loss per block, learning rate, throughput and evaluations to "
-    "OUT/tensorboard (needs the tensorboard extra)",
-    "checkpointing": "activation checkpointing: each layer keeps only its input for backward "
-    "and recomputes the rest (less memory, more time)",
-    "offload": "dblocks only: keep inactive blocks' weights and optimizer state in host memory "
-    "(cpu) or in files under OUT/offload (disk); only the sampled block is on the device",
-    "block": "train only block k (0 = the input end, highest noise) as an independent job; "
-    "assemble the jobs with `diffusionblocks merge`",
-    "member": "ensemble: train only member k (an end-to-end network of block k's depth, seed "
-    "seed·B + k, in OUT/member_k) as an independent job; assemble the members with `diffusionblocks "
-    "merge` (or rerun without --member where their folders are)",
-    "combine": "ensemble: how members' predictions combine: logprob (mean log-probability) or prob "
-    "(log of the mean probability); the result reports both on validation",
-    "label_error": "dblocks: the chance a training input's noisy label is centred on a wrong class "
-    "(the target stays the true one), so a block learns to correct an estimate instead of copying "
-    "it; matters only where σ lets the label show (--sigma-min below ~1). Default 0",
-    "parallel": "block-parallel run under torchrun: ranks split into one group per block (DDP "
-    "inside a group, nothing across groups); rank 0 merges the groups into OUT/checkpoint",
-    "sync_every": "--parallel with --shared-policy cotrained: average the shared parts over all "
-    "ranks every N steps",
-    "init_from": "dblocks: start from this end-to-end checkpoint (same model flags), then train "
-    "block-wise (pretrained conversion): each block starts as the end-to-end model cut to its own "
-    "layers (a copy of the stem, its layers, exact under AdaLN at every σ, and the head); "
-    "validation is scored once before fine-tuning (step 0)",
-    "out": "output folder: checkpoint, metrics.jsonl, result.json; an existing checkpoint resumes",
-    # model
+    "evals": "evaluations and checkpoints per run (default: 10)",
+    "device": "auto (default), cpu, cuda or cuda:N",
+    "tensorboard": "also log losses, learning rate, throughput and evaluations to OUT/tensorboard",
+    "checkpointing": "activation checkpointing: each layer keeps only its input and recomputes the rest",
+    "offload": "keep inactive blocks (weights, optimizer) in host memory (cpu) or in OUT/offload (disk)",
+    "block": "train only block k (0: the highest noise) as its own job; `diffusionblocks merge` assembles "
+    "them",
+    "member": "train only member k (block k's depth, seed seed·B + k, in OUT/member_k) as its own job; merge "
+    "assembles them",
+    "combine": "how members combine: logprob (mean log-probability, default) or prob (mean probability)",
+    "label_error": "chance a training input's noisy label is centred on a wrong class, so blocks learn to "
+    "correct (default 0)",
+    "parallel": "under torchrun: one rank group per block (DDP inside a group); rank 0 merges into "
+    "OUT/checkpoint",
+    "sync_every": "--parallel, cotrained: average the shared parts over all ranks every N steps",
+    "init_from": "start from this end-to-end checkpoint, each block the network cut to its layers "
+    "(pretrained conversion)",
+    "out": "output folder; a checkpoint there resumes",
     "width": "transformer width",
     "depth": "number of transformer layers L",
     "heads": "attention heads",
@@ -87,25 +73,19 @@ HELP = {
     "sigma_max": "highest noise level σ_max",
     "p_mean": "mean of log σ in training (EDM P_mean)",
     "p_std": "std of log σ in training (EDM P_std)",
-    "sigma_data": "data standard deviation σ_data of the preconditioning",
-    "gamma": "overlap γ in [0, 1): each block trains on its range widened by γ of its log-width",
-    "partition": "uniform: equal log σ widths (default for classification, measured better); "
-    "equiprob: equal training mass per block (the paper's default)",
-    "max_weight": "clamp the loss weight λ(σ) at this value (default: no clamp, as the paper)",
-    # optim
+    "sigma_data": "σ_data of the preconditioning (default: 0.5)",
+    "gamma": "overlap γ: each block's range widened by γ of its log-width (default: 0.05)",
+    "partition": "uniform: equal log σ widths (default here); equiprob: equal training mass per block "
+    "(paper)",
+    "max_weight": "clamp λ(σ) at this value (default: none, as the paper)",
     "lr": "peak learning rate (AdamW; default 3e-3 end to end, 5e-3 DiffusionBlocks)",
     "weight_decay": "AdamW weight decay (matrices only)",
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
-    "schedule": "learning rate after the warm-up: cosine (decay to 0 at the last step, the "
-    "default) or constant (the peak rate to the end, as EDM and DiT train with an EMA)",
+    "schedule": "after the warm-up: cosine decay to 0 (default) or constant (as EDM and DiT, with an EMA)",
     "clip": "gradient-norm clip (0: off)",
-    "ema": "decay of an exponential moving average of the weights, kept per block and updated "
-           "when that block trains (warm-up: min(decay, (1+n)/(10+n))); eval, sample and FID use "
-           "it (--no-ema: the raw weights). 0: off (default: 0; generate: 0.999)",
-    "compile": "torch.compile every block (end to end: the model) for training and sampling; "
-               "the first steps then take longer",
-    "precision": "forward pass under autocast: fp32, bf16 or fp16 (gradient scaling per block); "
-                 "auto: bf16 on CUDA where supported, fp32 otherwise (default: auto)",
+    "ema": "decay of a moving average of the weights, per block; eval and sample use it (0: off, default)",
+    "compile": "torch.compile every block (end to end: the model); the first steps take longer",
+    "precision": "autocast: fp32, bf16 or fp16; auto: bf16 on CUDA where supported, else fp32 (default)",
 }
 
 # Where a generation run means something else, or has fields classification does not.
@@ -179,6 +159,9 @@ CONFIG_HELP = ("settings from a TOML file (configs/) or a run's config.json; fla
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what `sample --out` can write
 
 _TYPES = {"int": int, "float": float, "str": str}
+_METAVAR = {"int": "N", "float": "X", "str": "S"}  # short, so most help starts on the flag's line
+METAVARS = {"dataset": "NAME", "data_dir": "DIR", "out": "DIR", "augment": "OPS", "init_from": "CKPT",
+            "device": "DEV", "data": "TEXT", "tokenizer": "KIND"}
 CHOICES = {  # the registries the configs validate against, so the two cannot drift apart
     "mode": MODES, "sampler": tuple(SAMPLERS), "grid": tuple(GRIDS),
     "decode": DECODES, "readout": READOUTS, "decoding": DECODINGS,
@@ -199,13 +182,16 @@ def add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None 
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
         if base.startswith("list["):
-            group.add_argument(flag, type=int, nargs="+", default=None, help=help[f.name])
+            group.add_argument(flag, type=int, nargs="+", default=None, metavar="N", help=help[f.name])
         elif base == "bool":
             group.add_argument(flag, action="store_true", default=None, help=help[f.name])
         else:
-            shown = "" if default is None or "default" in help[f.name] else f" (default: {default})"
+            shown = "" if default in (None, "") or "default" in help[f.name] else f" (default: {default})"
+            options = choices.get(f.name)
+            short = options is not None and len(",".join(map(str, options))) <= 10
+            metavar = None if short else METAVARS.get(f.name, _METAVAR[base] if options is None else "M")
             group.add_argument(flag, type=_TYPES[base], default=None, choices=choices.get(f.name),
-                               help=help[f.name] + shown)
+                               metavar=metavar, help=help[f.name] + shown)
 
 
 MODEL_DERIVED = ("image_size", "channels", "patch_size", "num_classes")  # ViT, DiT: set from the data
@@ -309,10 +295,8 @@ def text_module(task: str):
     return {"mdm": mdm, "ar": ar, "recurrent": recurrent}[task]
 
 
-WANDB_HELP = ("also log to Weights & Biases project PROJECT (the wandb extra): config, loss per block, "
-              "throughput, evaluations and memory, in group GROUP (default: the name of --out; give "
-              "block jobs one), one job type per block or member; offline (OUT/wandb, `wandb sync` "
-              "later) without WANDB_API_KEY or WANDB_MODE")
+WANDB_HELP = ("also log to Weights & Biases project P, group G (default: --out's name): config, "
+              "losses per block, throughput, evaluations, memory; offline without WANDB_API_KEY")
 
 
 def use_wandb(args: argparse.Namespace, group: str | None = None) -> None:

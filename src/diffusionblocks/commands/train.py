@@ -7,6 +7,7 @@ import json
 import os
 
 from .. import configs
+from ..methods import ABOUT
 from .flags import (
     CONFIG_HELP,
     TEXT_TASKS,
@@ -44,6 +45,57 @@ def cmd_train(args: argparse.Namespace) -> None:
                          indent=2))
 
 
+NOISE = ("sigma_min", "sigma_max", "p_mean", "p_std", "sigma_data", "gamma", "partition", "max_weight")
+# Flags that only some methods have, per task (a flag not listed applies to every method);
+# `train TASK --mode M --help` lists M's flags only.
+ONLY = {"classify": {
+    **dict.fromkeys(("shared_policy", "label_error", "offload", "block", "sync_every", "init_from",
+                     "sampler", "decode", "readout", "grid", "sample_steps", "match", *NOISE),
+                    {"dblocks"}),
+    "member": {"ensemble"}, "combine": {"ensemble"}, "parallel": {"e2e", "dblocks"},
+    "split": {"dblocks", "shallow", "ensemble", "local"},
+    "blocks": {"dblocks", "shallow", "ensemble", "local", "noprop"},
+}}
+# The sections of a task's own settings in --help (the model, noise and optimizer have theirs).
+SECTIONS = {
+    "method": ("mode", "blocks", "split", "shared_policy", "match", "label_error", "member", "combine"),
+    "data": ("dataset", "data_dir", "image_size", "patch_size", "augment", "val_size", "batch_size"),
+    "inference (DiffusionBlocks)": ("sampler", "decode", "readout", "grid", "sample_steps"),
+    "run": ("steps", "seed", "evals", "device", "out", "checkpointing", "tensorboard", "offload",
+            "block", "parallel", "sync_every", "init_from"),
+}
+
+
+class MethodHelp(argparse.Action):
+    """``--help`` that lists the flags of the chosen ``--mode`` (given before it, or the default)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        task = parser.prog.split()[-1]
+        mode = getattr(namespace, "mode", None) or "dblocks"  # --mode before --help, or the default
+        for action in parser._actions:
+            if mode not in ONLY.get(task, {}).get(action.dest, {mode}):
+                action.help = argparse.SUPPRESS
+            elif action.dest == "mode" and mode in ABOUT:
+                action.help = f"the training method ({', '.join(action.choices)}); {mode}: {ABOUT[mode]}"
+        parser.print_help()
+        parser.exit()
+
+
+def sections(parser: argparse.ArgumentParser) -> None:
+    """Move the task's own flags from the general list into :data:`SECTIONS`."""
+    general = parser._optionals
+    for title, names in SECTIONS.items():
+        moving = [a for a in general._group_actions if a.dest in names]
+        if moving:
+            group = parser.add_argument_group(title)
+            for action in moving:
+                general._group_actions.remove(action)
+                group._group_actions.append(action)
+
+
 def add(sub) -> None:
     """Register the command(s) on the ``diffusionblocks`` subparsers."""
     train = sub.add_parser("train", help="train one model (resumes from OUT/checkpoint)")
@@ -54,17 +106,20 @@ def add(sub) -> None:
                         ("mdm", "masked-diffusion language model (MD4-style)"),
                         ("ar", "autoregressive language model"),
                         ("recurrent", "recurrent-depth language model (unrolled baseline or one denoiser)")):
-        task_parser = train_tasks.add_parser(task, help=about)
+        task_parser = train_tasks.add_parser(
+            task, help=about, add_help=False, usage=f"diffusionblocks train {task} [--mode M] [options]",
+            description=f"Train: {about}. The flags below are those of --mode M (default dblocks).")
+        task_parser.add_argument("-h", "--help", action=MethodHelp, help="this list, for --mode M")
         if task in TEXT_TASKS:
             text_args(task_parser, task)
         else:
             (classify_args if task == "classify" else generate_args)(task_parser)
+        sections(task_parser)
         applies[task] = {a.dest for a in task_parser._actions}
         task_parser.add_argument("--config", default=None, help=CONFIG_HELP)
         task_parser.add_argument("--dry-run", action="store_true", help="build the data and the model, "
-                                 "print them as one JSON line (parameters per block; data missing or "
-                                 "not) and exit without training")
+                                 "print them as one JSON line and exit without training")
         task_parser.add_argument("--quiet", action="store_true", help="no progress bar")
-        task_parser.add_argument("--wandb", default=None, metavar="PROJECT[/GROUP]", help=WANDB_HELP)
+        task_parser.add_argument("--wandb", default=None, metavar="P[/G]", help=WANDB_HELP)
         task_parser.set_defaults(func=cmd_train)
     return applies
