@@ -23,6 +23,8 @@ through :func:`train`. This package imports no task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - the methods' API
@@ -82,3 +84,15 @@ def build(family: Family, cfg) -> nn.Module:
 
         return family.build(unit(family, cfg, cfg.steps))
     return family.build(cfg)
+
+
+def merge(family: Family, sources: list, out, blocks: Callable[[], object]):
+    """Assemble ``sources``: end-to-end checkpoints of ensemble members into their ensemble, else
+    block jobs by the family's ``blocks()`` (its :func:`.parallel.merge`)."""
+    from .. import checkpoint
+
+    if all(checkpoint.read_config(s).get("mode") == "e2e" for s in sources):
+        from .ensemble import merge as merge_members
+
+        return merge_members(family, sources, out)
+    return blocks()

@@ -500,11 +500,8 @@ def merge(sources: list[str | Path], out: str | Path, average_shared: bool = Fal
     """Assemble autoregressive block checkpoints into one model at OUT/checkpoint
     (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ), or the end-to-end
     checkpoints of ensemble members into their ensemble (:func:`.methods.ensemble.merge`)."""
-    if all(checkpoint.read_config(s).get("mode") == "e2e" for s in sources):
-        from ..methods.ensemble import merge as merge_members
-
-        return merge_members(FAMILY, sources, out)
-    return parallel.merge(sources, out, "ar", ARConfig.from_dict, build, MERGEABLE, average_shared, fresh)
+    return methods.merge(FAMILY, sources, out, lambda: parallel.merge(
+        sources, out, "ar", ARConfig.from_dict, build, MERGEABLE, average_shared, fresh))
 
 
 def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
