@@ -44,10 +44,15 @@ class SavedTensors:
 
 
 def activation_bytes(loss_fn: Callable[[], Tensor], model: nn.Module) -> int:
-    """Bytes saved for backward by one forward pass of ``loss_fn`` (gradients not computed)."""
+    """Bytes saved for backward by one forward pass of ``loss_fn`` (gradients not computed). The
+    model's buffers (BatchNorm's running statistics) are put back as they were."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     with SavedTensors(exclude=model.parameters()) as saved:
         loss = loss_fn()
     del loss
+    with torch.no_grad():
+        for b, kept in buffers:
+            b.copy_(kept)
     return saved.bytes
 
 

@@ -139,8 +139,9 @@ class MetricsLog:
                        "throughput/layer_evals_per_second": record["layers"] / seconds}
             if "block" in record:  # block-wise: the block this step trained
                 scalars[f"train/loss_block_{record['block']}"] = record["loss"]
-            for b, loss in enumerate(record.get("block_losses", ())):  # every block each step
-                scalars[f"train/loss_block_{b}"] = loss
+            for b, loss in enumerate(record.get("block_losses", ())):  # every block that stepped
+                if loss is not None:
+                    scalars[f"train/loss_block_{b}"] = loss
             for name, value in scalars.items():
                 self._scalar(name, value, t)
             if self.wandb:

@@ -15,7 +15,8 @@ Peer methods bring their own network, which the family builds and trains through
 driver (:func:`peer`): :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its inference
 chain) and :mod:`.local` (greedy local learning: the ViT's blocks, each with its own head and
 cross-entropy on the detached output of the block before) and :mod:`.cff` (Contrastive
-Forward-Forward: every layer with its own contrastive loss, then a head on frozen features).
+Forward-Forward: every layer with its own contrastive loss, then a head on frozen features) and
+:mod:`.cwcomp` (channel-wise competitive Forward-Forward on its own CNN).
 
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
@@ -31,7 +32,7 @@ from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - th
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop", "local", "cff")
+PEERS = ("noprop", "local", "cff", "cwcomp")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -46,6 +47,9 @@ ABOUT = {
     "cff": "peer: Contrastive Forward-Forward (Aghagolzadeh & Ezoji 2025), every layer trained alone "
            "with a marginal supervised contrastive loss on two views, then a linear head on the "
            "frozen features (its recipe: configs/cpu/cff_mnist.toml)",
+    "cwcomp": "peer: channel-wise competitive Forward-Forward (Papachristodoulou et al. 2024), the "
+              "paper's CFSE CNN, each layer trained alone on the cross-entropy of its class-wise "
+              "channel goodness, no negative data (its recipe: configs/cpu/cwcomp_mnist.toml)",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
               "each denoising a noisy label embedding sampled from q, no forward chain in training "
               "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
