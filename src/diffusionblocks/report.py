@@ -28,7 +28,7 @@ def comparison_table(results: dict[str, dict], metric: str = "test_accuracy") ->
     val = "val_accuracy" if metric == "test_accuracy" and all("val_accuracy" in r for r in results.values()) \
         else None  # chosen on validation, reported beside test
     inference = any("inference_layers" in r for r in results.values())
-    traffic = any("traffic_bytes_per_step" in r for r in results.values())  # in training, between blocks
+    traffic = any(r.get("traffic_bytes_per_step") for r in results.values())  # a peer's, between units
     header = ["mode", "blocks", *(["val accuracy"] if val else []), metric.replace("_", " "),
               "train time (s)", "s / step", "steps", "layer evals",
               *(["layers / prediction"] if inference else []), "parameters", "activations / step",
