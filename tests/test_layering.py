@@ -19,7 +19,7 @@ FLOORS = [
     ["adapters", "parallel"],
     ["__init__", "runs", "report"],
     ["docs"],
-    ["methods.family", "methods.noprop", "methods.local", "methods.cff"],
+    ["methods.family", "methods.noprop", "methods.local", "methods.cff", "methods.cwcomp"],
     ["methods.ensemble", "methods.shallow"],
     ["methods"],
     ["tasks.text"],
