@@ -82,7 +82,8 @@ def main() -> None:
                      f"{first['layer_evals']:,} {UNITS[mode]}", f"{act:.1f} MiB", f"{step_ms:.0f} ms",
                      f"{first['parameters']:,}", CROSSES[mode]
                      + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")])
-    table = {"columns": ["method", "test accuracy", "train accuracy (10,000 seen)", "epochs",
+    seen = f"train accuracy ({args.train_examples:,} seen)"
+    table = {"columns": ["method", "test accuracy", seen, "epochs",
                          "evaluations in training", "activations / step", "step time (1 thread)",
                          "parameters", "crosses between units in training"],
              "rows": rows, "records": records,
