@@ -32,7 +32,7 @@ def run(mode: str, compiled: bool, args, data) -> dict:
     cfg = replace(cfg, optim=replace(cfg.optim, compile=compiled))
     torch.manual_seed(0)
     model = classify.build(cfg)
-    strategy = classify.make_strategy(cfg, model)[0]
+    strategy = classify.make_strategy(cfg, model).strategy
     batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0)
     losses, times = [], []
     for t in range(args.warmup + args.steps):

@@ -19,17 +19,20 @@ import torch
 from diffusionblocks.data.images import load_images
 from diffusionblocks.tasks import classify
 
-MODES = ("e2e", "dblocks", "local", "cff", "cwcomp", "noprop")
+MODES = ("e2e", "dblocks", "shallow", "ensemble", "local", "cff", "cwcomp", "noprop", "dblocks_cnn")
 CROSSES = {  # what crosses between the units in training (a block per device)
     "e2e": "gradients through every layer (one unit)",
     "dblocks": "nothing (the label table is frozen)",
+    "shallow": "gradients through its 2 layers (one unit)",
+    "ensemble": "nothing (independent members)",
     "local": "activations forward",
     "cff": "activations forward (two views)",
     "cwcomp": "activations forward",
     "noprop": "gradients of W_embed and the classifier",
+    "dblocks_cnn": "nothing (the label table is frozen)",
 }
-UNITS = {"e2e": "layers", "dblocks": "layers", "local": "layers", "cff": "layers",
-         "cwcomp": "conv layers", "noprop": "CNN blocks"}
+UNITS = {"cwcomp": "conv layers", "noprop": "CNN blocks", "dblocks_cnn": "CNN blocks"}  # the rest: layers
+PER_SEED = ("test_accuracy", "val_accuracy", "train_accuracy")
 
 
 def pct(values: list[float]) -> str:
@@ -41,56 +44,76 @@ def pct(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}% ({len(values)} seeds)"
 
 
+def measure(runs: Path, mode: str, data_dir: str | None, n: int) -> dict | None:
+    """The record of MODE over the seeds under RUNS that finished (None: no seed did)."""
+    found = sorted(runs.glob(f"seed_*/{mode}/result.json"))
+    if not found:
+        return None
+    results = [json.loads(p.read_text()) for p in found]
+    train, data = [], None
+    for path in found:
+        model, cfg = classify.load(path.parent / "checkpoint")
+        data = data or load_images(cfg.dataset, data_dir)
+        seen = data.holdout(cfg.val_size) if cfg.val_size else data
+        train.append(classify.evaluate(model, seen.x_train[:n], seen.y_train[:n], cfg))
+    first, cfg = results[0], json.loads((found[0].parent / "config.json").read_text())
+    examples = first["steps"] * cfg["batch_size"]
+    return {
+        "seeds": [p.parts[-3] for p in found], "test_accuracy": [r["test_accuracy"] for r in results],
+        "val_accuracy": [r.get("val_accuracy") for r in results], "train_accuracy": train,
+        "steps": first["steps"], "batch_size": cfg["batch_size"],
+        "epochs": examples / (len(data.y_train) - cfg["val_size"]),
+        "evaluations": first["layer_evals"],
+        "step_seconds": statistics.median(r["step_seconds"] for r in results),
+        "activation_bytes_per_step": first["activation_bytes_per_step"],
+        "traffic_bytes_per_step": first.get("traffic_bytes_per_step"),
+        "parameters": first["parameters"]}
+
+
+def combine(kept: dict | None, new: dict | None) -> dict | None:
+    """Seeds measured now over the seeds of an earlier table (whose runs may be gone)."""
+    if kept is None or new is None:
+        return new or kept
+    seeds = {s: [kept[k][i] for k in PER_SEED] for i, s in enumerate(kept["seeds"])}
+    seeds |= {s: [new[k][i] for k in PER_SEED] for i, s in enumerate(new["seeds"])}
+    order = sorted(seeds)
+    return new | {"seeds": order} | {k: [seeds[s][j] for s in order] for j, k in enumerate(PER_SEED)}
+
+
+def row(mode: str, r: dict) -> list[str]:
+    traffic = r["traffic_bytes_per_step"]
+    return [mode, pct(r["test_accuracy"]), pct(r["train_accuracy"]), f"{r['epochs']:.2f}",
+            f"{r['evaluations']:,} {UNITS.get(mode, 'layers')}",
+            f"{r['activation_bytes_per_step'] / 2**20:.1f} MiB", f"{r['step_seconds'] * 1000:.0f} ms",
+            f"{r['parameters']:,}", CROSSES[mode] + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-examples", type=int, default=10_000)
+    ap.add_argument("--keep", default=None, help="an earlier table: its seeds stay unless re-run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     runs = Path(args.runs)
-    rows, records = [], {}
-    data = None
+    kept = json.loads(Path(args.keep).read_text())["records"] if args.keep else {}
+    records = {}
     for mode in MODES:
-        found = sorted(p for p in runs.glob(f"seed_*/{mode}/result.json"))
-        results = [json.loads(p.read_text()) for p in found]
-        if not results:
-            continue
-        train = []
-        for path in found:
-            model, cfg = classify.load(path.parent / "checkpoint")
-            data = data or load_images(cfg.dataset, args.data_dir)
-            seen = data.holdout(cfg.val_size) if cfg.val_size else data
-            n = args.train_examples
-            train.append(classify.evaluate(model, seen.x_train[:n], seen.y_train[:n], cfg))
-        first = results[0]
-        cfg = json.loads((found[0].parent / "config.json").read_text())
-        examples = first["steps"] * cfg["batch_size"]
-        epochs = examples / (len(data.y_train) - cfg["val_size"])
-        act = first["activation_bytes_per_step"] / 2**20
-        step_ms = statistics.median(r["step_seconds"] for r in results) * 1000
-        traffic = first.get("traffic_bytes_per_step")
-        records[mode] = {
-            "seeds": [p.parts[-3] for p in found], "test_accuracy": [r["test_accuracy"] for r in results],
-            "val_accuracy": [r.get("val_accuracy") for r in results], "train_accuracy": train,
-            "steps": first["steps"], "batch_size": cfg["batch_size"], "epochs": epochs,
-            "evaluations": first["layer_evals"], "step_seconds": step_ms / 1000,
-            "activation_bytes_per_step": first["activation_bytes_per_step"],
-            "traffic_bytes_per_step": traffic, "parameters": first["parameters"]}
-        rows.append([mode, pct(records[mode]["test_accuracy"]), pct(train), f"{epochs:.2f}",
-                     f"{first['layer_evals']:,} {UNITS[mode]}", f"{act:.1f} MiB", f"{step_ms:.0f} ms",
-                     f"{first['parameters']:,}", CROSSES[mode]
-                     + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")])
+        record = combine(kept.get(mode), measure(runs, mode, args.data_dir, args.train_examples))
+        if record is not None:
+            records[mode] = record
     seen = f"train accuracy ({args.train_examples:,} seen)"
+    command = f"python benchmarks/peers_table.py --runs {runs} --out {args.out}"
     table = {"columns": ["method", "test accuracy", seen, "epochs",
                          "evaluations in training", "activations / step", "step time (1 thread)",
                          "parameters", "crosses between units in training"],
-             "rows": rows, "records": records,
-             "command": f"python benchmarks/peers_table.py --runs {runs} --out {args.out}"}
+             "rows": [row(m, r) for m, r in records.items()], "records": records,
+             "command": command + (f" --keep {args.keep}" if args.keep else "")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
-    print(json.dumps(rows, indent=1))
+    print(json.dumps(table["rows"], indent=1))
 
 
 if __name__ == "__main__":

@@ -229,4 +229,5 @@ def test_train_help_lists_the_flags_of_the_chosen_method_in_sections(capsys):
         assert f"\n{section}\n" in default
     assert "--sigma-min" in default and "--sigma-min" not in e2e and "--label-error" not in ensemble
     assert "--member" in ensemble and "--member" not in default and "--combine" not in e2e
-    assert "e2e: plain backprop" in e2e and "dblocks: DiffusionBlocks" in default
+    flat = {name: " ".join(text.split()) for name, text in (("e2e", e2e), ("default", default))}
+    assert "e2e: plain backprop" in flat["e2e"] and "dblocks: DiffusionBlocks" in flat["default"]

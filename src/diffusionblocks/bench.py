@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import stored_parts
+from .checks import check_at_least_one, check_numbers, resolve_device
 from .memory import PeakMemory, state_bytes
 from .report import human_bytes, markdown_table
-from .runs import check_at_least_one, check_numbers, resolve_device
 from .training import step_generator
 
 VARIANTS = ("e2e", "e2e_ckpt", "dblocks", "dblocks_ckpt", "dblocks_offload")
@@ -161,7 +161,7 @@ def _build(run, device: torch.device, blocks: list[int] | None = None):
     """The model of ``run`` on ``device`` and its training strategy (for ``blocks`` only)."""
     task = _task(run)
     model = task.build(run).to(device)
-    return model, task.make_strategy(run, model, blocks=blocks)[0]
+    return model, task.make_strategy(run, model, blocks=blocks).strategy
 
 
 def _timed_step(strategy, x, y, t: int, device: torch.device) -> tuple[float, dict]:

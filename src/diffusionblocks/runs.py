@@ -9,20 +9,19 @@ import os
 import shutil
 import statistics
 import sys
+from collections.abc import Callable, Set
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from .checks import (  # noqa: F401 - the run manager's validation, re-exported
-    check_at_least_one,
-    check_block_job,
-    check_choice,
-    check_device_name,
-    check_numbers,
-    config_from_dict,
-    resolve_device,
-)
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .training import Method
 
 
 def check_resumable(saved: dict, config: dict, resumable: set[str], where: Path) -> None:
@@ -247,30 +246,45 @@ def run_summary(progress, history: list[dict], step_times: list[float], model, d
             "device": str(device)}
 
 
-def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, evaluate,
-              resumable: set[str], show: bool = True, desc: str = "train", first: bool = False,
-              job=None):
-    """The training run every task shares: lock the run's folder, resume from its checkpoint
-    (same config outside ``resumable``), log steps to metrics.jsonl, and every
-    ``total // cfg.evals`` steps record ``evaluate(progress)`` (a dict) and write a checkpoint
-    atomically. ``first``: also at step 0 of a fresh run (a converted model, before
-    fine-tuning). ``job`` (:class:`~.parallel.Job`): this process's share of a block job or a
-    torchrun run, whose folder is its group's; only a group's leader writes, and ranks that
-    average shared parts checkpoint on the same steps.
+@dataclass(frozen=True)
+class Run:
+    """The family's half of a training run: the ``parts`` its checkpoint stores, the batch of
+    each step (``batches(t)``), what it records every ``total // cfg.evals`` steps
+    (``evaluate(progress)``, a dict), the config fields a resume may change, and the progress
+    bar's name. ``first``: evaluate and checkpoint at step 0 of a fresh run too (a converted
+    model, before fine-tuning)."""
+
+    parts: dict[str, nn.Module]
+    batches: Callable[[int], tuple]
+    evaluate: Callable[[Progress], dict]
+    resumable: Set[str]
+    desc: str = "train"
+    first: bool = False
+
+
+def train_run(cfg, run: Run, method: Method, job=None, show: bool = True):
+    """The one training driver: any family's :class:`Run` trained by any :class:`~.training.Method`.
+    Lock the run's folder, resume from its checkpoint (same config outside ``run.resumable``),
+    log steps to metrics.jsonl, and every ``method.total // cfg.evals`` steps record
+    ``run.evaluate(progress)`` and write a checkpoint atomically. ``job``
+    (:class:`~.parallel.Job`): this process's share of a block job or a torchrun run, whose
+    folder is its group's; only a group's leader writes, and ranks that average shared parts
+    checkpoint on the same steps.
 
     Returns the final progress, the evaluation records and the measured step times (the
     latter two empty for a process that does not write).
     """
     from . import checkpoint, parallel
-    from .training import Progress, adopt_averages, averaged, fit, stored_averages
+    from .training import adopt_averages, averaged, fit, stored_averages
 
+    strategy, total, warmup, evaluate = method.strategy, method.total, method.warmup, run.evaluate
     job = job or parallel.Job()
     folder, writer = job.folder(cfg.out), job.writer
-    parts = parts | stored_averages(strategy)
+    parts = run.parts | stored_averages(strategy)
     with checkpoint.exclusive(folder) if writer else nullcontext():  # one writer per folder
         ckpt, metrics_path = folder / "checkpoint", folder / "metrics.jsonl"
         progress, history = Progress(), []
-        restored = restore(ckpt, cfg, resumable, parts, strategy.states)
+        restored = restore(ckpt, cfg, run.resumable, parts, strategy.states)
         if writer:  # only once this run may write here
             drop_stale_offload(folder, strategy)
             if restored is not None:
@@ -304,14 +318,14 @@ def train_run(cfg, strategy, parts: dict, batch_at, total: int, warmup: int, eva
 
         mine = f" blocks {job.blocks}" if job.blocks is not None else ""
         try:
-            run = wandb_run(cfg, folder, job_type(cfg, job)) if writer else None
-            with (MetricsLog(folder, cfg.mode, total, cfg.tensorboard, progress.step, run) if writer
+            logged = wandb_run(cfg, folder, job_type(cfg, job)) if writer else None
+            with (MetricsLog(folder, cfg.mode, total, cfg.tensorboard, progress.step, logged) if writer
                   else nullcontext()) as metrics:
-                if first and restored is None:
+                if run.first and restored is None:
                     on_every(progress)
                 every, log = max(1, total // cfg.evals), metrics.step if writer else None
-                progress = fit(strategy, batch_at, total, warmup, cfg.seed, progress, every, on_every, log,
-                               desc=desc + mine, show=show and writer)
+                progress = fit(strategy, run.batches, total, warmup, cfg.seed, progress, every, on_every, log,
+                               desc=run.desc + mine, show=show and writer)
         finally:
             if getattr(strategy, "offload", None):
                 strategy.offload.close()

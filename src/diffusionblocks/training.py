@@ -424,6 +424,16 @@ class Strategy(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Method:
+    """The method's half of a training run: its strategy (the units it trains, each unit's loss
+    and optimizer) and the steps it takes, ``warmup`` of them warming up."""
+
+    strategy: Strategy
+    total: int
+    warmup: int = 0
+
+
 def fit(
     strategy: Strategy,
     batch_at: Callable[[int], tuple[Tensor, Tensor]],

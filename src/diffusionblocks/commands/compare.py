@@ -51,7 +51,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from ..parallel import barrier, connect, main_process
 
     if getattr(cfg, "parallel", False):  # join the torchrun job before anything (a judge) is trained
-        from ..runs import resolve_device
+        from ..checks import resolve_device
 
         connect(resolve_device(cfg.device))
     say = print if main_process() else (lambda text: None)  # under torchrun, rank 0 reports
@@ -86,7 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def default_jobs(cfg, modes: str | None) -> int:
     """Side-by-side modes of a classification compare: on CPU as many as cores and modes allow
     (one thread each on two cores), on a GPU one."""
-    from ..runs import resolve_device
+    from ..checks import resolve_device
     from ..tasks.classify import COMPARED
 
     if cfg.parallel or resolve_device(cfg.device).type != "cpu":

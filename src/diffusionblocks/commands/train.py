@@ -49,12 +49,12 @@ NOISE = ("sigma_min", "sigma_max", "p_mean", "p_std", "sigma_data", "gamma", "pa
 # Flags that only some methods have, per task (a flag not listed applies to every method);
 # `train TASK --mode M --help` lists M's flags only.
 ONLY = {"classify": {
-    **dict.fromkeys(("shared_policy", "label_error", "offload", "block", "sync_every", "init_from",
-                     "sampler", "decode", "readout", "grid", "sample_steps", "match", *NOISE),
-                    {"dblocks"}),
+    **dict.fromkeys(("label_error", "offload", "block", "sync_every", "init_from", "match"), {"dblocks"}),
+    **dict.fromkeys(("shared_policy", "sampler", "decode", "readout", "grid", "sample_steps", *NOISE),
+                    {"dblocks", "dblocks_cnn"}),
     "member": {"ensemble"}, "combine": {"ensemble"}, "parallel": {"e2e", "dblocks"},
     "split": {"dblocks", "shallow", "ensemble", "local"},
-    "blocks": {"dblocks", "shallow", "ensemble", "local", "noprop"},
+    "blocks": {"dblocks", "dblocks_cnn", "shallow", "ensemble", "local", "noprop"},
 }}
 # The sections of a task's own settings in --help (the model, noise and optimizer have theirs).
 SECTIONS = {

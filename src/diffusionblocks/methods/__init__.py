@@ -16,7 +16,8 @@ driver (:func:`peer`): :mod:`.noprop` (NoProp-DT: its CNN blocks, its loss, its 
 chain) and :mod:`.local` (greedy local learning: the ViT's blocks, each with its own head and
 cross-entropy on the detached output of the block before) and :mod:`.cff` (Contrastive
 Forward-Forward: every layer with its own contrastive loss, then a head on frozen features) and
-:mod:`.cwcomp` (channel-wise competitive Forward-Forward on its own CNN).
+:mod:`.cwcomp` (channel-wise competitive Forward-Forward on its own CNN); and
+:mod:`.dblocks_cnn`, DiffusionBlocks itself on NoProp's CNN (the paper's comparison with it).
 
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
@@ -32,7 +33,7 @@ from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - th
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop", "local", "cff", "cwcomp")
+PEERS = ("noprop", "dblocks_cnn", "local", "cff", "cwcomp")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -50,6 +51,9 @@ ABOUT = {
     "cwcomp": "peer: channel-wise competitive Forward-Forward (Papachristodoulou et al. 2024), the "
               "paper's CFSE CNN, each layer trained alone on the cross-entropy of its class-wise "
               "channel goodness, no negative data (its recipe: configs/cpu/cwcomp_mnist.toml)",
+    "dblocks_cnn": "DiffusionBlocks on NoProp's CNN (the paper's comparison with NoProp-DT): B blocks, "
+                   "each NoProp's block network conditioned on the noise level, trained alone; read "
+                   "by the same chain (its recipe: configs/cpu/dblocks_cnn_mnist.toml)",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
               "each denoising a noisy label embedding sampled from q, no forward chain in training "
               "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
@@ -57,9 +61,11 @@ ABOUT = {
 
 
 def peer(mode: str):
-    """The module of a peer method (``build(cfg)``, ``trainer(model, cfg)``, ``predict(model, x,
-    generator)``, ``activations(model, x, y)``, ``inference_layers(model)``, its default ``LR``),
-    or None for a native mode or a control. A peer is one file: adding one touches this tuple."""
+    """The module of a peer method (``build(cfg)``, ``trainer(model, cfg)``, ``activations(model,
+    x, y)``, its default ``LR``; ``predict(model, x, generator)`` and ``inference_layers(model)``
+    unless it builds a :class:`~..blocks.DiffusionBlocks`, which the family reads by its chain;
+    optionally ``budget(cfg)``, its total steps), or None for a native mode or a control. A peer
+    is one file: adding one touches this tuple."""
     if mode not in PEERS:
         return None
     import importlib

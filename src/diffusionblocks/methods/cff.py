@@ -187,9 +187,9 @@ def build(cfg) -> CFFViT:
     return CFFViT(cfg.vit)
 
 
-def budget(steps: int) -> int:
-    """Total steps of a run of ``steps`` contrastive steps: stage 2 added after them."""
-    return steps + max(1, steps // HEAD_SHARE)
+def budget(cfg) -> int:
+    """Total steps of a run of ``cfg.steps`` contrastive steps: stage 2 added after them."""
+    return cfg.steps + max(1, cfg.steps // HEAD_SHARE)
 
 
 def trainer(model: CFFViT, cfg, views=None) -> CFFTrainer:

@@ -59,21 +59,30 @@ def posterior(abar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return a, b, c
 
 
+def image_path(channels: int, size: int, width: int) -> nn.Sequential:
+    """The paper's image path: conv 32 → 64 → 128 with max-pooling and dropout, FC + BN."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(DROPOUT),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout(DROPOUT),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(DROPOUT),
+        nn.Flatten(), nn.Linear(128 * (size // 4) ** 2, width), nn.BatchNorm1d(width))
+
+
+def label_path(embed: int, width: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The paper's label path: FC + BN + ReLU, then (FC, BN, ReLU, FC, BN) added back."""
+    return (nn.Sequential(nn.Linear(embed, width), nn.BatchNorm1d(width), nn.ReLU()),
+            nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
+                          nn.Linear(width, width), nn.BatchNorm1d(width)))
+
+
 class NoPropBlock(nn.Module):
-    """The paper's block û_t(z, x): an image path (conv 32 → 64 → 128 with max-pooling and
-    dropout, FC + BN), a label path (FC + BN + ReLU, then FC + BN + ReLU + FC + BN added back),
-    joined and read through (FC, BN, ReLU) × 2 to class logits; û = softmax(logits)·W_embed."""
+    """The paper's block û_t(z, x): the image path and the label path, joined and read through
+    (FC, BN, ReLU) × 2 to class logits; û = softmax(logits)·W_embed."""
 
     def __init__(self, channels: int, size: int, classes: int, embed: int, width: int = 256):
         super().__init__()
-        self.image = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(DROPOUT),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Dropout(DROPOUT),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(DROPOUT),
-            nn.Flatten(), nn.Linear(128 * (size // 4) ** 2, width), nn.BatchNorm1d(width))
-        self.label_in = nn.Sequential(nn.Linear(embed, width), nn.BatchNorm1d(width), nn.ReLU())
-        self.label_skip = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
-                                        nn.Linear(width, width), nn.BatchNorm1d(width))
+        self.image = image_path(channels, size, width)
+        self.label_in, self.label_skip = label_path(embed, width)
         self.joined = nn.Sequential(nn.Linear(2 * width, width), nn.BatchNorm1d(width), nn.ReLU(),
                                     nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.ReLU(),
                                     nn.Linear(width // 2, classes))

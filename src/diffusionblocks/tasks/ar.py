@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import checkpoint, methods, parallel
 from ..adapters import TokensToNextToken
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace
+from ..checks import check_at_least_one, check_block_job, check_choice, config_from_dict, resolve_device
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..methods.ensemble import Ensemble
@@ -42,19 +43,12 @@ from ..models.lm import (
     run_cached,
 )
 from ..noise import GRIDS, NoiseConfig, scalings
-from ..runs import (
-    check_at_least_one,
-    check_block_job,
-    check_choice,
-    config_from_dict,
-    resolve_device,
-    run_summary,
-    train_run,
-)
+from ..runs import Run, run_summary, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
     EndToEnd,
+    Method,
     OptimConfig,
     block_losses,
     block_share,
@@ -464,10 +458,9 @@ def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True
         losses = block_losses(blockwise_loss, model, w[:, :-1], w[:, 1:], job.blocks, cfg.seed)
         return {"block_val_loss": losses}
 
-    stored = checkpoint.stored_parts(model, job.blocks)
-    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
-                                              RESUMABLE, show, desc=f"ar {cfg.mode}",
-                                              first=bool(cfg.init_from), job=job)
+    run = Run(checkpoint.stored_parts(model, job.blocks), batch_at, on_eval, RESUMABLE,
+              desc=f"ar {cfg.mode}", first=bool(cfg.init_from))
+    progress, history, step_times = train_run(cfg, run, Method(strategy, total, warmup), job, show)
     x, y = batch_at(0)
     if isinstance(model, DiffusionBlocks):
         per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)

@@ -19,6 +19,15 @@ from torch import Tensor, nn
 from .. import checkpoint, methods, parallel
 from ..adapters import ImageToLabel
 from ..blocks import SHARED_POLICIES, DiffusionBlocks, TokenSpace, split_layers
+from ..checks import (
+    check_at_least_one,
+    check_block_job,
+    check_choice,
+    check_device_name,
+    check_numbers,
+    config_from_dict,
+    resolve_device,
+)
 from ..data.images import (
     Batches,
     ImageData,
@@ -33,22 +42,12 @@ from ..methods.ensemble import check as check_ensemble
 from ..models.vit import ViTClassifier, ViTConfig, make_layers
 from ..noise import GRIDS, NoiseConfig
 from ..offload import OFFLOAD_TARGETS
-from ..runs import (
-    check_at_least_one,
-    check_block_job,
-    check_choice,
-    check_device_name,
-    check_numbers,
-    config_from_dict,
-    resolve_device,
-    run_summary,
-    side_by_side,
-    train_run,
-)
+from ..runs import Run, run_summary, side_by_side, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
     Blockwise,
     EndToEnd,
+    Method,
     OptimConfig,
     Progress,
     block_share,
@@ -273,8 +272,8 @@ def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
 def make_strategy(
     cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None,
     blocks: list[int] | None = None, views=None,
-) -> tuple[Blockwise | EndToEnd, int, int]:
-    """The mode's training strategy, its total steps and its warm-up steps. ``blocks``: train
+) -> Method:
+    """The mode's training method: its strategy, total steps and warm-up steps. ``blocks``: train
     only these (a block job, a parallel rank), with their share of the budget. ``views(x,
     generator)``: an augmented view of a raw batch, for a peer that sees two (``TWO_VIEWS``)."""
     if cfg.mode == "dblocks":
@@ -283,12 +282,12 @@ def make_strategy(
         loss = partial(wrong_estimate_loss, cfg.label_error) if cfg.label_error else None
         strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir,
                              loss=loss)
-        return strategy, total, warmup
+        return Method(strategy, total, warmup)
     if peer := methods.peer(cfg.mode):
         extra = {"views": views} if getattr(peer, "TWO_VIEWS", False) else {}
-        total = peer.budget(cfg.steps) if hasattr(peer, "budget") else cfg.steps
-        return peer.trainer(model, cfg, **extra), total, cfg.optim.warmup
-    return EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup
+        total = peer.budget(cfg) if hasattr(peer, "budget") else cfg.steps
+        return Method(peer.trainer(model, cfg, **extra), total, cfg.optim.warmup)
+    return Method(EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup)
 
 
 def wrong_estimate_loss(p: float, model: DiffusionBlocks, x: Tensor, y: Tensor, block: int,
@@ -342,11 +341,11 @@ def predict(model: nn.Module, x: Tensor, cfg: ClassifyConfig, generator=None) ->
     """Logits for a batch. DiffusionBlocks: run the label embedding from σ_max to σ_min, block
     by block (greedy by default, see :func:`initial_state`), and read the prediction out of the
     denoiser calls (:func:`read_out`)."""
+    if isinstance(model, DiffusionBlocks):  # whichever method built it
+        return read_out(trace(model, x, cfg, generator), cfg)
     if peer := methods.peer(cfg.mode):
         return peer.predict(model, x, generator)
-    if not isinstance(model, DiffusionBlocks):
-        return model(x)
-    return read_out(trace(model, x, cfg, generator), cfg)
+    return model(x)
 
 
 def read_out(calls: list[tuple[int, Tensor]], cfg: ClassifyConfig) -> Tensor:
@@ -470,7 +469,8 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
     def views(x: Tensor, gen: torch.Generator) -> Tensor:
         return augment(x, ops, gen, pixels=data.pixels) if ops else x
 
-    strategy, total, warmup = make_strategy(cfg, model, folder / "offload", job.blocks, views)
+    method = make_strategy(cfg, model, folder / "offload", job.blocks, views)
+    strategy = method.strategy
     cotrained = cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, getattr(model, "shared", None), cotrained, cfg.sync_every,
                         device)
@@ -483,16 +483,15 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
             return {f"{split}_accuracy": evaluate(model, x_watch, y_watch, cfg)}
         return {"block_accuracy": {b: block_accuracy(model, x_watch, y_watch, cfg, b) for b in job.blocks}}
 
-    stored = checkpoint.stored_parts(model, job.blocks)
-    progress, history, step_times = train_run(
-        cfg, strategy, stored, batches, total, warmup, on_eval, RESUMABLE, show,
-        desc=f"{cfg.mode} {cfg.dataset}", first=bool(cfg.init_from), job=job)
+    run = Run(checkpoint.stored_parts(model, job.blocks), batches, on_eval, RESUMABLE,
+              desc=f"{cfg.mode} {cfg.dataset}", first=bool(cfg.init_from))
+    progress, history, step_times = train_run(cfg, run, method, job, show)
     result = {
         "mode": cfg.mode,
         "dataset": cfg.dataset,
         "blocks": getattr(model, "num_blocks", 1),  # units trained apart (a peer's, DiffusionBlocks')
         "trained_blocks": job.blocks,
-        "steps": total,
+        "steps": method.total,
         **run_summary(progress, history, step_times, model, device),
         **measure_activations(model, batches(0), cfg, job.blocks),
     }

@@ -26,11 +26,7 @@ from torch import Tensor
 
 from .. import checkpoint, methods, parallel
 from ..blocks import DiffusionBlocks, SharedParts, split_layers
-from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images
-from ..models.dit import DiTAdapter, DiTConfig, make_layers
-from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
-from ..offload import OFFLOAD_TARGETS
-from ..runs import (
+from ..checks import (
     check_at_least_one,
     check_block_job,
     check_choice,
@@ -38,12 +34,16 @@ from ..runs import (
     check_numbers,
     config_from_dict,
     resolve_device,
-    run_summary,
-    train_run,
 )
+from ..data.images import Batches, ImageData, check_dataset, dataset_kind, load_images
+from ..models.dit import DiTAdapter, DiTConfig, make_layers
+from ..noise import GRIDS, NoiseConfig, loss_weight, sample_sigma
+from ..offload import OFFLOAD_TARGETS
+from ..runs import Run, run_summary, train_run
 from ..sampling import SAMPLERS, Denoiser, initial_noise
 from ..training import (
     Blockwise,
+    Method,
     OptimConfig,
     block_losses,
     block_share,
@@ -334,12 +334,13 @@ def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig
 
 
 def make_strategy(cfg: GenerateConfig, model: DiffusionBlocks, offload_dir: str | Path | None = None,
-                  blocks: list[int] | None = None) -> tuple[Blockwise, int, int]:
-    """The training strategy (end to end is one block over the whole noise range), its total
-    steps and warm-up steps. ``blocks``: train only these, with their share of the budget."""
+                  blocks: list[int] | None = None) -> Method:
+    """The training method: its strategy (end to end is one block over the whole noise range),
+    total steps and warm-up steps. ``blocks``: train only these, with their share of the budget."""
     total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
                                 blocks, cfg.num_blocks)
-    return Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir), total, warmup
+    return Method(Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir), total,
+                  warmup)
 
 
 def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
@@ -369,8 +370,8 @@ def train_network(cfg: GenerateConfig, data: ImageData | None = None, show: bool
                                 whole=cfg.mode == "e2e")
     out = job.folder(cfg.out)
     model = build(cfg).to(device)
-    strategy, total, warmup = make_strategy(cfg, model, out / "offload", job.blocks)
-    parallel.distribute(job, model, strategy, None, False, 1, device)  # pixels: nothing shared trains
+    method = make_strategy(cfg, model, out / "offload", job.blocks)
+    parallel.distribute(job, model, method.strategy, None, False, 1, device)  # pixels: nothing shared trains
     batch_at = training_batches(cfg, data, device, cfg.seed + job.seed_offset, job.batch(cfg.batch_size))
     held_out = data.x_test[:1000], data.y_test[:1000]
 
@@ -380,13 +381,13 @@ def train_network(cfg: GenerateConfig, data: ImageData | None = None, show: bool
         labels, images = held_out[1][:256].to(device), held_out[0][:256].to(device)
         return {"block_test_loss": block_losses(blockwise_loss, model, labels, images, job.blocks, cfg.seed)}
 
-    stored = checkpoint.stored_parts(model, job.blocks)
-    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
-                                              RESUMABLE, show, desc=f"{cfg.mode} {cfg.dataset}", job=job)
+    run = Run(checkpoint.stored_parts(model, job.blocks), batch_at, on_eval, RESUMABLE,
+              desc=f"{cfg.mode} {cfg.dataset}")
+    progress, history, step_times = train_run(cfg, run, method, job, show)
     activations = measure_activations(model, batch_at(0), blocks=job.blocks)
     result = {
         "mode": cfg.mode, "dataset": cfg.dataset, "blocks": cfg.num_blocks, "trained_blocks": job.blocks,
-        "steps": total, **run_summary(progress, history, step_times, model, device),
+        "steps": method.total, **run_summary(progress, history, step_times, model, device),
         "activation_bytes_per_step": activations["activation_bytes_per_step"],
         "sampler": cfg.sampler, "grid": cfg.grid, "sample_steps": cfg.sample_steps,
         "guidance": cfg.guidance,

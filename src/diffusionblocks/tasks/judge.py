@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .. import checkpoint
+from ..checks import resolve_device
 from ..data.text import TextData, Windows
 from ..metrics.fid import default_cache_dir, write_atomic
 from ..models.lm import CausalLM, LMConfig, next_token_loss
-from ..runs import resolve_device
 from ..training import EndToEnd, OptimConfig, Progress, fit
 from .text import LN2, batched, per_character
 from .text import windows as split_windows

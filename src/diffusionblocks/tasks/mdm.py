@@ -27,18 +27,12 @@ from torch import Tensor, nn
 from .. import checkpoint, methods, parallel
 from ..adapters import TokensToTokens
 from ..blocks import Block, split_layers
+from ..checks import check_at_least_one, check_block_job, config_from_dict, resolve_device
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..models.lm import LMConfig, make_layers
-from ..runs import (
-    check_at_least_one,
-    check_block_job,
-    config_from_dict,
-    resolve_device,
-    run_summary,
-    train_run,
-)
-from ..training import Blockwise, OptimConfig, block_losses, block_share, matched_budget
+from ..runs import Run, run_summary, train_run
+from ..training import Blockwise, Method, OptimConfig, block_losses, block_share, matched_budget
 from .text import (
     LN2,
     TextConfig,
@@ -241,12 +235,12 @@ def build(cfg: MDMConfig) -> MaskedDiffusion:
 
 
 def make_strategy(cfg: MDMConfig, model: MaskedDiffusion, offload_dir=None,
-                  blocks: list[int] | None = None) -> tuple[Blockwise, int, int]:
-    """The training strategy (end to end is one block over every t), its total steps and
-    warm-up steps. ``blocks``: train only these, with their share of the budget."""
+                  blocks: list[int] | None = None) -> Method:
+    """The training method: its strategy (end to end is one block over every t), total steps
+    and warm-up steps. ``blocks``: train only these, with their share of the budget."""
     total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
                                 blocks, cfg.num_blocks)  # e2e: B = 1
-    return Blockwise(model, cfg.optim, blocks, loss=masked_loss), total, warmup
+    return Method(Blockwise(model, cfg.optim, blocks, loss=masked_loss), total, warmup)
 
 
 def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True) -> dict:
@@ -265,8 +259,8 @@ def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = Tru
     job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
                                 whole=cfg.mode == "e2e")
     model = build(cfg).to(device)
-    strategy, total, warmup = make_strategy(cfg, model, blocks=job.blocks)
-    parallel.distribute(job, model, strategy, None, False, 1, device)  # blocks share nothing
+    method = make_strategy(cfg, model, blocks=job.blocks)
+    parallel.distribute(job, model, method.strategy, None, False, 1, device)  # blocks share nothing
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
     train_windows = Windows(data.train, job.batch(cfg.batch_size), cfg.lm.context, seed, device)
     val = windows(data.val, cfg.lm.context)
@@ -281,15 +275,15 @@ def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = Tru
         w = torch.stack([v for v in val if len(v) == len(val[0])][:32]).to(device)
         return {"block_val_loss": block_losses(masked_loss, model, w, w, job.blocks, cfg.seed)}
 
-    stored = checkpoint.stored_parts(model, job.blocks)
-    progress, history, step_times = train_run(cfg, strategy, stored, batch_at, total, warmup, on_eval,
-                                              RESUMABLE, show, desc=f"mdm {cfg.mode}", job=job)
+    run = Run(checkpoint.stored_parts(model, job.blocks), batch_at, on_eval, RESUMABLE,
+              desc=f"mdm {cfg.mode}")
+    progress, history, step_times = train_run(cfg, run, method, job, show)
     y = train_windows(0)
     per_block = [activation_bytes(lambda b=b: masked_loss(model, y, y, b, torch.Generator()), model)
                  for b in (job.blocks or range(model.num_blocks))]
     result = {
         "task": "mdm", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
-        "trained_blocks": job.blocks, "steps": total,
+        "trained_blocks": job.blocks, "steps": method.total,
         **run_summary(progress, history, step_times, model, device),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
         "activation_mib": statistics.mean(per_block) / 2**20,

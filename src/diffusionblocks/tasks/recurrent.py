@@ -29,12 +29,13 @@ from torch import Tensor, nn
 
 from .. import checkpoint
 from ..blocks import Adapter, DiffusionBlocks, TokenSpace
+from ..checks import check_at_least_one, config_from_dict, resolve_device
 from ..data.text import TextData, Windows
 from ..memory import activation_bytes, run_layers
 from ..models.lm import LMConfig, TokenStem, causal_mask, make_layers, next_token_loss
 from ..noise import NoiseConfig
-from ..runs import check_at_least_one, config_from_dict, resolve_device, run_summary, train_run
-from ..training import Blockwise, EndToEnd, OptimConfig, blockwise_loss, step_generator
+from ..runs import Run, run_summary, train_run
+from ..training import Blockwise, EndToEnd, Method, OptimConfig, blockwise_loss, step_generator
 from . import ar
 from .judge import independent_judge, judged
 from .text import TextConfig, check_sampling, load_data, per_character, resolved, write_comparison
@@ -293,8 +294,9 @@ def train(cfg: RecurrentConfig, data: TextData | None = None, show: bool = True,
         return per_character({f"val_{k}": v for k, v in ar.scores(model, val, cfg).items()}, data, "val",
                              "val_test_bpc")
 
-    progress, history, step_times = train_run(cfg, strategy, parts, batch_at, cfg.steps, cfg.optim.warmup,
-                                              on_eval, RESUMABLE, show, desc=f"recurrent {cfg.mode}")
+    run = Run(parts, batch_at, on_eval, RESUMABLE, desc=f"recurrent {cfg.mode}")
+    progress, history, step_times = train_run(cfg, run, Method(strategy, cfg.steps, cfg.optim.warmup),
+                                              show=show)
     x, y = batch_at(0)
     if isinstance(model, DiffusionBlocks):
         act = activation_bytes(lambda: blockwise_loss(model, x, y, 0, torch.Generator()), model)

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from ..blocks import split_layers
+from ..checks import check_at_least_one, check_choice, check_device_name, check_numbers
 from ..data.text import TextData, Tokenizer, check_tokenizer, load_text
 from ..models.lm import LMConfig
 from ..noise import GRIDS
-from ..runs import check_at_least_one, check_choice, check_device_name, check_numbers
 from ..sampling import SAMPLERS
 
 MODES = ("e2e", "dblocks", "shallow")  # methods.ABOUT says what each trains
