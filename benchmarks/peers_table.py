@@ -19,7 +19,8 @@ import torch
 from diffusionblocks.data.images import load_images
 from diffusionblocks.tasks import classify
 
-MODES = ("e2e", "dblocks", "shallow", "ensemble", "local", "cff", "cwcomp", "noprop", "dblocks_cnn")
+MODES = ("e2e", "dblocks", "shallow", "ensemble", "local", "cff", "cwcomp", "noprop", "dblocks_cnn",
+         "e2e_cnn")
 CROSSES = {  # what crosses between the units in training (a block per device)
     "e2e": "gradients through every layer (one unit)",
     "dblocks": "nothing (the label table is frozen)",
@@ -30,8 +31,10 @@ CROSSES = {  # what crosses between the units in training (a block per device)
     "cwcomp": "activations forward",
     "noprop": "gradients of W_embed and the classifier",
     "dblocks_cnn": "nothing (the label table is frozen)",
+    "e2e_cnn": "gradients through the whole CNN (one unit)",
 }
-UNITS = {"cwcomp": "conv layers", "noprop": "CNN blocks", "dblocks_cnn": "CNN blocks"}  # the rest: layers
+UNITS = {"cwcomp": "conv layers", "noprop": "CNN blocks", "dblocks_cnn": "CNN blocks",
+         "e2e_cnn": "CNN blocks"}  # the rest: layers
 PER_SEED = ("test_accuracy", "val_accuracy", "train_accuracy")
 
 

@@ -79,3 +79,17 @@ def test_it_trains_from_a_config_far_above_chance(tmp_path):
     assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1
     again = classify.train(cfg, show=False)  # finished: read back
     assert again["test_accuracy"] == result["test_accuracy"]
+
+
+def test_end_to_end_on_the_same_cnn_shares_noprops_image_path_and_trains(tmp_path):
+    from diffusionblocks.methods import e2e_cnn, noprop
+
+    model = e2e_cnn.CNNClassifier(1, 8, 10)
+    block = noprop.NoPropBlock(1, 8, 10, 10)
+    shapes = [p.shape for p in model.image.parameters()]
+    assert shapes == [p.shape for p in block.image.parameters()]  # the same image path
+    cfg = ClassifyConfig(mode="e2e_cnn", dataset="digits", steps=100, evals=1, batch_size=32,
+                         out=str(tmp_path))
+    result = classify.train(cfg, show=False)
+    assert result["mode"] == "e2e_cnn" and result["inference_layers"] == 1 and result["steps"] == 100
+    assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1

@@ -20,7 +20,7 @@ FLOORS = [
     ["__init__", "runs", "report"],
     ["docs"],
     ["methods.family", "methods.noprop", "methods.local", "methods.cff", "methods.cwcomp"],
-    ["methods.ensemble", "methods.shallow", "methods.dblocks_cnn"],
+    ["methods.ensemble", "methods.shallow", "methods.dblocks_cnn", "methods.e2e_cnn"],
     ["methods"],
     ["tasks.text"],
     ["tasks.judge", "tasks.classify", "tasks.generate", "tasks.mdm"],

@@ -17,7 +17,8 @@ chain) and :mod:`.local` (greedy local learning: the ViT's blocks, each with its
 cross-entropy on the detached output of the block before) and :mod:`.cff` (Contrastive
 Forward-Forward: every layer with its own contrastive loss, then a head on frozen features) and
 :mod:`.cwcomp` (channel-wise competitive Forward-Forward on its own CNN); and
-:mod:`.dblocks_cnn`, DiffusionBlocks itself on NoProp's CNN (the paper's comparison with it).
+:mod:`.dblocks_cnn` and :mod:`.e2e_cnn`, DiffusionBlocks and end to end on NoProp's CNN (the
+paper's comparison with it).
 
 A family describes itself to the methods with a :class:`Family` and routes its ``train``
 through :func:`train`. This package imports no task.
@@ -33,7 +34,7 @@ from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - th
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop", "dblocks_cnn", "local", "cff", "cwcomp")
+PEERS = ("noprop", "dblocks_cnn", "e2e_cnn", "local", "cff", "cwcomp")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
@@ -54,6 +55,8 @@ ABOUT = {
     "dblocks_cnn": "DiffusionBlocks on NoProp's CNN (the paper's comparison with NoProp-DT): B blocks, "
                    "each NoProp's block network conditioned on the noise level, trained alone; read "
                    "by the same chain (its recipe: configs/cpu/dblocks_cnn_mnist.toml)",
+    "e2e_cnn": "end to end on NoProp's CNN (its block network without the label input), the "
+               "backprop row beside NoProp-DT and dblocks_cnn",
     "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
               "each denoising a noisy label embedding sampled from q, no forward chain in training "
               "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
