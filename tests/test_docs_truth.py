@@ -16,7 +16,8 @@ def test_every_rendered_table_matches_its_json():
 
 
 def test_a_figure_edited_by_hand_is_caught_and_rewritten(tmp_path):
-    sources = [m["src"] for m in docs.MARKER.finditer((ROOT / "README.md").read_text())]
+    readme_text = (ROOT / "README.md").read_text()
+    sources = {m["src"] for pattern in (docs.MARKER, docs.FIGURE) for m in pattern.finditer(readme_text)}
     for name in ("README.md", *sources):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
@@ -32,3 +33,24 @@ def test_a_figure_edited_by_hand_is_caught_and_rewritten(tmp_path):
 def test_rows_tables_render_as_data():
     table = docs.rows({"columns": ["method", "test"], "rows": [["e2e", "98.1%"]]})
     assert table == "| method | test |\n|---|---|\n| e2e | 98.1% |\n"
+
+
+def test_a_prose_figure_edited_by_hand_is_caught_and_rewritten(tmp_path):
+    (tmp_path / "r.json").write_text('{"modes": {"e2e": {"test": {"mean": 0.6584, "sd": 0.01856}}}, '
+                                     '"runs": [{"fid": 9.0612}], "odd key": {"a b": 0.5}}')
+    text = ("score <!-- fig: r.json modes.e2e.test pm -->65.84 ± 1.86%<!-- /fig --> and FID "
+            "<!-- fig: r.json runs.0.fid f2 -->9.06<!-- /fig --> at "
+            "<!-- fig: r.json odd key.a b pct -->50.00%<!-- /fig -->")
+    (tmp_path / "README.md").write_text(text)
+    assert docs.stale(tmp_path, ["README.md"]) == []
+    (tmp_path / "README.md").write_text(text.replace("9.06<", "8.99<"))
+    assert docs.stale(tmp_path, ["README.md"]) == ["README.md"]
+    assert docs.main(["--root", str(tmp_path)]) == 0 and (tmp_path / "README.md").read_text() == text
+    for wrong in ("runs.3.fid f2", "runs.0.fid f9"):  # no such figure; no such format
+        (tmp_path / "README.md").write_text(f"<!-- fig: r.json {wrong} -->1<!-- /fig -->")
+        assert docs.stale(tmp_path, ["README.md"]) == ["README.md"]
+
+
+def test_the_readme_first_screen_figures_are_rendered():
+    first = (ROOT / "README.md").read_text().split("## What you get")[0]
+    assert first.count("<!-- fig: ") >= 4

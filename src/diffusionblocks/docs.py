@@ -5,8 +5,13 @@ hand cannot drift. A rendered block sits between two markers:
     | mode | ... |
     <!-- /table -->
 
-``python -m diffusionblocks.docs`` rewrites every block from its JSON; ``--check`` only reports
-(exit 1) the blocks that disagree, which the test suite runs. Kinds: ``compare`` (a
+A figure in prose sits between two markers naming its JSON, the dotted key of its value (a list
+index as a number; a key may hold spaces) and its format (:data:`FORMATS`):
+
+    <!-- fig: docs/controls/cifar10_seeds.json modes.ensemble.test_accuracy pm -->66.67 ± 0.58%<!-- /fig -->
+
+``python -m diffusionblocks.docs`` rewrites every block and figure from its JSON; ``--check``
+only reports (exit 1) the files that disagree, which the test suite runs. Kinds: ``compare`` (a
 ``compare`` report.json: its table), ``seeds`` (a seeds.json of ``compare --seeds`` or
 ``benchmarks/controls_table.py``: mean ± sd per mode and every seed), ``rows`` (a JSON list of
 row objects, or {"columns": [...], "rows": [[...]]}: the rows as they stand).
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -73,24 +79,62 @@ def rows(data) -> str:
 
 
 KINDS = {"compare": compare, "seeds": seeds, "rows": rows}
+FIGURE = re.compile(
+    r"(<!-- fig: (?P<src>\S+) (?P<key>.+?) (?P<fmt>\w+) -->)(?P<body>.*?)(?P<end><!-- /fig -->)", re.S)
+
+
+def _pm(v) -> str:
+    """Mean ± sd in percent, of a {"mean", "sd"} record or of a list of seeds' values."""
+    if isinstance(v, dict):
+        mean, sd = v["mean"], v["sd"]
+    else:
+        mean, sd = statistics.mean(v), statistics.stdev(v)
+    return f"{100 * mean:.2f} ± {100 * sd:.2f}%"
+
+
+FORMATS = {
+    "pct": lambda v: f"{100 * v:.2f}%",  # a share, in percent
+    "pct1": lambda v: f"{100 * v:.1f}%",
+    "pm": _pm,
+    "f1": lambda v: f"{v:.1f}", "f2": lambda v: f"{v:.2f}", "f3": lambda v: f"{v:.3f}",
+    "int": lambda v: f"{round(v):,}",
+    "raw": str,  # as the JSON holds it (a rendered table's cell)
+}
+
+
+def lookup(data, key: str):
+    """The value at a dotted ``key`` (``modes.e2e.test_accuracy.seeds.0``)."""
+    for part in key.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
 
 
 def render(text: str, root: Path) -> str:
     """``text`` with every marked block rendered from its JSON (paths relative to ``root``)."""
+    def source(name: str):
+        if not (root / name).is_file():
+            raise ValueError(f"a table's or figure's source {name} does not exist")
+        return json.loads((root / name).read_text())
+
     def block(m: re.Match) -> str:
         if m["kind"] not in KINDS:
             raise ValueError(f"unknown table kind {m['kind']!r}; choose one of {', '.join(KINDS)}")
-        source = root / m["src"]
-        if not source.is_file():
-            raise ValueError(f"a table's source {m['src']} does not exist")
-        data = json.loads(source.read_text())
-        return m.group(1) + KINDS[m["kind"]](data) + m.group(5)
+        return m.group(1) + KINDS[m["kind"]](source(m["src"])) + m.group(5)
 
-    return MARKER.sub(block, text)
+    def figure(m: re.Match) -> str:
+        if m["fmt"] not in FORMATS:
+            raise ValueError(f"unknown figure format {m['fmt']!r}; choose one of {', '.join(FORMATS)}")
+        try:
+            value = lookup(source(m["src"]), m["key"])
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ValueError(f"{m['src']} has no figure {m['key']}") from None
+        return m.group(1) + FORMATS[m["fmt"]](value) + m["end"]
+
+    return FIGURE.sub(figure, MARKER.sub(block, text))
 
 
 def stale(root: Path, files=DOCS) -> list[str]:
-    """The files whose marked tables disagree with their JSON."""
+    """The files whose marked tables or figures disagree with their JSON."""
     def differs(f: str) -> bool:
         text = (root / f).read_text()
         try:
@@ -110,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = stale(root)
     if args.check:
         for f in bad:
-            print(f"{f}: a table disagrees with its JSON; run python -m diffusionblocks.docs",
+            print(f"{f}: a table or figure disagrees with its JSON; run python -m diffusionblocks.docs",
                   file=sys.stderr)
         return 1 if bad else 0
     for f in bad:
