@@ -16,25 +16,19 @@ from pathlib import Path
 
 import torch
 
+from diffusionblocks import methods
 from diffusionblocks.data.images import load_images
 from diffusionblocks.tasks import classify
 
-MODES = ("e2e", "dblocks", "shallow", "ensemble", "local", "cff", "cwcomp", "noprop", "dblocks_cnn",
-         "e2e_cnn")
+MODES = ("e2e", "dblocks", "shallow", "ensemble", *methods.PEERS)
 CROSSES = {  # what crosses between the units in training (a block per device)
     "e2e": "gradients through every layer (one unit)",
     "dblocks": "nothing (the label table is frozen)",
     "shallow": "gradients through its 2 layers (one unit)",
     "ensemble": "nothing (independent members)",
-    "local": "activations forward",
-    "cff": "activations forward (two views)",
-    "cwcomp": "activations forward",
-    "noprop": "gradients of W_embed and the classifier",
-    "dblocks_cnn": "nothing (the label table is frozen)",
-    "e2e_cnn": "gradients through the whole CNN (one unit)",
+    **{name: methods.peer(name).CROSSES for name in methods.PEERS},
 }
-UNITS = {"cwcomp": "conv layers", "noprop": "CNN blocks", "dblocks_cnn": "CNN blocks",
-         "e2e_cnn": "CNN blocks"}  # the rest: layers
+UNITS = {name: methods.peer(name).UNITS for name in methods.PEERS}  # the rest: layers
 PER_SEED = ("test_accuracy", "val_accuracy", "train_accuracy")
 
 

@@ -230,3 +230,22 @@ def test_compare_jobs_that_do_not_apply_are_one_line(flags, words, tmp_path, cap
         cli.main(["compare", "--quick", "--out", str(tmp_path), *flags])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and "\n" not in err and words in err
+
+
+def test_every_peer_module_keeps_the_one_contract_and_is_found_by_its_file():
+    import pkgutil
+
+    from diffusionblocks import methods
+    from diffusionblocks.commands.train import NOISE, ONLY
+
+    modules = {i.name for i in pkgutil.iter_modules(methods.__path__)}
+    assert set(methods.PEERS) == {m for m in modules if hasattr(methods.peer(m) or object(), "trainer")}
+    assert {"noprop", "local", "cff", "cwcomp", "dblocks_cnn", "e2e_cnn"} <= set(methods.PEERS)
+    for name in methods.PEERS:
+        module = methods.peer(name)
+        for attr in ("build", "trainer", "activations", "LR", "ABOUT", "CROSSES", "UNITS", "FLAGS"):
+            assert hasattr(module, attr), (name, attr)
+        assert methods.ABOUT[name] == module.ABOUT
+        for flag in module.FLAGS:  # each names a method flag of the family, which --help then lists
+            for dest in NOISE if flag == "noise" else (flag,):
+                assert name in ONLY["classify"][dest], (name, dest)

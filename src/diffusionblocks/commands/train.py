@@ -7,7 +7,7 @@ import json
 import os
 
 from .. import configs
-from ..methods import ABOUT
+from ..methods import ABOUT, PEERS, peer
 from .flags import (
     CONFIG_HELP,
     TEXT_TASKS,
@@ -49,13 +49,16 @@ NOISE = ("sigma_min", "sigma_max", "p_mean", "p_std", "sigma_data", "gamma", "pa
 # Flags that only some methods have, per task (a flag not listed applies to every method);
 # `train TASK --mode M --help` lists M's flags only.
 ONLY = {"classify": {
-    **dict.fromkeys(("label_error", "offload", "block", "sync_every", "init_from", "match"), {"dblocks"}),
-    **dict.fromkeys(("shared_policy", "sampler", "decode", "readout", "grid", "sample_steps", *NOISE),
-                    {"dblocks", "dblocks_cnn"}),
+    **dict.fromkeys(("shared_policy", "label_error", "offload", "block", "sync_every", "init_from",
+                     "sampler", "decode", "readout", "grid", "sample_steps", "match", *NOISE),
+                    {"dblocks"}),
     "member": {"ensemble"}, "combine": {"ensemble"}, "parallel": {"e2e", "dblocks"},
-    "split": {"dblocks", "shallow", "ensemble", "local"},
-    "blocks": {"dblocks", "dblocks_cnn", "shallow", "ensemble", "local", "noprop"},
+    "split": {"dblocks", "shallow", "ensemble"},
+    "blocks": {"dblocks", "shallow", "ensemble"},
 }}
+for _name in PEERS:  # and each peer method's own (its FLAGS; "noise": every noise flag)
+    for _flag in (f for g in peer(_name).FLAGS for f in (NOISE if g == "noise" else (g,))):
+        ONLY["classify"][_flag] = ONLY["classify"][_flag] | {_name}
 # The sections of a task's own settings in --help (the model, noise and optimizer have theirs).
 SECTIONS = {
     "method": ("mode", "blocks", "split", "shared_policy", "match", "label_error", "member", "combine"),

@@ -34,46 +34,45 @@ from .family import Family, depth_of, unit_depths, with_depth  # noqa: F401 - th
 
 NATIVE = ("e2e", "dblocks")
 CONTROLS = ("shallow", "ensemble")
-PEERS = ("noprop", "dblocks_cnn", "e2e_cnn", "local", "cff", "cwcomp")
 ABOUT = {
     "e2e": "plain backprop through the whole network",
     "dblocks": "DiffusionBlocks: B blocks, each a denoiser of its own noise range, trained alone",
-    "shallow": "control: one end-to-end network of one block's depth, B× the steps (the same "
-               "training layer evaluations, one block's activation memory)",
+    "shallow": "control: one end-to-end network of one block's depth, B× the steps (the same training "
+               "layer evaluations, one block's activation memory)",
     "ensemble": "control: B end-to-end networks of one block's depth, each its own seed and the "
                 "end-to-end step budget, predicting by their mean log-probability (train one with "
                 "--member k, assemble with merge)",
-    "local": "peer: greedy local learning (decoupled), the network cut into the --blocks blocks, "
-             "each with its own head and cross-entropy on the detached output of the block before "
-             "(activations cross forward, never gradients)",
-    "cff": "peer: Contrastive Forward-Forward (Aghagolzadeh & Ezoji 2025), every layer trained alone "
-           "with a marginal supervised contrastive loss on two views, then a linear head on the "
-           "frozen features (its recipe: configs/cpu/cff_mnist.toml)",
-    "cwcomp": "peer: channel-wise competitive Forward-Forward (Papachristodoulou et al. 2024), the "
-              "paper's CFSE CNN, each layer trained alone on the cross-entropy of its class-wise "
-              "channel goodness, no negative data (its recipe: configs/cpu/cwcomp_mnist.toml)",
-    "dblocks_cnn": "DiffusionBlocks on NoProp's CNN (the paper's comparison with NoProp-DT): B blocks, "
-                   "each NoProp's block network conditioned on the noise level, trained alone; read "
-                   "by the same chain (its recipe: configs/cpu/dblocks_cnn_mnist.toml)",
-    "e2e_cnn": "end to end on NoProp's CNN (its block network without the label input), the "
-               "backprop row beside NoProp-DT and dblocks_cnn",
-    "noprop": "peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, "
-              "each denoising a noisy label embedding sampled from q, no forward chain in training "
-              "(its paper's recipe: configs/cpu/noprop_mnist.toml)",
 }
 
 
-def peer(mode: str):
-    """The module of a peer method (``build(cfg)``, ``trainer(model, cfg)``, ``activations(model,
-    x, y)``, its default ``LR``; ``predict(model, x, generator)`` and ``inference_layers(model)``
-    unless it builds a :class:`~..blocks.DiffusionBlocks`, which the family reads by its chain;
-    optionally ``budget(cfg)``, its total steps), or None for a native mode or a control. A peer
-    is one file: adding one touches this tuple."""
-    if mode not in PEERS:
-        return None
+def _peers() -> dict:
+    """Every module of this package that is a peer method: one with a ``trainer`` (and its
+    ``ABOUT``), by name. Adding a method adds a file; nothing here changes."""
     import importlib
+    import pkgutil
 
-    return importlib.import_module(f".{mode}", __name__)
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f".{info.name}", __name__)
+        if hasattr(module, "trainer"):
+            found[info.name] = module
+    return found
+
+
+_PEERS = _peers()
+PEERS = tuple(_PEERS)
+ABOUT |= {name: module.ABOUT for name, module in _PEERS.items()}
+
+
+def peer(mode: str):
+    """The module of a peer method, or None for a native mode or a control. A peer module has
+    ``build(cfg)`` (its network), ``trainer(model, cfg)`` (its strategy), ``activations(model, x,
+    y)`` (saved bytes, and ``traffic_bytes_per_step``), its default ``LR`` (None: the family's),
+    ``ABOUT`` (for --help), ``CROSSES`` and ``UNITS`` (for tables) and ``FLAGS`` (the family's
+    method flags that apply to it); ``predict(model, x, generator)`` and
+    ``inference_layers(model)`` unless it builds a :class:`~..blocks.DiffusionBlocks`, which the
+    family reads by its chain; optionally ``budget(cfg)`` (its total steps) and ``TWO_VIEWS``."""
+    return _PEERS.get(mode)
 
 
 def train(family: Family, cfg, data=None, show: bool = True, **kw) -> dict:

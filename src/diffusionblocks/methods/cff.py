@@ -180,6 +180,13 @@ class CFFTrainer:
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("peer: Contrastive Forward-Forward (Aghagolzadeh & Ezoji 2025), every layer trained alone "
+         "with a marginal supervised contrastive loss on two views, then a linear head on the "
+         "frozen features (its recipe: configs/cpu/cff_mnist.toml)")
+CROSSES = "activations forward (two views)"  # between its units in training
+UNITS = "layers"  # what its training evaluations count
+FLAGS = frozenset()  # the family's method flags that apply to it
+
 TWO_VIEWS = True  # the family hands the raw batch and a view maker
 
 

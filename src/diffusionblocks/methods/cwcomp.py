@@ -139,6 +139,13 @@ class CwCompTrainer:
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("peer: channel-wise competitive Forward-Forward (Papachristodoulou et al. 2024), the "
+         "paper's CFSE CNN, each layer trained alone on the cross-entropy of its class-wise "
+         "channel goodness, no negative data (its recipe: configs/cpu/cwcomp_mnist.toml)")
+CROSSES = "activations forward"  # between its units in training
+UNITS = "conv layers"  # what its training evaluations count
+FLAGS = frozenset()  # the family's method flags that apply to it
+
 def build(cfg) -> CwCompNet:
     return CwCompNet(cfg.vit.channels, cfg.vit.num_classes)
 

@@ -64,6 +64,15 @@ class Joined(nn.Module):
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("DiffusionBlocks on NoProp's CNN (the paper's comparison with NoProp-DT): B blocks, each "
+         "NoProp's block network conditioned on the noise level, trained alone; read by the same "
+         "chain (its recipe: configs/cpu/dblocks_cnn_mnist.toml)")
+CROSSES = "nothing (the label table is frozen)"  # between its units in training
+UNITS = "CNN blocks"  # what its training evaluations count
+# the family's method flags that apply to it ("noise": every noise flag)
+FLAGS = frozenset({"blocks", "shared_policy", "sampler", "decode", "readout", "grid", "sample_steps",
+                   "noise"})
+
 
 def build(cfg) -> DiffusionBlocks:
     """B = ``cfg.blocks`` NoProp CNN denoisers over ``cfg.noise``'s partition, the label table of

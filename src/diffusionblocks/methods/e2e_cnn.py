@@ -32,6 +32,12 @@ class CNNClassifier(nn.Module):
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("end to end on NoProp's CNN (its block network without the label input), the backprop row "
+         "beside NoProp-DT and dblocks_cnn")
+CROSSES = "gradients through the whole CNN (one unit)"  # between its units in training
+UNITS = "CNN blocks"  # what its training evaluations count
+FLAGS = frozenset()  # the family's method flags that apply to it
+
 
 def build(cfg) -> CNNClassifier:
     return CNNClassifier(cfg.vit.channels, cfg.vit.image_size, cfg.vit.num_classes)

@@ -150,6 +150,13 @@ def boundary_bytes(model: LocalViT, x: Tensor) -> int:
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("peer: greedy local learning (decoupled), the network cut into the --blocks blocks, each "
+         "with its own head and cross-entropy on the detached output of the block before "
+         "(activations cross forward, never gradients)")
+CROSSES = "activations forward"  # between its units in training
+UNITS = "layers"  # what its training evaluations count
+FLAGS = frozenset({"blocks", "split"})  # the family's method flags that apply to it
+
 def build(cfg) -> LocalViT:
     return LocalViT(cfg.vit, cfg.blocks, cfg.split, cfg.checkpointing)
 

@@ -168,6 +168,13 @@ class NoPropTrainer(EndToEnd):
 
 # The peer-method interface the classification family calls (methods.peer).
 
+ABOUT = ("peer: NoProp-DT (Li et al. 2025), T = --blocks separately parameterised CNN blocks, each "
+         "denoising a noisy label embedding sampled from q, no forward chain in training (its "
+         "paper's recipe: configs/cpu/noprop_mnist.toml)")
+CROSSES = "gradients of W_embed and the classifier"  # between its units in training
+UNITS = "CNN blocks"  # what its training evaluations count
+FLAGS = frozenset({"blocks"})  # the family's method flags that apply to it
+
 LR = 1e-3  # the paper's AdamW rate
 
 
