@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -24,7 +25,7 @@ MODES = ("e2e", "dblocks", "shallow", "ensemble", *methods.PEERS)
 CROSSES = {  # what crosses between the units in training (a block per device)
     "e2e": "gradients through every layer (one unit)",
     "dblocks": "nothing (the label table is frozen)",
-    "shallow": "gradients through its 2 layers (one unit)",
+    "shallow": "gradients through its layers (one unit)",
     "ensemble": "nothing (independent members)",
     **{name: methods.peer(name).CROSSES for name in methods.PEERS},
 }
@@ -61,7 +62,7 @@ def measure(runs: Path, mode: str, data_dir: str | None, n: int) -> dict | None:
         "steps": first["steps"], "batch_size": cfg["batch_size"],
         "epochs": examples / (len(data.y_train) - cfg["val_size"]),
         "evaluations": first["layer_evals"],
-        "step_seconds": statistics.median(r["step_seconds"] for r in results),
+        "step_seconds": statistics.median(r.get("step_seconds") or math.nan for r in results),
         "activation_bytes_per_step": first["activation_bytes_per_step"],
         "traffic_bytes_per_step": first.get("traffic_bytes_per_step"),
         "parameters": first["parameters"]}
@@ -73,7 +74,7 @@ def combine(kept: dict | None, new: dict | None) -> dict | None:
         return new or kept
     seeds = {s: [kept[k][i] for k in PER_SEED] for i, s in enumerate(kept["seeds"])}
     seeds |= {s: [new[k][i] for k in PER_SEED] for i, s in enumerate(new["seeds"])}
-    order = sorted(seeds)
+    order = sorted(seeds, key=lambda s: int(s.split("_")[-1]))
     return new | {"seeds": order} | {k: [seeds[s][j] for s in order] for j, k in enumerate(PER_SEED)}
 
 

@@ -46,7 +46,10 @@ def test_a_prose_figure_edited_by_hand_is_caught_and_rewritten(tmp_path):
     (tmp_path / "README.md").write_text(text.replace("9.06<", "8.99<"))
     assert docs.stale(tmp_path, ["README.md"]) == ["README.md"]
     assert docs.main(["--root", str(tmp_path)]) == 0 and (tmp_path / "README.md").read_text() == text
-    for wrong in ("runs.3.fid f2", "runs.0.fid f9"):  # no such figure; no such format
+    unclosed = "<!-- fig: r.json runs.0.fid f2 -->9.06 and <!-- fig: r.json runs.0.fid f1 -->9.1<!-- /fig -->"
+    (tmp_path / "README.md").write_text(unclosed)  # a figure without its end leaves the next alone
+    assert docs.main(["--root", str(tmp_path)]) == 0 and (tmp_path / "README.md").read_text() == unclosed
+    for wrong in ("runs.3.fid f2", "runs.0.fid f9", "runs pm"):  # no such figure or format; a bad one
         (tmp_path / "README.md").write_text(f"<!-- fig: r.json {wrong} -->1<!-- /fig -->")
         assert docs.stale(tmp_path, ["README.md"]) == ["README.md"]
 

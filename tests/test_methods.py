@@ -10,6 +10,7 @@ from conftest import killed_after_first_checkpoint
 from torch import nn
 
 from diffusionblocks import cli, methods
+from diffusionblocks.blocks import DiffusionBlocks
 from diffusionblocks.methods import ensemble, shallow
 from diffusionblocks.models.vit import ViTConfig
 from diffusionblocks.tasks import ar, classify, generate
@@ -239,12 +240,16 @@ def test_every_peer_module_keeps_the_one_contract_and_is_found_by_its_file():
     from diffusionblocks.commands.train import NOISE, ONLY
 
     modules = {i.name for i in pkgutil.iter_modules(methods.__path__)}
-    assert set(methods.PEERS) == {m for m in modules if hasattr(methods.peer(m) or object(), "trainer")}
-    assert {"noprop", "local", "cff", "cwcomp", "dblocks_cnn", "e2e_cnn"} <= set(methods.PEERS)
+    assert set(methods.PEERS) == {"noprop", "local", "cff", "cwcomp", "dblocks_cnn", "e2e_cnn"}
+    assert {"ensemble", "shallow", "family"} <= modules - set(methods.PEERS)  # not peers: no trainer
+    data = classify.load_images("digits")
     for name in methods.PEERS:
         module = methods.peer(name)
         for attr in ("build", "trainer", "activations", "LR", "ABOUT", "CROSSES", "UNITS", "FLAGS"):
             assert hasattr(module, attr), (name, attr)
+        model = module.build(classify.resolve_config(ClassifyConfig(mode=name, blocks=3), data))
+        if not isinstance(model, DiffusionBlocks):  # else the family reads it by its chain
+            assert hasattr(module, "predict") and hasattr(module, "inference_layers"), name
         assert methods.ABOUT[name] == module.ABOUT
         for flag in module.FLAGS:  # each names a method flag of the family, which --help then lists
             for dest in NOISE if flag == "noise" else (flag,):

@@ -79,8 +79,9 @@ def rows(data) -> str:
 
 
 KINDS = {"compare": compare, "seeds": seeds, "rows": rows}
-FIGURE = re.compile(
-    r"(<!-- fig: (?P<src>\S+) (?P<key>.+?) (?P<fmt>\w+) -->)(?P<body>.*?)(?P<end><!-- /fig -->)", re.S)
+FIGURE = re.compile(  # one line's marker; a body never runs into another figure's marker
+    r"(<!-- fig: (?P<src>\S+) (?P<key>(?:(?!-->)[^\n])+?) (?P<fmt>\w+) -->)(?P<body>(?:(?!<!-- /?fig).)*?)"
+    r"(?P<end><!-- /fig -->)", re.S)
 
 
 def _pm(v) -> str:
@@ -124,11 +125,12 @@ def render(text: str, root: Path) -> str:
     def figure(m: re.Match) -> str:
         if m["fmt"] not in FORMATS:
             raise ValueError(f"unknown figure format {m['fmt']!r}; choose one of {', '.join(FORMATS)}")
+        data = source(m["src"])
         try:
-            value = lookup(source(m["src"]), m["key"])
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ValueError(f"{m['src']} has no figure {m['key']}") from None
-        return m.group(1) + FORMATS[m["fmt"]](value) + m["end"]
+            text = FORMATS[m["fmt"]](lookup(data, m["key"]))
+        except (KeyError, IndexError, ValueError, TypeError, statistics.StatisticsError):
+            raise ValueError(f"{m['src']} has no figure {m['key']} to format as {m['fmt']}") from None
+        return m.group(1) + text + m["end"]
 
     return FIGURE.sub(figure, MARKER.sub(block, text))
 

@@ -1,4 +1,5 @@
-"""What every task's training run needs: its device, and the check that a resume is one."""
+"""The one training driver every family's run goes through (:func:`train_run`), and the check
+that a resume is one."""
 
 from __future__ import annotations
 

@@ -58,6 +58,9 @@ ONLY = {"classify": {
 }}
 for _name in PEERS:  # and each peer method's own (its FLAGS; "noise": every noise flag)
     for _flag in (f for g in peer(_name).FLAGS for f in (NOISE if g == "noise" else (g,))):
+        if _flag not in ONLY["classify"]:
+            raise ValueError(f"methods/{_name}.py: FLAGS names {_flag!r}, not a method flag of classify "
+                             f"({', '.join(ONLY['classify'])})")
         ONLY["classify"][_flag] = ONLY["classify"][_flag] | {_name}
 # The sections of a task's own settings in --help (the model, noise and optimizer have theirs).
 SECTIONS = {

@@ -46,15 +46,15 @@ ABOUT = {
 
 
 def _peers() -> dict:
-    """Every module of this package that is a peer method: one with a ``trainer`` (and its
-    ``ABOUT``), by name. Adding a method adds a file; nothing here changes."""
+    """Every module of this package that is a peer method: one that defines its own ``trainer``,
+    by name. Adding a method adds a file; nothing here changes."""
     import importlib
     import pkgutil
 
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         module = importlib.import_module(f".{info.name}", __name__)
-        if hasattr(module, "trainer"):
+        if getattr(getattr(module, "trainer", None), "__module__", None) == module.__name__:
             found[info.name] = module
     return found
 
@@ -71,7 +71,8 @@ def peer(mode: str):
     ``ABOUT`` (for --help), ``CROSSES`` and ``UNITS`` (for tables) and ``FLAGS`` (the family's
     method flags that apply to it); ``predict(model, x, generator)`` and
     ``inference_layers(model)`` unless it builds a :class:`~..blocks.DiffusionBlocks`, which the
-    family reads by its chain; optionally ``budget(cfg)`` (its total steps) and ``TWO_VIEWS``."""
+    family reads by its chain; optionally ``budget(cfg)`` (its total and warm-up steps) and
+    ``TWO_VIEWS``."""
     return _PEERS.get(mode)
 
 

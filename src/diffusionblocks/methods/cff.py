@@ -194,9 +194,9 @@ def build(cfg) -> CFFViT:
     return CFFViT(cfg.vit)
 
 
-def budget(cfg) -> int:
-    """Total steps of a run of ``cfg.steps`` contrastive steps: stage 2 added after them."""
-    return cfg.steps + max(1, cfg.steps // HEAD_SHARE)
+def budget(cfg) -> tuple[int, int]:
+    """Total and warm-up steps of a run of ``cfg.steps`` contrastive steps: stage 2 added after them."""
+    return cfg.steps + max(1, cfg.steps // HEAD_SHARE), cfg.optim.warmup
 
 
 def trainer(model: CFFViT, cfg, views=None) -> CFFTrainer:

@@ -9,7 +9,7 @@ label embedding) joined into one token by the block's :class:`CNNAdapter`, then 
 level added after its first FC, and a linear read-out F into the label space. Everything else is
 the core's DiffusionBlocks: EDM preconditioning D = c_skip·z + c_out·F, each block's σ drawn from
 its own range of the partition (overlap γ), the label table shared and frozen by default, so
-nothing crosses between blocks in training; a block trains on one uniformly drawn block per step
+nothing crosses between blocks in training; each step trains one uniformly drawn block
 (``training.Blockwise``). The family's DiffusionBlocks inference applies unchanged, since the
 model is a :class:`~..blocks.DiffusionBlocks`: the chain over the σ grid, greedy by default.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import Adapter, DiffusionBlocks, TokenSpace
-from ..training import Blockwise, blockwise_activation_bytes
+from ..training import Blockwise, blockwise_activation_bytes, matched_budget
 from .noprop import image_path, label_path
 
 WIDTH = 256  # NoProp's block width
@@ -67,7 +67,7 @@ class Joined(nn.Module):
 ABOUT = ("DiffusionBlocks on NoProp's CNN (the paper's comparison with NoProp-DT): B blocks, each "
          "NoProp's block network conditioned on the noise level, trained alone; read by the same "
          "chain (its recipe: configs/cpu/dblocks_cnn_mnist.toml)")
-CROSSES = "nothing (the label table is frozen)"  # between its units in training
+CROSSES = "nothing (the label table frozen; co-trained: its gradients)"  # between its units in training
 UNITS = "CNN blocks"  # what its training evaluations count
 # the family's method flags that apply to it ("noise": every noise flag)
 FLAGS = frozenset({"blocks", "shared_policy", "sampler", "decode", "readout", "grid", "sample_steps",
@@ -83,16 +83,17 @@ def build(cfg) -> DiffusionBlocks:
         return CNNAdapter(vit.channels, vit.image_size, vit.width)
 
     return DiffusionBlocks([Joined() for _ in range(cfg.blocks)], shared, adapter, cfg.blocks, cond_dim=COND,
-                           noise=cfg.noise, shared_policy=cfg.shared_policy)
+                           noise=cfg.noise, shared_policy=cfg.shared_policy, checkpointing=cfg.checkpointing)
 
 
 def trainer(model: DiffusionBlocks, cfg) -> Blockwise:
     return Blockwise(model, cfg.optim)
 
 
-def budget(cfg) -> int:
-    """B× the steps, as DiffusionBlocks has beside end to end: each step trains one block."""
-    return cfg.steps * cfg.blocks
+def budget(cfg) -> tuple[int, int]:
+    """Total and warm-up steps: B× end to end's, as the family's DiffusionBlocks has (each step
+    trains one block; ``cfg.match``)."""
+    return matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match)
 
 
 def activations(model: DiffusionBlocks, x: Tensor, y: Tensor) -> dict:

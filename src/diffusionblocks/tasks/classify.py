@@ -285,8 +285,8 @@ def make_strategy(
         return Method(strategy, total, warmup)
     if peer := methods.peer(cfg.mode):
         extra = {"views": views} if getattr(peer, "TWO_VIEWS", False) else {}
-        total = peer.budget(cfg) if hasattr(peer, "budget") else cfg.steps
-        return Method(peer.trainer(model, cfg, **extra), total, cfg.optim.warmup)
+        total, warmup = peer.budget(cfg) if hasattr(peer, "budget") else (cfg.steps, cfg.optim.warmup)
+        return Method(peer.trainer(model, cfg, **extra), total, warmup)
     return Method(EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup)
 
 
