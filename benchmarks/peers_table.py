@@ -2,6 +2,9 @@
 over the seeds that finished. Reads RUNS/seed_S/MODE/{result.json,checkpoint}; measures train
 accuracy on the first 10,000 training images each run trained on (NoProp is known to overfit);
 writes OUT.json (a `rows` table for `python -m diffusionblocks.docs`, with every seed's figures).
+Step times are measured here, every method in this one process one after another (one thread,
+``--time-steps`` steps each after two of warm-up, the median), so that they compare; a run's own
+step time depends on what ran beside it.
 
     python benchmarks/peers_table.py --runs runs/rows/peers_mnist --data-dir ../shared/data \
         --out docs/peers/mnist.json
@@ -13,13 +16,18 @@ import argparse
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from diffusionblocks import methods
-from diffusionblocks.data.images import load_images
+from diffusionblocks.configs import overlay, read_file
+from diffusionblocks.data.images import augment, load_images, parse_augment
+from diffusionblocks.methods import shallow
 from diffusionblocks.tasks import classify
+from diffusionblocks.tasks.classify import ClassifyConfig
+from diffusionblocks.training import step_generator
 
 MODES = ("e2e", "dblocks", "shallow", "ensemble", *methods.PEERS)
 CROSSES = {  # what crosses between the units in training (a block per device)
@@ -68,6 +76,36 @@ def measure(runs: Path, mode: str, data_dir: str | None, n: int) -> dict | None:
         "parameters": first["parameters"]}
 
 
+def config_of(runs: Path, mode: str, dataset: str) -> ClassifyConfig:
+    """The config of MODE's first run under RUNS, else its recipe ``configs/cpu/MODE_DATASET.toml``
+    (a mode kept from an earlier table, whose runs are gone)."""
+    found = sorted(runs.glob(f"seed_*/{mode}/config.json"))
+    if found:
+        return ClassifyConfig.from_dict(json.loads(found[0].read_text()))
+    settings = {k: v for k, v in read_file(f"configs/cpu/{mode}_{dataset}.toml").items() if k != "task"}
+    return overlay(ClassifyConfig(), settings)
+
+
+def step_seconds(cfg: ClassifyConfig, data_dir: str | None, steps: int) -> float:
+    """The median time of one training step of ``cfg``'s method (a fresh model, the first batch
+    of its training images), after two steps of warm-up."""
+    data = load_images(cfg.dataset, data_dir)
+    cfg = classify.resolve_config(cfg, data)
+    if cfg.mode in ("shallow", "ensemble"):  # a step of the one 2-layer end-to-end network either trains
+        cfg = shallow.unit(classify.FAMILY, cfg, cfg.steps)
+    ops = parse_augment(cfg.augment)
+    model = classify.build(cfg)
+    method = classify.make_strategy(cfg, model, views=lambda x, g: augment(x, ops, g, pixels=data.pixels)
+                                    if ops else x)
+    x, y = data.x_train[: cfg.batch_size], data.y_train[: cfg.batch_size]
+    times = []
+    for t in range(steps + 2):
+        start = time.perf_counter()
+        method.strategy.step(x, y, step_generator(cfg.seed, t))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
 def combine(kept: dict | None, new: dict | None) -> dict | None:
     """Seeds measured now over the seeds of an earlier table (whose runs may be gone)."""
     if kept is None or new is None:
@@ -93,14 +131,20 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-examples", type=int, default=10_000)
     ap.add_argument("--keep", default=None, help="an earlier table: its seeds stay unless re-run")
+    ap.add_argument("--time-steps", type=int, default=10, help="steps timed per method (0: the runs' own)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     runs = Path(args.runs)
     kept = json.loads(Path(args.keep).read_text())["records"] if args.keep else {}
     records = {}
+    dataset = json.loads(next(runs.glob("seed_*/*/config.json")).read_text())["dataset"]
     for mode in MODES:
         record = combine(kept.get(mode), measure(runs, mode, args.data_dir, args.train_examples))
         if record is not None:
+            if args.time_steps:
+                cfg = config_of(runs, mode, dataset)
+                record["step_seconds"] = step_seconds(cfg, args.data_dir, args.time_steps)
+                record["step_seconds_from"] = f"timed here, {args.time_steps} steps, one thread"
             records[mode] = record
     seen = f"train accuracy ({args.train_examples:,} seen)"
     command = f"python benchmarks/peers_table.py --runs {runs} --out {args.out}"
