@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from diffusionblocks import methods
 from diffusionblocks.data.images import Batches, load_images
 from diffusionblocks.models.vit import ViTConfig
 from diffusionblocks.report import markdown_table
@@ -32,7 +33,7 @@ def run(mode: str, compiled: bool, args, data) -> dict:
     cfg = replace(cfg, optim=replace(cfg.optim, compile=compiled))
     torch.manual_seed(0)
     model = classify.build(cfg)
-    strategy = classify.make_strategy(cfg, model).strategy
+    strategy = methods.method(classify.FAMILY, cfg, model).strategy
     batch_at = Batches(data.x_train, data.y_train, cfg.batch_size, 0)
     losses, times = [], []
     for t in range(args.warmup + args.steps):

@@ -76,14 +76,36 @@ def measure(runs: Path, mode: str, data_dir: str | None, n: int) -> dict | None:
         "parameters": first["parameters"]}
 
 
-def config_of(runs: Path, mode: str, dataset: str) -> ClassifyConfig:
+def config_of(runs: Path, mode: str, dataset: str, controls: str | None = None) -> ClassifyConfig:
     """The config of MODE's first run under RUNS, else its recipe ``configs/cpu/MODE_DATASET.toml``
-    (a mode kept from an earlier table, whose runs are gone)."""
+    (a mode kept from an earlier table, whose runs are gone), else ``controls`` in that mode."""
     found = sorted(runs.glob(f"seed_*/{mode}/config.json"))
     if found:
         return ClassifyConfig.from_dict(json.loads(found[0].read_text()))
-    settings = {k: v for k, v in read_file(f"configs/cpu/{mode}_{dataset}.toml").items() if k != "task"}
-    return overlay(ClassifyConfig(), settings)
+    recipe = Path(f"configs/cpu/{mode}_{dataset}.toml")
+    settings = read_file(recipe if recipe.exists() or controls is None else controls)
+    return overlay(ClassifyConfig(), {k: v for k, v in settings.items() if k != "task"} | {"mode": mode})
+
+
+def from_controls(path: str, config: str, data_dir: str | None) -> dict:
+    """The ViT rows of a controls table (benchmarks/controls_table.py; its runs may be gone),
+    trained by ``config``: test and validation accuracy per seed and the budget; train accuracy
+    was not measured there."""
+    table = json.loads(Path(path).read_text())
+    cfg = overlay(ClassifyConfig(), {k: v for k, v in read_file(config).items() if k != "task"})
+    data = load_images(cfg.dataset, data_dir)
+    cfg = classify.resolve_config(cfg, data)
+    records, images = {}, len(data.y_train) - cfg.val_size
+    for mode, r in table["modes"].items():
+        steps = cfg.steps * (cfg.blocks if mode in ("dblocks", "shallow") else 1)  # ensemble: per member
+        records[mode] = {
+            "seeds": [f"seed_{s}" for s in table["seeds"]], "test_accuracy": r["test_accuracy"]["seeds"],
+            "val_accuracy": r["val_accuracy"]["seeds"], "train_accuracy": [], "steps": steps,
+            "batch_size": cfg.batch_size, "epochs": steps * cfg.batch_size / images,
+            "evaluations": r["budget"]["layer_evals"], "step_seconds": math.nan,
+            "activation_bytes_per_step": r["budget"]["activation_bytes_per_step"],
+            "traffic_bytes_per_step": None, "parameters": r["budget"]["parameters"], "from": path}
+    return records
 
 
 def step_seconds(cfg: ClassifyConfig, data_dir: str | None, steps: int) -> float:
@@ -95,8 +117,11 @@ def step_seconds(cfg: ClassifyConfig, data_dir: str | None, steps: int) -> float
         cfg = shallow.unit(classify.FAMILY, cfg, cfg.steps)
     ops = parse_augment(cfg.augment)
     model = classify.build(cfg)
-    method = classify.make_strategy(cfg, model, views=lambda x, g: augment(x, ops, g, pixels=data.pixels)
-                                    if ops else x)
+
+    def views(x, g):
+        return augment(x, ops, g, pixels=data.pixels) if ops else x
+
+    method = methods.method(classify.FAMILY, cfg, model, views=views)
     x, y = data.x_train[: cfg.batch_size], data.y_train[: cfg.batch_size]
     times = []
     for t in range(steps + 2):
@@ -131,18 +156,23 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-examples", type=int, default=10_000)
     ap.add_argument("--keep", default=None, help="an earlier table: its seeds stay unless re-run")
+    ap.add_argument("--controls", nargs=2, metavar=("JSON", "CONFIG"), default=None,
+                    help="the ViT rows of a controls table and the config that trained them")
     ap.add_argument("--time-steps", type=int, default=10, help="steps timed per method (0: the runs' own)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     runs = Path(args.runs)
     kept = json.loads(Path(args.keep).read_text())["records"] if args.keep else {}
+    controls = args.controls[1] if args.controls else None
+    if args.controls:
+        kept = from_controls(*args.controls, args.data_dir) | kept
     records = {}
     dataset = json.loads(next(runs.glob("seed_*/*/config.json")).read_text())["dataset"]
     for mode in MODES:
         record = combine(kept.get(mode), measure(runs, mode, args.data_dir, args.train_examples))
         if record is not None:
             if args.time_steps:
-                cfg = config_of(runs, mode, dataset)
+                cfg = config_of(runs, mode, dataset, controls)
                 record["step_seconds"] = step_seconds(cfg, args.data_dir, args.time_steps)
                 record["step_seconds_from"] = f"timed here, {args.time_steps} steps, one thread"
             records[mode] = record
@@ -152,7 +182,8 @@ def main() -> None:
                          "evaluations in training", "activations / step", "step time (1 thread)",
                          "parameters", "crosses between units in training"],
              "rows": [row(m, r) for m, r in records.items()], "records": records,
-             "command": command + (f" --keep {args.keep}" if args.keep else "")}
+             "command": command + (f" --keep {args.keep}" if args.keep else "")
+             + (" --controls " + " ".join(args.controls) if args.controls else "")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
     print(json.dumps(table["rows"], indent=1))

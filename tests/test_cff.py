@@ -77,7 +77,7 @@ def test_stage_two_trains_the_head_alone():
     assert record["stage"] == 2 and record["layers"] == 3
     assert all(torch.equal(p, q) for p, q in zip(model.units.parameters(), units))
     assert any(not torch.equal(p, q) for p, q in zip(model.head.parameters(), head))
-    lr = trainer.head_optimizer.param_groups[0]["lr"]
+    lr = trainer.unscheduled["head"].param_groups[0]["lr"]
     assert abs(lr - 1e-2 * 5e-4 / 4e-3) < 1e-12
 
 

@@ -231,3 +231,4 @@ def test_train_help_lists_the_flags_of_the_chosen_method_in_sections(capsys):
     assert "--member" in ensemble and "--member" not in default and "--combine" not in e2e
     flat = {name: " ".join(text.split()) for name, text in (("e2e", e2e), ("default", default))}
     assert "e2e: plain backprop" in flat["e2e"] and "dblocks: DiffusionBlocks" in flat["default"]
+    assert "σ_min (default: 2.0)" in flat["default"]  # the family's noise, not NoiseConfig's 0.002

@@ -3,6 +3,7 @@ jobs and merge, resume, and the bad inputs of each."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -41,6 +42,33 @@ def test_shallow_is_one_block_deep_in_every_family():
         depth = methods.depth_of(family, cfg)
         unit = shallow.unit(family, cfg, steps=10)
         assert methods.depth_of(family, unit) == depth // cfg.blocks and unit.steps == 10 * cfg.blocks
+
+
+def test_e2e_and_dblocks_are_method_modules_with_their_budgets_in_every_family():
+    from diffusionblocks.tasks import mdm
+    from diffusionblocks.training import Blockwise, EndToEnd
+
+    data = classify.FAMILY.load_data(ClassifyConfig(**TINY))
+    cfg = classify.resolve_config(ClassifyConfig(mode="e2e", **TINY), data)
+    e2e = methods.method(classify.FAMILY, cfg, classify.build(cfg))
+    assert isinstance(e2e.strategy, EndToEnd) and (e2e.total, e2e.warmup) == (12, 3)
+    assert e2e.strategy.loss_fn is torch.nn.functional.cross_entropy and e2e.strategy.layers == 6
+    cfg = classify.resolve_config(ClassifyConfig(mode="dblocks", **TINY), data)
+    db = methods.method(classify.FAMILY, cfg, classify.build(cfg))
+    assert isinstance(db.strategy, Blockwise) and (db.total, db.warmup) == (36, 9)  # B× steps
+    job = methods.method(classify.FAMILY, cfg, classify.build(cfg), blocks=[1])
+    assert (job.total, job.warmup) == (12, 3)  # a block job: its share
+    wrong = replace(cfg, label_error=0.4)
+    assert methods.method(classify.FAMILY, wrong, classify.build(wrong)).strategy.loss.args == (0.4,)
+    gen = generate.GenerateConfig(mode="e2e", steps=10)  # one denoiser over every σ: one block
+    one = methods.method(generate.FAMILY, gen, generate.build(gen))
+    assert isinstance(one.strategy, Blockwise) and one.total == 10
+    lm = mdm.MDMConfig(mode="dblocks", blocks=3, steps=10)
+    masked = methods.method(mdm.FAMILY, lm, mdm.build(lm))
+    assert masked.total == 30 and masked.strategy.loss is mdm.masked_loss
+    assert methods.ABOUT["e2e"] == methods.e2e.ABOUT and methods.ABOUT["dblocks"] == methods.dblocks.ABOUT
+    with pytest.raises(ValueError, match="control"):
+        methods.method(classify.FAMILY, replace(cfg, mode="shallow"), classify.build(cfg))
 
 
 def test_ensemble_members_have_the_blocks_depths_their_own_seeds_and_the_e2e_budget():
@@ -241,7 +269,7 @@ def test_every_peer_module_keeps_the_one_contract_and_is_found_by_its_file():
 
     modules = {i.name for i in pkgutil.iter_modules(methods.__path__)}
     assert set(methods.PEERS) == {"noprop", "local", "cff", "cwcomp", "dblocks_cnn", "e2e_cnn"}
-    assert {"ensemble", "shallow", "family"} <= modules - set(methods.PEERS)  # not peers: no trainer
+    assert {"e2e", "dblocks", "ensemble", "shallow", "family"} <= modules - set(methods.PEERS)  # no trainer
     data = classify.load_images("digits")
     for name in methods.PEERS:
         module = methods.peer(name)

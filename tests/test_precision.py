@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusionblocks import cli, training
+from diffusionblocks import cli, methods, training
 from diffusionblocks.conditioning import modulated_linear
 from diffusionblocks.models.vit import scaled_dot_products
 from diffusionblocks.tasks import classify
@@ -172,7 +172,7 @@ def test_compile_gives_the_eager_losses_and_keeps_the_checkpoint_keys(digits, ba
         cfg = replace(cfg, optim=replace(cfg.optim, compile=compiled))
         torch.manual_seed(0)
         model = classify.build(cfg)
-        strategy = classify.make_strategy(cfg, model).strategy
+        strategy = methods.method(classify.FAMILY, cfg, model).strategy
         losses[compiled] = [strategy.step(*batch, step_generator(0, t))["loss"] for t in range(6)]
         keys = set(model.state_dict())
         assert not any("_orig_mod" in k for k in keys)  # compiled in place: same checkpoint keys

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import methods
 from .checkpoint import stored_parts
 from .checks import check_at_least_one, check_numbers, resolve_device
 from .memory import PeakMemory, state_bytes
@@ -161,7 +162,7 @@ def _build(run, device: torch.device, blocks: list[int] | None = None):
     """The model of ``run`` on ``device`` and its training strategy (for ``blocks`` only)."""
     task = _task(run)
     model = task.build(run).to(device)
-    return model, task.make_strategy(run, model, blocks=blocks).strategy
+    return model, methods.method(task.FAMILY, run, model, blocks).strategy
 
 
 def _timed_step(strategy, x, y, t: int, device: torch.device) -> tuple[float, dict]:

@@ -171,7 +171,9 @@ CHOICES = {  # the registries the configs validate against, so the two cannot dr
 
 
 def add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None,
-                help: dict | None = None) -> None:
+                help: dict | None = None, defaults=None) -> None:
+    """Flags for ``cls``'s fields that have a help line; ``defaults``: the instance whose values
+    the help shows (a family's own noise settings), else the fields' defaults."""
     help = HELP | (help or {})
     choices = CHOICES | {"mode": getattr(cls, "MODES", CHOICES["mode"])}
     group = parser.add_argument_group(title) if title else parser
@@ -180,6 +182,7 @@ def add_fields(parser: argparse.ArgumentParser, cls, skip=(), title: str | None 
             continue
         base = str(f.type).split(" | ")[0]
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = getattr(defaults, f.name) if defaults is not None else default
         flag = "--" + f.name.replace("_", "-")
         if base.startswith("list["):
             group.add_argument(flag, type=int, nargs="+", default=None, metavar="N", help=help[f.name])
@@ -209,7 +212,7 @@ def classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
 
     add_fields(parser, ClassifyConfig, skip=skip)
     add_fields(parser, ViTConfig, skip=MODEL_DERIVED, title="model")
-    add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)")
+    add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)", defaults=ClassifyConfig().noise)
     add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
 
 
@@ -229,7 +232,7 @@ def generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
 
     add_fields(parser, GenerateConfig, skip=skip, help=GENERATE_HELP)
     add_fields(parser, DiTConfig, skip=MODEL_DERIVED, title="model", help=GENERATE_HELP)
-    add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP)
+    add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP, defaults=GenerateConfig().noise)
     add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP)
 
 

@@ -19,7 +19,6 @@ the mean-pooled last features (AdamW at an eighth of the layers' rate: 5e-4 besi
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,8 @@ from torch import Tensor, nn
 
 from ..memory import activation_bytes
 from ..models.vit import PatchStem, make_layers
-from ..training import Averages, Precision, make_optimizer
+from ..training import make_optimizer
+from .units import PerUnit
 
 LR = 4e-3  # stage 1, the paper's
 HEAD_LR_RATIO = 5e-4 / 4e-3  # stage 2's rate beside stage 1's
@@ -114,29 +114,20 @@ class CFFViT(nn.Module):
         return self.head(self.features(x))
 
 
-class CFFTrainer:
+class CFFTrainer(PerUnit):
     """Stage 1 for ``stage1`` steps (every layer on every batch, two views, one AdamW each),
     then stage 2 (the head on frozen features). ``views(x, generator)``: one augmented view of
     the raw batch (identity without augmentation)."""
 
     def __init__(self, model: CFFViT, cfg, stage1: int, views: Callable[[Tensor, torch.Generator], Tensor]):
-        self.model, self.cfg, self.stage1, self.views = model, cfg, stage1, views
         parts = model.parts()
-        self.optimizers = {n: make_optimizer(p, cfg) for n, p in parts.items() if n != "head"}
-        self.head_optimizer = make_optimizer(model.head, cfg)  # its own rate: not on fit's schedule
-        for g in self.head_optimizer.param_groups:
+        head = make_optimizer(model.head, cfg)  # its own rate: not on fit's schedule
+        for g in head.param_groups:
             g["lr"] = cfg.lr * HEAD_LR_RATIO
+        layers = {n: p for n, p in parts.items() if n != "head"}
+        super().__init__(model, cfg, layers, averaged=parts, unscheduled={"head": head})
+        self.stage1, self.views = stage1, views
         self.margins = margins(model.num_blocks)
-        self.precision = Precision(cfg.precision, list(parts))
-        self.precision.bind(next(model.parameters()).device)
-        self.averages = Averages(parts, cfg.ema) if cfg.ema else None
-
-    @property
-    def states(self) -> dict:
-        return self.optimizers | {"head": self.head_optimizer} | self.precision.states()
-
-    def gathered(self) -> AbstractContextManager:
-        return nullcontext()
 
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
         model = self.model
@@ -151,31 +142,27 @@ class CFFTrainer:
         h1, h2 = self.views(x, gen), self.views(x, gen)
         losses = []
         for i, unit in enumerate(self.model.units):
-            opt = self.optimizers[f"block_{i}"]
-            opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 h1, h2 = unit(h1.detach()), unit(h2.detach())
                 loss = contrastive_loss(h1.mean(1), h2.mean(1), y, self.margins[i])
-            self.precision.backward_and_step(loss, f"block_{i}", [opt], unit.parameters(), self.cfg.clip)
-            losses.append(loss.item())
+            losses.append(self.update(f"block_{i}", unit, loss))
         if self.averages:
             self.averages.update(self.optimizers)
         return {"loss": losses[-1], "block_losses": losses, "layers": 2 * self.model.num_blocks}
 
     def _head_step(self, x: Tensor, y: Tensor) -> dict:
-        model, opt = self.model, self.head_optimizer
+        model = self.model
         with torch.no_grad():
             was = model.units.training
             model.units.eval()
             features = model.features(x)
             model.units.train(was)
-        opt.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss = F.cross_entropy(model.head(features).float(), y)
-        self.precision.backward_and_step(loss, "head", [opt], model.head.parameters(), self.cfg.clip)
+        value = self.update("head", model.head, loss)
         if self.averages:
             self.averages.update(["head"])
-        return {"loss": loss.item(), "stage": 2, "layers": model.num_blocks}
+        return {"loss": value, "stage": 2, "layers": model.num_blocks}
 
 
 # The peer-method interface the classification family calls (methods.peer).

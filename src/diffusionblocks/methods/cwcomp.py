@@ -16,14 +16,12 @@ a softmax layer on the flattened last features, is not built here).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..memory import activation_bytes
-from ..training import Averages, Precision, make_optimizer
+from .units import PerUnit
 
 LR = 0.01
 CHANNELS = (20, 80, 240, 480)
@@ -90,24 +88,15 @@ def layer_loss(y: Tensor, labels: Tensor, classes: int) -> Tensor:
     return F.cross_entropy(goodness(y.float(), classes), labels)
 
 
-class CwCompTrainer:
+class CwCompTrainer(PerUnit):
     """Each step: every layer whose ILT window is open trains on the detached output of the one
     before (one Adam each); the others only run forward."""
 
     def __init__(self, model: CwCompNet, cfg, total: int, ilt: tuple[float, ...] = ILT):
-        self.model, self.cfg, self.total, self.ilt = model, cfg, total, ilt
-        self.optimizers = {f"block_{k}": make_optimizer(layer, cfg) for k, layer in enumerate(model.layers)}
-        self.precision = Precision(cfg.precision, list(self.optimizers))
-        self.precision.bind(next(model.parameters()).device)
-        parts = {n: p for n, p in model.parts().items() if n != "steps"}
-        self.averages = Averages(parts, cfg.ema) if cfg.ema else None
-
-    @property
-    def states(self) -> dict:
-        return self.optimizers | self.precision.states()
-
-    def gathered(self) -> AbstractContextManager:
-        return nullcontext()
+        layers = {f"block_{k}": layer for k, layer in enumerate(model.layers)}
+        weights = {n: p for n, p in model.parts().items() if n != "steps"}
+        super().__init__(model, cfg, layers, averaged=weights)
+        self.total, self.ilt = total, ilt
 
     def training(self, step: int) -> list[int]:
         """The layers that train at ``step``."""
@@ -122,13 +111,10 @@ class CwCompTrainer:
                 with torch.no_grad():
                     h = layer(h)
                 continue
-            name, opt = f"block_{k}", self.optimizers[f"block_{k}"]
-            opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 out = layer(h.detach())
                 loss = layer_loss(out, y, model.classes)
-            self.precision.backward_and_step(loss, name, [opt], layer.parameters(), self.cfg.clip)
-            losses[k] = loss.item()
+            losses[k] = self.update(f"block_{k}", layer, loss)
             h = out.detach()
         if self.averages:
             self.averages.update(f"block_{k}" for k in active)

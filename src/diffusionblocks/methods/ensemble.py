@@ -24,6 +24,10 @@ from torch import Tensor, nn
 
 from .family import Family, unit_depths, with_depth
 
+ABOUT = ("control: B end-to-end networks of one block's depth, each its own seed and the end-to-end "
+         "step budget, predicting by their mean log-probability (train one with --member k, "
+         "assemble with merge)")
+
 COMBINES = ("logprob", "prob")
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..blocks import split_layers
 
@@ -17,7 +17,10 @@ class Family:
     """What a method needs of a family. ``config``: its config dataclass;
     ``train(cfg, data, show, **kw)`` trains a native (``e2e``/``dblocks``) config and returns
     its result; ``build(cfg)`` makes its model; ``model`` names the nested config holding
-    ``depth`` (``vit``, ``dit``, ``lm``); ``resolve(cfg, data)`` fills in what the data decides
+    ``depth`` (``vit``, ``dit``, ``lm``); ``loss(output, target)`` is its end-to-end loss (None:
+    its end-to-end network is one denoiser over the whole noise range, trained as one block);
+    ``block_loss(cfg)`` how one block trains, when not by the model's own loss (None);
+    ``resolve(cfg, data)`` fills in what the data decides
     (steps included); the rest serve the ensemble: ``load_data(cfg)``, ``score(model, data,
     cfg)`` (test figures of a whole model), ``validate(model, data, cfg)`` (validation figures,
     {} without a split) and ``mergeable`` (fields its members may differ in)."""
@@ -29,6 +32,8 @@ class Family:
     build: Callable[[object], nn.Module]
     resolve: Callable[[object, object], object]
     load_data: Callable[[object], object]
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None
+    block_loss: Callable[[object], Callable | None] | None = None
     score: Callable[[nn.Module, object, object], dict] | None = None
     validate: Callable[[nn.Module, object, object], dict] | None = None
     mergeable: frozenset[str] = frozenset()

@@ -13,8 +13,6 @@ plain network: the last block's head on the whole stack.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +20,7 @@ from torch import Tensor, nn
 from ..blocks import split_layers
 from ..memory import activation_bytes, run_layers
 from ..models.vit import ViTClassifier
-from ..training import Averages, Precision, make_optimizer
+from .units import PerUnit
 
 LR = None  # trains with the end-to-end learning rate of the family
 
@@ -98,40 +96,26 @@ def block_losses(model: LocalViT, x: Tensor, y: Tensor) -> list[Tensor]:
     return losses
 
 
-class LocalTrainer:
+class LocalTrainer(PerUnit):
     """One AdamW per block; a step trains every block once, in order, on the same batch, each
     on its own loss, freeing its graph before the next block runs."""
 
     def __init__(self, model: LocalViT, cfg):
-        self.model, self.cfg = model, cfg
         parts = model.parts()
-        self.optimizers = {n: make_optimizer(p, cfg) for n, p in parts.items()}
-        self.precision = Precision(cfg.precision, list(parts))
-        self.precision.bind(next(model.parameters()).device)
-        self.averages = Averages(parts, cfg.ema) if cfg.ema else None
+        super().__init__(model, cfg, parts)
         self.layers = sum(model.sizes)
         if cfg.compile:
             for part in parts.values():
                 part.compile()
 
-    @property
-    def states(self) -> dict:
-        return self.optimizers | self.precision.states()
-
-    def gathered(self) -> AbstractContextManager:
-        return nullcontext()
-
     def step(self, x: Tensor, y: Tensor, gen: torch.Generator) -> dict:
         h, losses = x, []
         last = self.model.num_blocks - 1
         for b, block in enumerate(self.model.blocks):
-            name, opt = f"block_{b}", self.optimizers[f"block_{b}"]
-            opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 h, logits = block(h.detach(), last=b == last)
                 loss = F.cross_entropy(logits.float(), y)
-            self.precision.backward_and_step(loss, name, [opt], block.parameters(), self.cfg.clip)
-            losses.append(loss.item())
+            losses.append(self.update(f"block_{b}", block, loss))
         if self.averages:
             self.averages.update(self.optimizers)
         return {"loss": losses[-1], "block_losses": losses, "layers": self.layers}

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from .family import Family, depth_of, unit_depths, with_depth
 
+ABOUT = ("control: one end-to-end network of one block's depth, B× the steps (the same training "
+         "layer evaluations, one block's activation memory)")
+
 
 def unit(family: Family, cfg, steps: int):
     """The end-to-end config the control trains, given the end-to-end budget ``steps``."""

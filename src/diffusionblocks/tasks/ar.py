@@ -46,14 +46,9 @@ from ..noise import GRIDS, NoiseConfig, scalings
 from ..runs import Run, run_summary, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
-    Blockwise,
-    EndToEnd,
-    Method,
     OptimConfig,
     block_losses,
-    block_share,
     blockwise_loss,
-    matched_budget,
 )
 from .judge import independent_judge, judged
 from .text import (
@@ -427,19 +422,9 @@ def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True
     only, as :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = ARConfig.from_dict(resolved(cfg, data))
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
-                                whole=cfg.mode == "e2e")
-    out = job.folder(cfg.out)
-    model = build(cfg)
-    if cfg.init_from and not checkpoint.exists(out / "checkpoint"):  # a resume has its weights
-        init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
-    model = model.to(device)
-    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
-                                job.blocks, cfg.num_blocks)  # e2e: B = 1
-    if cfg.mode == "dblocks":
-        strategy = Blockwise(model, cfg.optim, job.blocks)
-    else:
-        strategy = EndToEnd(model, next_token_loss, cfg.optim, cfg.lm.depth)
+    init = (lambda model: init_from(model, pretrained(cfg))) if cfg.init_from else None
+    job, device, out, model, method = methods.place(FAMILY, cfg, cfg.num_blocks, init)
+    strategy = method.strategy
     shared, cotrained = getattr(model, "shared", None), cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, shared, cotrained, cfg.sync_every, device)
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
@@ -460,7 +445,7 @@ def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True
 
     run = Run(checkpoint.stored_parts(model, job.blocks), batch_at, on_eval, RESUMABLE,
               desc=f"ar {cfg.mode}", first=bool(cfg.init_from))
-    progress, history, step_times = train_run(cfg, run, Method(strategy, total, warmup), job, show)
+    progress, history, step_times = train_run(cfg, run, method, job, show)
     x, y = batch_at(0)
     if isinstance(model, DiffusionBlocks):
         per_block = [activation_bytes(lambda b=b: blockwise_loss(model, x, y, b, torch.Generator()), model)
@@ -469,7 +454,7 @@ def train_network(cfg: ARConfig, data: TextData | None = None, show: bool = True
         per_block = [activation_bytes(lambda: next_token_loss(model(x), y), model)]
     result = {
         "task": "ar", "mode": cfg.mode, "data": cfg.data, "blocks": cfg.num_blocks,
-        "trained_blocks": job.blocks, "steps": total,
+        "trained_blocks": job.blocks, "steps": method.total,
         **run_summary(progress, history, step_times, model, device),
         "tokens_per_layer_eval": cfg.batch_size * cfg.lm.context * (2 if cfg.mode == "dblocks" else 1),
         "activation_bytes_per_step": round(statistics.mean(per_block)),
@@ -490,11 +475,9 @@ def inference_layers(model: nn.Module, cfg: ARConfig) -> int:
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
-    """Assemble autoregressive block checkpoints into one model at OUT/checkpoint
-    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ), or the end-to-end
-    checkpoints of ensemble members into their ensemble (:func:`.methods.ensemble.merge`)."""
-    return methods.merge(FAMILY, sources, out, lambda: parallel.merge(
-        sources, out, "ar", ARConfig.from_dict, build, MERGEABLE, average_shared, fresh))
+    """Assemble autoregressive block checkpoints into one model at OUT/checkpoint, or ensemble members
+    into their ensemble (:func:`.methods.merge`)."""
+    return methods.merge(FAMILY, sources, out, average_shared, fresh)
 
 
 def evaluate_model(model: nn.Module, cfg: ARConfig, data: TextData, out: Path,
@@ -581,6 +564,6 @@ ROWS = [  # (label, result key, format) of report.md
 
 
 FAMILY = methods.Family(
-    name="ar", config=ARConfig, model="lm", train=train_network, build=build,
+    name="ar", config=ARConfig, model="lm", train=train_network, build=build, loss=next_token_loss,
     resolve=lambda cfg, data: ARConfig.from_dict(resolved(cfg, data)), load_data=load_data,
     score=score, validate=validate, mergeable=frozenset(MERGEABLE))

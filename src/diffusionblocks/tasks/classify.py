@@ -26,7 +26,6 @@ from ..checks import (
     check_device_name,
     check_numbers,
     config_from_dict,
-    resolve_device,
 )
 from ..data.images import (
     Batches,
@@ -45,15 +44,10 @@ from ..offload import OFFLOAD_TARGETS
 from ..runs import Run, run_summary, side_by_side, train_run
 from ..sampling import SAMPLERS, initial_noise
 from ..training import (
-    Blockwise,
-    EndToEnd,
-    Method,
     OptimConfig,
     Progress,
-    block_share,
     blockwise_activation_bytes,
     blockwise_loss,
-    matched_budget,
 )
 
 ViTAdapter = ImageToLabel  # its earlier name
@@ -269,27 +263,6 @@ def pretrained(cfg: ClassifyConfig) -> ViTClassifier:
     return e2e
 
 
-def make_strategy(
-    cfg: ClassifyConfig, model: nn.Module, offload_dir: str | Path | None = None,
-    blocks: list[int] | None = None, views=None,
-) -> Method:
-    """The mode's training method: its strategy, total steps and warm-up steps. ``blocks``: train
-    only these (a block job, a parallel rank), with their share of the budget. ``views(x,
-    generator)``: an augmented view of a raw batch, for a peer that sees two (``TWO_VIEWS``)."""
-    if cfg.mode == "dblocks":
-        total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.blocks, cfg.match),
-                                    blocks, cfg.blocks)
-        loss = partial(wrong_estimate_loss, cfg.label_error) if cfg.label_error else None
-        strategy = Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir,
-                             loss=loss)
-        return Method(strategy, total, warmup)
-    if peer := methods.peer(cfg.mode):
-        extra = {"views": views} if getattr(peer, "TWO_VIEWS", False) else {}
-        total, warmup = peer.budget(cfg) if hasattr(peer, "budget") else (cfg.steps, cfg.optim.warmup)
-        return Method(peer.trainer(model, cfg, **extra), total, warmup)
-    return Method(EndToEnd(model, F.cross_entropy, cfg.optim, cfg.vit.depth), cfg.steps, cfg.optim.warmup)
-
-
 def wrong_estimate_loss(p: float, model: DiffusionBlocks, x: Tensor, y: Tensor, block: int,
                         gen: torch.Generator) -> Tensor:
     """The blocks' loss with the noisy label centred, with probability ``p``, on a uniformly
@@ -301,6 +274,11 @@ def wrong_estimate_loss(p: float, model: DiffusionBlocks, x: Tensor, y: Tensor, 
     other = (y + torch.randint(1, classes, y.shape, **draw).to(y.device)) % classes
     centre = model.shared.target(torch.where(wrong, other, y))
     return blockwise_loss(model, x, y, block, gen, centre=centre)
+
+
+def block_loss(cfg: ClassifyConfig):
+    """How one block trains, when not by the blocks' own loss: ``--label-error`` (else None)."""
+    return partial(wrong_estimate_loss, cfg.label_error) if cfg.label_error else None
 
 
 def sigma_grid(cfg: ClassifyConfig) -> Tensor:
@@ -455,21 +433,14 @@ def train_network(cfg: ClassifyConfig, data: ImageData | None = None, show: bool
         data = data.holdout(cfg.val_size)
     split = "val" if cfg.val_size else "test"  # what the curve watches; test is scored once at the end
     x_watch, y_watch = (data.x_val, data.y_val) if cfg.val_size else (data.x_test, data.y_test)
-    job, device = parallel.join(cfg.blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
-                                whole=cfg.mode == "e2e")
-    folder = job.folder(cfg.out)
-
-    model = build(cfg)
-    if cfg.init_from and not checkpoint.exists(folder / "checkpoint"):  # a resume has its weights
-        init_from(model, pretrained(cfg))  # before the optimizers and weight averages see them
-    model = model.to(device)
     ops = parse_augment(cfg.augment)
     two_views = getattr(methods.peer(cfg.mode), "TWO_VIEWS", False)  # the method augments twice
 
     def views(x: Tensor, gen: torch.Generator) -> Tensor:
         return augment(x, ops, gen, pixels=data.pixels) if ops else x
 
-    method = make_strategy(cfg, model, folder / "offload", job.blocks, views)
+    init = (lambda model: init_from(model, pretrained(cfg))) if cfg.init_from else None
+    job, device, folder, model, method = methods.place(FAMILY, cfg, cfg.blocks, init, views)
     strategy = method.strategy
     cotrained = cfg.shared_policy == "cotrained"
     parallel.distribute(job, model, strategy, getattr(model, "shared", None), cotrained, cfg.sync_every,
@@ -544,11 +515,9 @@ def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
-    """Assemble classification block checkpoints into one model at OUT/checkpoint
-    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ), or the end-to-end
-    checkpoints of ensemble members into their ensemble (:func:`.methods.ensemble.merge`)."""
-    return methods.merge(FAMILY, sources, out, lambda: parallel.merge(
-        sources, out, "classify", ClassifyConfig.from_dict, build, MERGEABLE, average_shared, fresh))
+    """Assemble classification block checkpoints into one model at OUT/checkpoint, or ensemble members
+    into their ensemble (:func:`.methods.merge`)."""
+    return methods.merge(FAMILY, sources, out, average_shared, fresh)
 
 
 def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = True,
@@ -577,5 +546,6 @@ def compare(cfg: ClassifyConfig, out: Path, quick: bool = False, show: bool = Tr
 
 FAMILY = methods.Family(
     name="classify", config=ClassifyConfig, model="vit", train=train_network, build=build,
-    resolve=resolve_config, load_data=lambda cfg: load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size),
+    loss=F.cross_entropy, block_loss=block_loss, resolve=resolve_config,
+    load_data=lambda cfg: load_images(cfg.dataset, cfg.data_dir, size=cfg.image_size),
     score=score, validate=validate, mergeable=frozenset(MERGEABLE))

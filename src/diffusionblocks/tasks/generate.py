@@ -42,14 +42,10 @@ from ..offload import OFFLOAD_TARGETS
 from ..runs import Run, run_summary, train_run
 from ..sampling import SAMPLERS, Denoiser, initial_noise
 from ..training import (
-    Blockwise,
-    Method,
     OptimConfig,
     block_losses,
-    block_share,
     blockwise_activation_bytes,
     blockwise_loss,
-    matched_budget,
 )
 
 MODES = ("e2e", "dblocks", "shallow")  # methods.ABOUT says what each trains
@@ -333,16 +329,6 @@ def quality(images: Tensor, labels: Tensor, data: ImageData, cfg: GenerateConfig
 # --- training ----------------------------------------------------------------------------------
 
 
-def make_strategy(cfg: GenerateConfig, model: DiffusionBlocks, offload_dir: str | Path | None = None,
-                  blocks: list[int] | None = None) -> Method:
-    """The training method: its strategy (end to end is one block over the whole noise range),
-    total steps and warm-up steps. ``blocks``: train only these, with their share of the budget."""
-    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
-                                blocks, cfg.num_blocks)
-    return Method(Blockwise(model, cfg.optim, blocks, offload=cfg.offload, offload_dir=offload_dir), total,
-                  warmup)
-
-
 def measure_activations(model: DiffusionBlocks, batch: tuple[Tensor, Tensor],
                         cfg: GenerateConfig | None = None, blocks: list[int] | None = None) -> dict:
     """Activation bytes saved for backward in one training step (mean over the trained blocks).
@@ -366,11 +352,7 @@ def train_network(cfg: GenerateConfig, data: ImageData | None = None, show: bool
     """
     data = data or load_data(cfg)
     cfg = resolve_config(cfg, data)
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
-                                whole=cfg.mode == "e2e")
-    out = job.folder(cfg.out)
-    model = build(cfg).to(device)
-    method = make_strategy(cfg, model, out / "offload", job.blocks)
+    job, device, out, model, method = methods.place(FAMILY, cfg, cfg.num_blocks)
     parallel.distribute(job, model, method.strategy, None, False, 1, device)  # pixels: nothing shared trains
     batch_at = training_batches(cfg, data, device, cfg.seed + job.seed_offset, job.batch(cfg.batch_size))
     held_out = data.x_test[:1000], data.y_test[:1000]
@@ -400,9 +382,8 @@ def train_network(cfg: GenerateConfig, data: ImageData | None = None, show: bool
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
     """Assemble generation block checkpoints into one model at OUT/checkpoint
-    (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
-    return parallel.merge(sources, out, "generate", GenerateConfig.from_dict, build, MERGEABLE,
-                          average_shared, fresh)
+    (:func:`.methods.merge`)."""
+    return methods.merge(FAMILY, sources, out, average_shared, fresh)
 
 
 def evaluate_model(model: DiffusionBlocks, cfg: GenerateConfig, data: ImageData, out: Path,

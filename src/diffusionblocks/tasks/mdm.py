@@ -32,7 +32,7 @@ from ..data.text import TextData, Windows
 from ..memory import activation_bytes
 from ..models.lm import LMConfig, make_layers
 from ..runs import Run, run_summary, train_run
-from ..training import Blockwise, Method, OptimConfig, block_losses, block_share, matched_budget
+from ..training import OptimConfig, block_losses
 from .text import (
     LN2,
     TextConfig,
@@ -234,15 +234,6 @@ def build(cfg: MDMConfig) -> MaskedDiffusion:
                            cfg.checkpointing)
 
 
-def make_strategy(cfg: MDMConfig, model: MaskedDiffusion, offload_dir=None,
-                  blocks: list[int] | None = None) -> Method:
-    """The training method: its strategy (end to end is one block over every t), total steps
-    and warm-up steps. ``blocks``: train only these, with their share of the budget."""
-    total, warmup = block_share(*matched_budget(cfg.steps, cfg.optim.warmup, cfg.num_blocks, cfg.match),
-                                blocks, cfg.num_blocks)  # e2e: B = 1
-    return Method(Blockwise(model, cfg.optim, blocks, loss=masked_loss), total, warmup)
-
-
 def train(cfg: MDMConfig, data: TextData | None = None, show: bool = True, evaluate: bool = True) -> dict:
     """Train one mode (a method: e2e, dblocks or the shallow control; :func:`train_network`
     trains the first two)."""
@@ -256,10 +247,7 @@ def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = Tru
     :func:`.generate.train` does."""
     data = data or load_data(cfg)
     cfg = MDMConfig.from_dict(resolved(cfg, data))
-    job, device = parallel.join(cfg.num_blocks, cfg.block, cfg.parallel, resolve_device(cfg.device),
-                                whole=cfg.mode == "e2e")
-    model = build(cfg).to(device)
-    method = make_strategy(cfg, model, blocks=job.blocks)
+    job, device, _, model, method = methods.place(FAMILY, cfg, cfg.num_blocks)
     parallel.distribute(job, model, method.strategy, None, False, 1, device)  # blocks share nothing
     seed = cfg.seed + job.seed_offset  # a group's replicas see other windows
     train_windows = Windows(data.train, job.batch(cfg.batch_size), cfg.lm.context, seed, device)
@@ -296,9 +284,9 @@ def train_network(cfg: MDMConfig, data: TextData | None = None, show: bool = Tru
 
 def merge(sources: list[str | Path], out: str | Path, average_shared: bool = False,
           fresh: bool = True) -> Path:
-    """Assemble masked-diffusion block checkpoints (t-intervals) into one model at
-    OUT/checkpoint (:func:`.parallel.merge`; :data:`MERGEABLE` fields may differ)."""
-    return parallel.merge(sources, out, "mdm", MDMConfig.from_dict, build, MERGEABLE, average_shared, fresh)
+    """Assemble masked-diffusion block checkpoints into one model at OUT/checkpoint
+    (:func:`.methods.merge`)."""
+    return methods.merge(FAMILY, sources, out, average_shared, fresh)
 
 
 def evaluate_model(model: MaskedDiffusion, cfg: MDMConfig, data: TextData, out: Path) -> dict:
@@ -352,5 +340,6 @@ def load(path: str | Path, device: str = "cpu", averaged: bool = True) -> tuple[
 
 FAMILY = methods.Family(
     name="mdm", config=MDMConfig, model="lm", train=train_network, build=build,
+    block_loss=lambda cfg: masked_loss,
     resolve=lambda cfg, data: MDMConfig.from_dict(resolved(cfg, data)), load_data=load_data,
     mergeable=frozenset(MERGEABLE))
