@@ -88,6 +88,7 @@ def main() -> None:
         rows.append([label, *(f"**{c}**" if m == best else c for m, c in zip(MODES, cells, strict=True))])
     command = f"python benchmarks/controls_summary.py --out {args.out}"
     table = {"columns": COLUMNS, "rows": rows, "command": command}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
     print("\n".join(" | ".join(r) for r in rows))
 

@@ -40,10 +40,11 @@ def quick_start(readme: Path) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
-def timed(command: str, cwd: Path, env: dict) -> float:
+def timed(command: str, cwd: Path, env: dict, check: bool = True) -> tuple[float, int]:
+    """Seconds ``command`` took in ``cwd``, and its exit status."""
     start = time.perf_counter()
-    subprocess.run(["bash", "-c", command], cwd=cwd, env=env, check=True)
-    return time.perf_counter() - start
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, check=check)
+    return time.perf_counter() - start, done.returncode
 
 
 def main() -> None:
@@ -63,20 +64,23 @@ def main() -> None:
         subprocess.run(["python3", "-m", "venv", ".venv"], cwd=clone, check=True)
         venv = clone / ".venv/bin"
         env = os.environ | {"PATH": f"{venv}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv.parent)}
-        first = timed(f"pip install -q {args.torch_first}", clone, env) if args.torch_first else 0.0
-        seconds = {"install_seconds": round(first + timed(install, clone, env), 1),
-                   "main_job_seconds": round(timed(run, clone, env), 1)}
+        first = timed(f"pip install -q {args.torch_first}", clone, env)[0] if args.torch_first else 0.0
+        seconds = {"install_seconds": round(first + timed(install, clone, env)[0], 1),
+                   "main_job_seconds": round(timed(run, clone, env)[0], 1)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "report.md"):  # kept whatever the tests do
+            shutil.copy(clone / "runs/compare" / name, args.out / name)
+        status = {}
         if not args.no_tests:
-            seconds["test_seconds"] = round(timed(tests, clone, env), 1)
+            took, code = timed(tests, clone, env, check=False)
+            seconds["test_seconds"], status["tests_exit_status"] = round(took, 1), code
         probe = "import torch; print(torch.__version__, torch.version.cuda or 'cpu')"
         torch_build = subprocess.run([str(venv / "python"), "-c", probe], capture_output=True, text=True,
                                      check=True).stdout.strip()
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name in ("report.json", "report.md"):
-            shutil.copy(clone / "runs/compare" / name, args.out / name)
     minutes = {k.replace("seconds", "minutes"): round(v / 60, 1) for k, v in seconds.items()}
-    timing = {**seconds, **minutes, "commands": [install_and_run, tests], "torch_first": args.torch_first,
-              "torch": torch_build, "cores": os.cpu_count(), "date": date.today().isoformat()}
+    timing = {**seconds, **minutes, **status, "commands": [install_and_run, tests],
+              "torch_first": args.torch_first, "torch": torch_build, "cores": os.cpu_count(),
+              "date": date.today().isoformat()}
     (args.out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     print(json.dumps(timing, indent=2))
 

@@ -27,7 +27,7 @@ from diffusionblocks.data.images import augment, load_images, parse_augment
 from diffusionblocks.methods import shallow
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import ClassifyConfig
-from diffusionblocks.training import step_generator
+from diffusionblocks.training import matched_budget, step_generator
 
 MODES = ("e2e", "dblocks", "shallow", "ensemble", *methods.PEERS)
 CROSSES = {  # what crosses between the units in training (a block per device)
@@ -41,7 +41,8 @@ UNITS = {name: methods.peer(name).UNITS for name in methods.PEERS}  # the rest: 
 PER_SEED = ("test_accuracy", "val_accuracy", "train_accuracy")
 
 
-def pct(values: list[float]) -> str:
+def pct(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
     if not values:
         return "–"
     if len(values) == 1:
@@ -88,23 +89,29 @@ def config_of(runs: Path, mode: str, dataset: str, controls: str | None = None) 
 
 
 def from_controls(path: str, config: str, data_dir: str | None) -> dict:
-    """The ViT rows of a controls table (benchmarks/controls_table.py; its runs may be gone),
-    trained by ``config``: test and validation accuracy per seed and the budget; train accuracy
-    was not measured there."""
+    """The ViT rows of a controls table (benchmarks/controls_table.py or ``compare --seeds``; its
+    runs may be gone), trained by ``config``: test and validation accuracy per seed and, where
+    the table holds it, the budget; train accuracy was not measured there."""
     table = json.loads(Path(path).read_text())
     cfg = overlay(ClassifyConfig(), {k: v for k, v in read_file(config).items() if k != "task"})
     data = load_images(cfg.dataset, data_dir)
     cfg = classify.resolve_config(cfg, data)
     records, images = {}, len(data.y_train) - cfg.val_size
+
+    def per_seed(figure: dict) -> list[float]:
+        return list(figure["seeds"].values()) if isinstance(figure["seeds"], dict) else figure["seeds"]
+
     for mode, r in table["modes"].items():
-        steps = cfg.steps * (cfg.blocks if mode in ("dblocks", "shallow") else 1)  # ensemble: per member
+        blocks = cfg.blocks if mode in ("dblocks", "shallow") else 1  # ensemble: per member
+        steps = matched_budget(cfg.steps, 0, blocks, cfg.match)[0]
+        budget, seeds = r.get("budget", {}), [f"seed_{s}" for s in table["seeds"]]
         records[mode] = {
-            "seeds": [f"seed_{s}" for s in table["seeds"]], "test_accuracy": r["test_accuracy"]["seeds"],
-            "val_accuracy": r["val_accuracy"]["seeds"], "train_accuracy": [], "steps": steps,
-            "batch_size": cfg.batch_size, "epochs": steps * cfg.batch_size / images,
-            "evaluations": r["budget"]["layer_evals"], "step_seconds": math.nan,
-            "activation_bytes_per_step": r["budget"]["activation_bytes_per_step"],
-            "traffic_bytes_per_step": None, "parameters": r["budget"]["parameters"], "from": path}
+            "seeds": seeds, "test_accuracy": per_seed(r["test_accuracy"]),
+            "val_accuracy": per_seed(r["val_accuracy"]), "train_accuracy": [None] * len(seeds),
+            "steps": steps, "batch_size": cfg.batch_size, "epochs": steps * cfg.batch_size / images,
+            "evaluations": budget.get("layer_evals"), "step_seconds": None,
+            "activation_bytes_per_step": budget.get("activation_bytes_per_step"),
+            "traffic_bytes_per_step": None, "parameters": budget.get("parameters"), "from": path}
     return records
 
 
@@ -141,12 +148,18 @@ def combine(kept: dict | None, new: dict | None) -> dict | None:
     return new | {"seeds": order} | {k: [seeds[s][j] for s in order] for j, k in enumerate(PER_SEED)}
 
 
+def shown(value, spec: str) -> str:
+    """``value`` formatted by ``spec`` ("–" when unknown: a row kept from a table without it)."""
+    return "–" if value is None else spec.format(value)
+
+
 def row(mode: str, r: dict) -> list[str]:
-    traffic = r["traffic_bytes_per_step"]
+    traffic, saved, seconds = r["traffic_bytes_per_step"], r["activation_bytes_per_step"], r["step_seconds"]
     return [mode, pct(r["test_accuracy"]), pct(r["train_accuracy"]), f"{r['epochs']:.2f}",
-            f"{r['evaluations']:,} {UNITS.get(mode, 'layers')}",
-            f"{r['activation_bytes_per_step'] / 2**20:.1f} MiB", f"{r['step_seconds'] * 1000:.0f} ms",
-            f"{r['parameters']:,}", CROSSES[mode] + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")]
+            shown(r["evaluations"], "{:,} " + UNITS.get(mode, "layers")),
+            shown(saved and saved / 2**20, "{:.1f} MiB"), shown(seconds and seconds * 1000, "{:.0f} ms"),
+            shown(r["parameters"], "{:,}"),
+            CROSSES[mode] + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")]
 
 
 def main() -> None:

@@ -232,3 +232,7 @@ def test_train_help_lists_the_flags_of_the_chosen_method_in_sections(capsys):
     flat = {name: " ".join(text.split()) for name, text in (("e2e", e2e), ("default", default))}
     assert "e2e: plain backprop" in flat["e2e"] and "dblocks: DiffusionBlocks" in flat["default"]
     assert "σ_min (default: 2.0)" in flat["default"]  # the family's noise, not NoiseConfig's 0.002
+    with pytest.raises(SystemExit):
+        cli.main(["train", "generate", "--help"])
+    generate = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.999)" in generate and "rate (AdamW) (default: 0.001)" in generate  # its own optimizer

@@ -99,6 +99,7 @@ FORMATS = {
     "pm": _pm,
     "f1": lambda v: f"{v:.1f}", "f2": lambda v: f"{v:.2f}", "f3": lambda v: f"{v:.3f}",
     "int": lambda v: f"{round(v):,}",
+    "mib": lambda v: f"{v / 2**20:.1f} MiB",  # bytes
     "raw": str,  # as the JSON holds it (a rendered table's cell)
 }
 

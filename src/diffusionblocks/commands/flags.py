@@ -83,7 +83,7 @@ HELP = {
     "warmup": "end-to-end warm-up steps (stretched by B for DiffusionBlocks)",
     "schedule": "after the warm-up: cosine decay to 0 (default) or constant (as EDM and DiT, with an EMA)",
     "clip": "gradient-norm clip (0: off)",
-    "ema": "decay of a moving average of the weights, per block; eval and sample use it (0: off, default)",
+    "ema": "decay of a moving average of the weights, per block; eval and sample use it (0: off)",
     "compile": "torch.compile every block (end to end: the model); the first steps take longer",
     "precision": "autocast: fp32, bf16 or fp16; auto: bf16 on CUDA where supported, else fp32 (default)",
 }
@@ -210,10 +210,11 @@ def _filled(cls, args: argparse.Namespace, skip=(), base=None, **extra):
 def classify_args(parser: argparse.ArgumentParser, skip=()) -> None:
     from ..tasks.classify import ClassifyConfig
 
+    own = ClassifyConfig()  # the family's defaults, which --help shows
     add_fields(parser, ClassifyConfig, skip=skip)
-    add_fields(parser, ViTConfig, skip=MODEL_DERIVED, title="model")
-    add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)", defaults=ClassifyConfig().noise)
-    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer")
+    add_fields(parser, ViTConfig, skip=MODEL_DERIVED, title="model", defaults=own.vit)
+    add_fields(parser, NoiseConfig, title="noise (DiffusionBlocks)", defaults=own.noise)
+    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", defaults=own.optim)
 
 
 def _image_config(args: argparse.Namespace, base, model: str, **extra):
@@ -230,23 +231,26 @@ def generate_args(parser: argparse.ArgumentParser, skip=()) -> None:
     from ..models.dit import DiTConfig
     from ..tasks.generate import GenerateConfig
 
+    own = GenerateConfig()
     add_fields(parser, GenerateConfig, skip=skip, help=GENERATE_HELP)
-    add_fields(parser, DiTConfig, skip=MODEL_DERIVED, title="model", help=GENERATE_HELP)
-    add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP, defaults=GenerateConfig().noise)
-    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP)
+    add_fields(parser, DiTConfig, skip=MODEL_DERIVED, title="model", help=GENERATE_HELP, defaults=own.dit)
+    add_fields(parser, NoiseConfig, title="noise", help=GENERATE_HELP, defaults=own.noise)
+    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=GENERATE_HELP,
+               defaults=own.optim)
 
 
 def text_args(parser: argparse.ArgumentParser, task: str, skip=()) -> None:
     from ..models.lm import LMConfig
 
     cls = text_class(task)
+    own = cls()
     layered = task == "recurrent"  # prelude / core / coda instead of blocks of a depth
     add_fields(parser, cls, skip=(*skip, "blocks", "split", "match") if layered else skip, help=TEXT_HELP)
     add_fields(parser, LMConfig, skip=("vocab_size", "depth") if layered else ("vocab_size",),
-                title="model", help=TEXT_HELP)
+                title="model", help=TEXT_HELP, defaults=own.lm)
     if task != "mdm":
-        add_fields(parser, NoiseConfig, title="noise", help=TEXT_HELP)
-    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=TEXT_HELP)
+        add_fields(parser, NoiseConfig, title="noise", help=TEXT_HELP, defaults=own.noise)
+    add_fields(parser, OptimConfig, skip=("betas",), title="optimizer", help=TEXT_HELP, defaults=own.optim)
 
 
 def text_class(task: str):

@@ -1,4 +1,4 @@
-"""Training methods, one axis beside the families (DESIGN.md, "methods as one axis").
+"""Training methods, one axis beside the families (DEVELOPERS.md, "methods/").
 
 A *family* (a module of ``tasks``) says what the backbone, data, target space and metrics are;
 a *method* says what units it trains, each unit's loss and budget, what crosses between them
