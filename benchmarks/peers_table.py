@@ -159,7 +159,11 @@ def row(mode: str, r: dict) -> list[str]:
             shown(r["evaluations"], "{:,} " + UNITS.get(mode, "layers")),
             shown(saved and saved / 2**20, "{:.1f} MiB"), shown(seconds and seconds * 1000, "{:.0f} ms"),
             shown(r["parameters"], "{:,}"),
-            CROSSES[mode] + (f", {traffic / 2**20:.2f} MiB/step" if traffic else "")]
+            CROSSES[mode] + (f", {per_step(traffic)}" if traffic else "")]
+
+
+def per_step(size: int) -> str:
+    return f"{size / 2**20:.2f} MiB/step" if size >= 2**14 else f"{size:,} bytes/step"
 
 
 def main() -> None:
