@@ -13,6 +13,7 @@ step time depends on what ran beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -23,7 +24,8 @@ import torch
 
 from diffusionblocks import methods
 from diffusionblocks.configs import overlay, read_file
-from diffusionblocks.data.images import augment, load_images, parse_augment
+from diffusionblocks.data.images import augment, parse_augment
+from diffusionblocks.data.images import load_images as _load_images
 from diffusionblocks.methods import shallow
 from diffusionblocks.tasks import classify
 from diffusionblocks.tasks.classify import ClassifyConfig
@@ -39,6 +41,7 @@ CROSSES = {  # what crosses between the units in training (a block per device)
 }
 UNITS = {name: methods.peer(name).UNITS for name in methods.PEERS}  # the rest: layers
 PER_SEED = ("test_accuracy", "val_accuracy", "train_accuracy")
+load_images = functools.cache(_load_images)  # one dataset, read once for every method
 
 
 def pct(values: list[float | None]) -> str:
