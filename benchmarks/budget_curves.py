@@ -29,6 +29,14 @@ FAMILIES = {
     "DiT MNIST (FID test, Karras; lower is better)": (False, [
         (18_000, "docs/controls/dit_3k.json", "dit"),
         (72_000, "docs/controls/dit_12k.json", "dit")]),
+    # the language models: one table each (benchmarks/lm_controls_table.py), a point per budget
+    "masked diffusion LM (test BPC bound; lower is better)": (False, [
+        (9_000, "docs/controls/lm_mdm.json", "lm:1500"),
+        (18_000, "docs/controls/lm_mdm.json", "lm:3000")]),
+    "autoregressive LM (next-character accuracy)": (True, [
+        (4_800, "docs/controls/lm_ar.json", "lm:600"),
+        (9_600, "docs/controls/lm_ar.json", "lm:1200"),
+        (38_400, "docs/controls/lm_ar.json", "lm:4800")]),
 }
 
 
@@ -42,14 +50,20 @@ def read(path: str, kind: str) -> dict[str, list[float]]:
         return {m: list(v.values()) if isinstance(v, dict) else v for m, v in seeds.items()}
     if kind == "records":
         return {m: d["records"][m]["test_accuracy"] for m in MODES if m in d["records"]}
-    rows = {r[1]: [float(r[2])] for r in d["rows"] if r[0] == "mnist" and r[1] in MODES}  # dit
-    return rows
+    if kind.startswith("lm:"):  # test BPC bound (mdm) or next-character accuracy (ar)
+        point = d["points"][kind[3:]]
+        return {m: [f.get("test_bpc") if "mdm" in path else f.get("next_char_accuracy",
+                                                                  f.get("teacher_forced_accuracy"))]
+                for m, f in point.items()}
+    return {r[1]: [float(r[2])] for r in d["rows"] if r[0] == "mnist" and r[1] in MODES}  # dit
 
 
 def cell(values: list[float] | None, accuracy: bool) -> str:
     if not values:
         return "–"
-    scale, unit = (100, "%") if accuracy else (1, "")
+    if not accuracy:  # FID or bits per character
+        return f"{statistics.mean(values):.{3 if values[0] < 5 else 2}f}"
+    scale, unit = 100, "%"
     mean = scale * statistics.mean(values)
     if len(values) == 1:
         return f"{mean:.2f}{unit}"
@@ -68,13 +82,14 @@ def main() -> None:
             means = {m: statistics.mean(v) for m, v in figures.items()}
             best = (max if accuracy else min)((m for m in means if m != "dblocks"), key=means.get)
             lead = (means["dblocks"] - means[best]) * (100 if accuracy else -1)  # > 0: dblocks ahead
+            places = 3 if not accuracy and means["dblocks"] < 5 else 2  # bits per character: 3
             seeds = max(len(v) for v in figures.values())
             rows.append([family, f"{evals:,}", str(seeds), *(cell(figures.get(m), accuracy) for m in MODES),
-                         f"{lead:+.2f} ({best})"])
+                         f"{lead:+.{places}f} ({best})"])
             curves[family].append({"layer_evals": evals, "source": path, "means": means, "seeds": seeds,
                                    "best_other": best, "behind": round(-lead, 4)})  # < 0: ahead
     table = {"columns": ["family", "layer evaluations in training", "seeds", *MODES,
-                         "DiffusionBlocks ahead of the best other row (points / FID)"],
+                         "DiffusionBlocks ahead of the best other row (points / FID / bits)"],
              "rows": rows, "curves": curves,
              "command": f"python benchmarks/budget_curves.py --out {args.out}"}
     out = Path(args.out)

@@ -37,14 +37,12 @@ def dit(path: str, dataset: str, column: int) -> dict[str, list[float]]:
 
 
 def lm(family: str, key: str, dblocks: str | None = None) -> dict[str, list[float]]:
-    """A language model's ``key``: e2e and dblocks (its ``dblocks`` key) from their report, the
-    controls from theirs."""
-    report = load(f"docs/lm/{family}_report.json")
-    out = {"e2e": [report["e2e"][key]], "dblocks": [report["dblocks"][dblocks or key]],
-           "shallow": [load("docs/controls/lm_shallow.json")[family][key]]}
-    if family == "ar":
-        out["ensemble"] = [load("docs/controls/ar_ensemble_ts1200.json")[key]]
-    return out
+    """A language model's ``key`` at the README's budget, every mode from
+    docs/controls/lm_{family}.json (benchmarks/lm_controls_table.py); DiffusionBlocks' own
+    ``dblocks`` key where it has another."""
+    steps = {"mdm": "1500", "ar": "1200"}[family]  # configs/cpu/{mdm,ar}_tinyshakespeare.toml
+    point = load(f"docs/controls/lm_{family}.json")["points"][steps]
+    return {m: [f[dblocks or key] if m == "dblocks" else f[key]] for m, f in point.items()}
 
 
 ROWS = [  # label, figures per mode, higher is better, format

@@ -75,3 +75,22 @@ def test_the_summaries_the_readme_renders_are_read_from_their_runs_json(tmp_path
         fresh = out if out.suffix else out.with_suffix(".json")
         committed = ROOT / "docs/controls" / fresh.name
         assert json.loads(fresh.read_text())["rows"] == json.loads(committed.read_text())["rows"], script
+
+
+def test_the_language_model_budget_tables_are_their_points(tmp_path, monkeypatch):
+    """benchmarks/lm_controls_table.py, run again with no runs, gives the committed tables from
+    their kept points: no row is edited by hand."""
+    import runpy
+    import shutil
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    for family in ("mdm", "ar"):
+        shutil.copy(ROOT / f"docs/controls/lm_{family}.json", tmp_path / f"lm_{family}.json")
+    monkeypatch.setattr(sys, "argv", ["lm_controls_table", "--runs", str(tmp_path / "none"),
+                                      "--out", str(tmp_path / "lm")])
+    runpy.run_path(str(ROOT / "benchmarks" / "lm_controls_table.py"), run_name="__main__")
+    for family in ("mdm", "ar"):
+        fresh = json.loads((tmp_path / f"lm_{family}.json").read_text())
+        committed = json.loads((ROOT / f"docs/controls/lm_{family}.json").read_text())
+        assert fresh["rows"] == committed["rows"] and fresh["points"] == committed["points"], family
