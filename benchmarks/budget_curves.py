@@ -50,11 +50,8 @@ def read(path: str, kind: str) -> dict[str, list[float]]:
         return {m: list(v.values()) if isinstance(v, dict) else v for m, v in seeds.items()}
     if kind == "records":
         return {m: d["records"][m]["test_accuracy"] for m in MODES if m in d["records"]}
-    if kind.startswith("lm:"):  # test BPC bound (mdm) or next-character accuracy (ar)
-        point = d["points"][kind[3:]]
-        return {m: [f.get("test_bpc") if "mdm" in path else f.get("next_char_accuracy",
-                                                                  f.get("teacher_forced_accuracy"))]
-                for m, f in point.items()}
+    if kind.startswith("lm:"):  # a budget's headline figures (benchmarks/lm_controls_table.py)
+        return {m: [f["figure"]] for m, f in d["points"][kind[3:]].items()}
     return {r[1]: [float(r[2])] for r in d["rows"] if r[0] == "mnist" and r[1] in MODES}  # dit
 
 

@@ -36,13 +36,11 @@ def dit(path: str, dataset: str, column: int) -> dict[str, list[float]]:
     return {r[1]: [float(r[column])] for r in load(path)["rows"] if r[0] == dataset and r[1] in MODES}
 
 
-def lm(family: str, key: str, dblocks: str | None = None) -> dict[str, list[float]]:
-    """A language model's ``key`` at the README's budget, every mode from
-    docs/controls/lm_{family}.json (benchmarks/lm_controls_table.py); DiffusionBlocks' own
-    ``dblocks`` key where it has another."""
+def lm(family: str) -> dict[str, list[float]]:
+    """A language model's headline figure at the README's budget, every mode from
+    docs/controls/lm_{family}.json (benchmarks/lm_controls_table.py)."""
     steps = {"mdm": "1500", "ar": "1200"}[family]  # configs/cpu/{mdm,ar}_tinyshakespeare.toml
-    point = load(f"docs/controls/lm_{family}.json")["points"][steps]
-    return {m: [f[dblocks or key] if m == "dblocks" else f[key]] for m, f in point.items()}
+    return {m: [f["figure"]] for m, f in load(f"docs/controls/lm_{family}.json")["points"][steps].items()}
 
 
 ROWS = [  # label, figures per mode, higher is better, format
@@ -57,9 +55,9 @@ ROWS = [  # label, figures per mode, higher is better, format
     ("DiT, Fashion-MNIST, 3,000-step arm, FID test (equal-probability grid)",
      lambda: dit("docs/controls/dit_3k.json", "fashion_mnist", 3), False, "f2"),
     ("Tiny Shakespeare, masked diffusion, test BPC bound (lower is better)",
-     lambda: lm("mdm", "test_bpc"), False, "f3"),
+     lambda: lm("mdm"), False, "f3"),
     ("Tiny Shakespeare, autoregressive, next-character accuracy",
-     lambda: lm("ar", "next_char_accuracy", "teacher_forced_accuracy"), True, "f3"),
+     lambda: lm("ar"), True, "f3"),
 ]
 
 

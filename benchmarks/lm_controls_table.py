@@ -5,7 +5,8 @@ Figures come from the run folders under ``--runs`` where a run is there
 (``RUNS/{family}_ts{steps}/{mode}/result.json``, steps the end-to-end budget), else from the
 table this script wrote before (runs are gone between sessions, their figures stay), else from
 the committed record of that budget (``RECORDED``). Writes OUT_mdm.json and OUT_ar.json
-(``rows`` for ``python -m diffusionblocks.docs``; ``points``, which budget_curves.py reads).
+(``rows`` for ``python -m diffusionblocks.docs``; ``points``, every mode's figures with its
+headline ``figure``, which budget_curves.py and controls_summary.py read).
 
     python benchmarks/lm_controls_table.py --runs runs/rows --out docs/controls/lm
 """
@@ -83,8 +84,9 @@ def main() -> None:
             for mode in modes:
                 figures = (from_run(runs / f"{family}_ts{steps}" / mode) or kept.get(str(steps), {}).get(mode)
                            or from_record(family, steps, mode))
-                if figures:
-                    point[mode] = figures
+                if figures:  # its headline figure: the bound (mdm), next-character accuracy (ar)
+                    headline = figures["test_bpc"] if family == "mdm" else accuracy(figures)
+                    point[mode] = figures | {"figure": headline}
             points[str(steps)] = point
             for mode, f in point.items():
                 if family == "mdm":
